@@ -1,0 +1,128 @@
+"""The artifact contract between stages: run dirs, atomic writes, status markers.
+
+A run dir is complete only when its ``toolchain.yaml`` says ``status: complete`` and no
+``INCOMPLETE`` marker exists. Files are written to a temporary name and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARTIFACT_VERSION = 1
+MANIFEST = "toolchain.yaml"
+INCOMPLETE = "INCOMPLETE"
+
+
+class ArtifactError(ValueError):
+    """A run or export dir is missing, incomplete or of an unknown version."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place (replacing an older one)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def mark_incomplete(run_dir: Path, why: str) -> None:
+    atomic_write_text(run_dir / INCOMPLETE, why + "\n")
+
+
+def mark_complete(run_dir: Path) -> None:
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
+
+
+@dataclass
+class RunInfo:
+    """What a later stage needs from a run dir's toolchain.yaml."""
+    path: Path
+    manifest: dict
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    @property
+    def base_model(self) -> str:
+        return self.manifest["base_model"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def is_peft(self) -> bool:
+        return self.manifest.get("model_format") == "peft"
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["data"]["max_length"])
+
+
+def read_manifest(path: Path, kind: str) -> dict:
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such {kind} directory")
+    if not manifest_path.exists():
+        raise ArtifactError(f"{path}: not a {kind} directory (no {MANIFEST})")
+    manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
+    version = manifest.get("artifact_version")
+    if version != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact_version {version!r} is not supported (expected {ARTIFACT_VERSION})")
+    if (path / INCOMPLETE).exists() or manifest.get("status") != "complete":
+        why = (path / INCOMPLETE).read_text().strip() if (path / INCOMPLETE).exists() else "status is not complete"
+        raise ArtifactError(f"{path}: the {kind} is incomplete ({why}); resume or rerun it")
+    return manifest
+
+
+def load_run(path: str | Path) -> RunInfo:
+    path = Path(path)
+    manifest = read_manifest(path, "run")
+    if manifest.get("stage") != "train":
+        raise ArtifactError(f"{path}: {MANIFEST} is from stage {manifest.get('stage')!r}, expected a train run")
+    if not (path / "model" / "config.json").exists() and not (path / "model" / "adapter_config.json").exists():
+        raise ArtifactError(f"{path}: run dir has no model/ folder")
+    return RunInfo(path, manifest)

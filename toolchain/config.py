@@ -1,0 +1,299 @@
+"""Typed configuration: one dataclass field per option, with its default, help and validation.
+
+YAML files are serialized configs; ``key=value`` overrides use dotted paths
+(``method.name=lora``, ``train.epochs=3``). A bad key or value fails at load time
+with a message naming the key and, for typos, the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+CONFIG_VERSION = 1
+PRESET_DIR = Path(__file__).parent / "configs"
+TASKS = ("sequence-classification", "token-classification")
+METHODS = ("full", "head", "top-k", "lora", "adalora", "ia3")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, factory: Any = None) -> Any:
+    """A config field with its help line and validation rules (read by the CLI and validator)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    train: str | None = opt(None, "training file (jsonl, csv, PhraseBank txt or CoNLL); ${data} = data root")
+    dev: str | None = opt(None, "dev file; if absent, split off the train file (stratified, seeded)")
+    test: str | None = opt(None, "test file; if absent, split off the train file (stratified, seeded)")
+    format: str = opt("auto", "file format", choices=("auto", "jsonl", "csv", "phrasebank", "conll"))
+    text_column: str = opt("text", "column/key holding the text (jsonl/csv)")
+    label_column: str = opt("label", "column/key holding the label (jsonl/csv)")
+    tag_column: int = opt(-1, "CoNLL column index holding the tag (token classification)")
+    tag_scheme: str = opt("auto", "CoNLL tag scheme; IO is converted to IOB2", choices=("auto", "iob2", "io"))
+    dev_fraction: float = opt(0.1, "fraction split off for dev when no dev file is given", min=0.0, max=0.5)
+    test_fraction: float = opt(0.1, "fraction split off for test when no test file is given", min=0.0, max=0.5)
+    split_seed: int = opt(13, "seed of the stratified split")
+    max_length: int = opt(128, "maximum sequence length in tokens (longer inputs are truncated)", min=8, max=4096)
+    max_train_samples: int = opt(0, "use only the first N training examples (0 = all); for smoke runs", min=0)
+
+
+@dataclass
+class ModelConfig:
+    base: str = opt("packaged:all-MiniLM-L6-v2", "base model: 'packaged:all-MiniLM-L6-v2', an HF model dir or hub id")
+    task: str = opt("sequence-classification", "task", choices=TASKS)
+    classifier_dropout: float | None = opt(None, "dropout before the classification head (None = model default)", min=0.0, max=0.9)
+
+
+@dataclass
+class MethodConfig:
+    name: str = opt("full", "adaptation method", choices=METHODS)
+    top_k: int = opt(2, "top-k: number of top encoder layers left trainable", min=0)
+    lora_r: int = opt(16, "LoRA/AdaLoRA rank (AdaLoRA: target average rank)", min=1)
+    lora_alpha: int = opt(32, "LoRA scaling alpha", min=1)
+    lora_dropout: float = opt(0.1, "LoRA dropout", min=0.0, max=0.9)
+    target_modules: str = opt("all-linear", "modules adapted by LoRA/AdaLoRA/IA3: 'all-linear' or comma list")
+    adalora_init_r: int = opt(24, "AdaLoRA initial rank per matrix", min=1)
+    adalora_tinit: float = opt(0.1, "AdaLoRA warm-up before pruning ranks (fraction of total steps)", min=0.0, max=1.0)
+    adalora_tfinal: float = opt(0.2, "AdaLoRA final fine-tuning without rank changes (fraction of steps)", min=0.0, max=1.0)
+    adalora_delta_t: int = opt(10, "AdaLoRA steps between budget reallocations", min=1)
+    ia3_feedforward: str = opt("output.dense", "IA3 feed-forward module name suffix")
+
+
+@dataclass
+class AdversarialConfig:
+    kind: str = opt("none", "adversarial perturbation of word embeddings", choices=("none", "fgm", "pgd"))
+    epsilon: float = opt(1.0, "perturbation norm bound", min=0.0)
+    alpha: float = opt(0.3, "PGD step size", min=0.0)
+    steps: int = opt(3, "PGD steps", min=1, max=20)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = opt(5.0, "training epochs", min=0.0)
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = use epochs)")
+    batch_size: int = opt(16, "per-device training batch size", min=1)
+    eval_batch_size: int = opt(64, "per-device evaluation batch size", min=1)
+    gradient_accumulation: int = opt(1, "gradient accumulation steps", min=1)
+    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", min=0.0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases/LayerNorm)", min=0.0)
+    scheduler: str = opt("linear", "learning-rate schedule", choices=("linear", "cosine", "constant_with_warmup"))
+    warmup_ratio: float = opt(0.1, "fraction of steps for linear warmup", min=0.0, max=1.0)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)", min=0.0)
+    precision: str = opt("auto", "auto: bf16/fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = opt(42, "random seed (data order, init, dropout)")
+    eval_steps: int = opt(50, "evaluate on dev and write a checkpoint every N optimizer steps", min=1)
+    save_total_limit: int = opt(2, "checkpoints kept", min=1)
+    logging_steps: int = opt(10, "log loss every N steps", min=1)
+    metric: str = opt("macro_f1", "dev metric for early stopping / best model (e.g. accuracy, macro_f1, f1)")
+    early_stopping_patience: int = opt(2, "evaluations without improvement before stopping (0 = off)", min=0)
+    num_workers: int = opt(0, "dataloader workers", min=0)
+
+
+@dataclass
+class RunConfig:
+    version: int = opt(CONFIG_VERSION, "config schema version")
+    output_dir: str = opt("runs/sentiment", "run directory written by train")
+    data: DataConfig = opt(None, "data", factory=DataConfig)
+    model: ModelConfig = opt(None, "model", factory=ModelConfig)
+    method: MethodConfig = opt(None, "method", factory=MethodConfig)
+    adversarial: AdversarialConfig = opt(None, "adversarial training", factory=AdversarialConfig)
+    train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- building
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise ConfigError naming the key."""
+    origin, args = get_origin(tp), get_args(tp)
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = float(value) if tp is float else int(str(value), 10) if isinstance(value, str) else value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        if tp is int and (not isinstance(number, int) or isinstance(number, float)):
+            if isinstance(number, float) and number.is_integer():
+                return int(number)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return tp(number)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, meta['choices']))}{hint}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {meta['max']}")
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, validating every key and value."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp, key = hints[f.name], prefix + f.name
+        if _is_dataclass_type(tp):
+            kwargs[f.name] = from_dict(tp, data[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+            _check_range(kwargs[f.name], f.metadata, key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3)")
+        path, value = item.split("=", 1)
+        node = raw
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return raw
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r} is neither a YAML file nor a preset; presets: {', '.join(available)}")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_preset(name_or_path: str, seen: tuple = ()) -> dict:
+    """A preset's mapping, with ``extends: OTHER`` resolved (the other preset's values, overridden)."""
+    path = resolve_preset(name_or_path)
+    raw = read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent:
+        if parent in seen:
+            raise ConfigError(f"{path}: 'extends: {parent}' forms a cycle")
+        raw = deep_merge(read_preset(parent, seen + (parent,)), raw)
+    return raw
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
+                cls: type = RunConfig) -> Any:
+    raw = read_preset(name_or_path) if name_or_path else {}
+    return from_dict(cls, apply_overrides(raw, list(overrides or [])))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a config (sorted JSON), used to detect out-of-date stages."""
+    blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_root() -> Path | None:
+    """Folder holding the shared data sets: $TOOLCHAIN_DATA_DIR, else ../shared/data near cwd or the package."""
+    env = os.environ.get("TOOLCHAIN_DATA_DIR")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def expand_data_path(value: str | None) -> str | None:
+    """Expand ``${data}`` in a data path, with a clear error when the data root is unknown."""
+    if not value or "${data}" not in value:
+        return value
+    root = data_root()
+    if root is None:
+        raise ConfigError(
+            f"data path {value!r} uses ${{data}} but no data folder was found: set TOOLCHAIN_DATA_DIR to the "
+            "folder holding financial_phrasebank/ (e.g. ../shared/data), or pass data.train=PATH data.dev=PATH data.test=PATH")
+    return value.replace("${data}", str(root))
+
+
+def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every option: the CLI prints these for `toolchain config`."""
+    rows, hints, default = [], get_type_hints(cls), cls()
+    for f in fields(cls):
+        if _is_dataclass_type(hints[f.name]):
+            rows += field_help(hints[f.name], prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, getattr(default, f.name), f.metadata.get("help", "")))
+    return rows

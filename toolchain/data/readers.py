@@ -1,0 +1,182 @@
+"""Readers for labelled files: JSONL, CSV, the PhraseBank ``sentence@label`` format and CoNLL columns.
+
+Every reader returns a list of :class:`Example`, each remembering the file and line it came from so
+that later errors (unknown label, empty text) can name them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or holds a bad record; the message names file and line."""
+
+
+@dataclass
+class Example:
+    text: str | list[str]          # a sentence, or its tokens (token classification)
+    label: str | list[str] | None  # a class name, or one tag per token; None when unlabelled
+    source: str                    # "file:line" where the record starts
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    head = _open_text(path, "latin-1").read(4096)
+    first = next((line for line in head.splitlines() if line.strip()), "")
+    if first.startswith("-DOCSTART-") or len(first.split()) >= 2 and "@" not in first:
+        return "conll"
+    return "phrasebank"
+
+
+def _open_text(path: Path, encoding: str):
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        return path.open(encoding=encoding, newline="")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _read_lines(path: Path, encoding: str) -> list[str]:
+    try:
+        with _open_text(path, encoding) as handle:
+            return handle.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid {encoding} text at byte {exc.start}") from None
+
+
+def _checked_text(value, source: str, column: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{source}: '{column}' must be a string, got {value!r}")
+    if not value.strip():
+        raise DataError(f"{source}: empty text in '{column}'")
+    return value
+
+
+def _checked_label(value, source: str, column: str, labelled: bool) -> str | None:
+    if not labelled:
+        return None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{source}: missing label in '{column}'")
+    if isinstance(value, (dict, list, float)):
+        raise DataError(f"{source}: label in '{column}' must be a string or integer, got {value!r}")
+    return str(value).strip()
+
+
+def read_jsonl(path: Path, text_column: str, label_column: str, labelled: bool = True) -> list[Example]:
+    examples = []
+    for number, line in enumerate(_read_lines(path, "utf-8"), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+        for column in (text_column, label_column) if labelled else (text_column,):
+            if column not in record:
+                raise DataError(f"{source}: missing key '{column}' (keys: {', '.join(record) or 'none'}); "
+                                f"set data.text_column / data.label_column")
+        examples.append(Example(_checked_text(record[text_column], source, text_column),
+                                _checked_label(record.get(label_column), source, label_column, labelled), source))
+    return examples
+
+
+def read_csv(path: Path, text_column: str, label_column: str, labelled: bool = True) -> list[Example]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with _open_text(path, "utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            header = reader.fieldnames or []
+            for column in (text_column, label_column) if labelled else (text_column,):
+                if column not in header:
+                    raise DataError(f"{path}:1: missing column '{column}' (columns: {', '.join(header) or 'none'}); "
+                                    f"set data.text_column / data.label_column")
+            examples = []
+            for row in reader:
+                source = f"{path}:{reader.line_num}"
+                examples.append(Example(_checked_text(row[text_column], source, text_column),
+                                        _checked_label(row.get(label_column), source, label_column, labelled), source))
+            return examples
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid utf-8 text at byte {exc.start}") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+
+
+def read_phrasebank(path: Path, labelled: bool = True) -> list[Example]:
+    """The Financial PhraseBank's latin-1 ``sentence@label`` lines (split on the last '@')."""
+    examples = []
+    for number, line in enumerate(_read_lines(path, "latin-1"), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        if "@" not in line:
+            raise DataError(f"{source}: expected 'sentence@label', got {line[:60]!r}")
+        text, label = line.rsplit("@", 1)
+        examples.append(Example(_checked_text(text.strip(), source, "sentence"),
+                                _checked_label(label, source, "label", labelled), source))
+    return examples
+
+
+def read_conll(path: Path, tag_column: int = -1, scheme: str = "auto") -> list[Example]:
+    """CoNLL columns (``token ... TAG``), ``-DOCSTART-`` lines and blank-line sentence breaks.
+
+    IO-tagged files (only ``I-X``) are converted to IOB2, treating an ``I-`` after ``O`` or after a
+    different type as ``B-``.
+    """
+    from toolchain.data.tags import io_to_iob2, detect_scheme, validate_iob2
+
+    examples, tokens, tags, start = [], [], [], 0
+    lines = _read_lines(path, "utf-8") + [""]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                examples.append(Example(tokens, tags, f"{path}:{start}"))
+            tokens, tags = [], []
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise DataError(f"{path}:{number}: expected 'token ... TAG' columns, got {line!r}")
+        if not tokens:
+            start = number
+        tokens.append(parts[0])
+        tags.append(parts[tag_column])
+    if scheme == "auto":
+        scheme = detect_scheme([t for ex in examples for t in ex.label])
+    for ex in examples:
+        if scheme == "io":
+            ex.label = io_to_iob2(ex.label)
+        validate_iob2(ex.label, ex.source)
+    return examples
+
+
+def read_examples(path: str | Path, fmt: str = "auto", text_column: str = "text", label_column: str = "label",
+                  labelled: bool = True, tag_column: int = -1, tag_scheme: str = "auto") -> list[Example]:
+    """Read one file in the given (or detected) format; raises DataError naming file and line."""
+    path = Path(path)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "jsonl":
+        examples = read_jsonl(path, text_column, label_column, labelled)
+    elif fmt == "csv":
+        examples = read_csv(path, text_column, label_column, labelled)
+    elif fmt == "phrasebank":
+        examples = read_phrasebank(path, labelled)
+    elif fmt == "conll":
+        examples = read_conll(path, tag_column, tag_scheme)
+    else:
+        raise DataError(f"unknown data format {fmt!r}")
+    if not examples:
+        raise DataError(f"{path}: holds no examples")
+    return examples

@@ -1,0 +1,107 @@
+"""`toolchain evaluate` and `toolchain compare`: score runs on any labelled file, side by side."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolchain.artifacts import RunInfo, load_run
+from toolchain.config import DataConfig, from_dict
+from toolchain.data.dataset import check_labels, read_file
+from toolchain.modeling import load_pretrained, load_tokenizer
+from toolchain.tasks import get_task
+from toolchain.train.report import format_table, plot_confusion
+
+
+def load_run_model(run: RunInfo, merge: bool = False):
+    """The run's model in eval mode: a full model, or base + PEFT adapter (merged if asked)."""
+    task = get_task(run.task)
+    labels = run.labels
+    if run.is_peft:
+        from peft import PeftModel
+        base = load_pretrained(task.auto_model_class(), run.base_model, num_labels=len(labels),
+                               id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        model = PeftModel.from_pretrained(base, str(run.model_dir))
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        model = load_pretrained(task.auto_model_class(), str(run.model_dir))
+    return model.eval(), load_tokenizer(str(run.model_dir))
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Logits for examples in order (sequence tasks: (n, labels); token tasks: padded (n, len, labels))."""
+    dataset = task.encode(examples, tokenizer, None, max_length)
+    collate = task.collator(tokenizer)
+    outputs = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        outputs.append(model(**batch).logits.float().cpu().numpy())
+    if outputs and outputs[0].ndim == 3:  # token classification: pad to a common length
+        width = max(o.shape[1] for o in outputs)
+        outputs = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in outputs]
+    return np.concatenate(outputs)
+
+
+def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides: dict | None = None) -> dict:
+    run = load_run(run_dir)
+    task = get_task(run.task)
+    data_cfg = from_dict(DataConfig, {**run.config["data"], **(overrides or {})})
+    path = data or run.manifest["data_files"][split]["path"]
+    if data is None and run.manifest["data_files"][split].get("split"):
+        from toolchain.data.dataset import load_splits
+        examples = getattr(load_splits(data_cfg), split)
+    else:
+        examples = read_file(data_cfg, path)
+    check_labels(examples, run.labels, "evaluation")
+    model, tokenizer = load_run_model(run)
+    logits = predict_logits(model, tokenizer, task, examples, run.max_length)
+    gold = task.gold_ids(examples, run.labels, tokenizer, run.max_length) if hasattr(task, "gold_ids") else \
+        np.array([run.labels.index(ex.label) for ex in examples])
+    metrics = task.metrics(logits, gold, run.labels)
+    metrics["data"] = str(path)
+    return metrics
+
+
+def per_class_table(metrics: dict) -> str:
+    rows = [[label, v["precision"], v["recall"], v["f1"], v["support"]] for label, v in metrics["per_class"].items()]
+    return format_table(["class", "precision", "recall", "f1", "support"], rows)
+
+
+def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | None) -> dict:
+    metrics = evaluate_file(run_dir, data, split)
+    print(f"{metrics['data']}: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "f1")
+                                               if k in metrics))
+    if "per_class" in metrics:
+        print(per_class_table(metrics))
+    if "confusion_matrix" in metrics and json_out:
+        plot_confusion(metrics["confusion_matrix"], metrics["labels"], Path(json_out).with_suffix(".png"),
+                       title=f"confusion matrix: {Path(metrics['data']).name}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "test") -> str:
+    """A table of several runs (e.g. head = before adaptation vs full / LoRA = after)."""
+    rows, classes = [], None
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        if data:
+            metrics = evaluate_file(run_dir, data, split)
+        else:
+            metrics = json.loads((Path(run_dir) / "metrics.json").read_text())[split]
+        stored = json.loads((Path(run_dir) / "metrics.json").read_text())
+        classes = classes or list(metrics.get("per_class", {}))
+        headline = [metrics.get("accuracy", metrics.get("f1")), metrics.get("macro_f1", metrics.get("macro_f1"))]
+        rows.append([Path(run_dir).name, run.config["method"]["name"], Path(run.base_model).name,
+                     f"{stored['parameters']['trainable']:,}", *headline,
+                     *(metrics["per_class"][c]["f1"] for c in classes),
+                     f"{stored['train'].get('wall_seconds', 0):.0f}s"])
+    first = "accuracy" if rows and "accuracy" in metrics else "f1"
+    header = ["run", "method", "base", "trainable", first, "macro_f1", *(f"f1:{c}" for c in classes), "train time"]
+    return format_table(header, rows)

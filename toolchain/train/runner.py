@@ -1,0 +1,231 @@
+"""`toolchain train`: config -> run dir (model or adapter + head, tokenizer, metrics, plots, config).
+
+The Hugging Face Trainer runs the loop; this module wires data, method, callbacks and artifacts.
+The same command runs under ``torchrun --nproc_per_node N`` (DDP; gloo on CPU); only rank 0 writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from toolchain import __version__
+from toolchain.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError, mark_complete, mark_incomplete,
+                                 read_manifest, replace_dir, write_json, write_yaml)
+from toolchain.config import RunConfig, config_hash, from_dict, to_dict
+from toolchain.data.dataset import check_labels, label_list, load_splits
+from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
+from toolchain.tasks import get_task
+from toolchain.train.methods import PEFT_METHODS, apply_method, parameter_counts
+
+
+def world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def precision_flags(precision: str) -> dict:
+    """Mixed precision: bf16 (or fp16 without bf16 support) on CUDA by default; fp32 on CPU unless asked."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "resolved_precision": precision}
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, task):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    flags = precision_flags(t.precision)
+    rank, size = world()
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler, warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm or 1e9,
+        optim="adamw_torch", bf16=flags["bf16"], fp16=flags["fp16"],
+        seed=t.seed, data_seed=t.seed, full_determinism=False,
+        eval_strategy="steps", eval_steps=t.eval_steps, save_strategy="steps", save_steps=t.eval_steps,
+        save_total_limit=t.save_total_limit, save_safetensors=True,
+        load_best_model_at_end=keeps_best_model(cfg), metric_for_best_model=t.metric or task.default_metric, greater_is_better=True,
+        logging_steps=t.logging_steps, logging_dir=str(run_dir / "tensorboard"), report_to=["tensorboard"],
+        dataloader_num_workers=t.num_workers, disable_tqdm=False,
+        ddp_backend=None if torch.cuda.is_available() or size == 1 else "gloo",
+        use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, label_names=["labels"],
+    )
+
+
+def keeps_best_model(cfg: RunConfig) -> bool:
+    """AdaLoRA changes its rank pattern during training (its last phase fine-tunes the final ranks), so
+    an earlier checkpoint cannot be loaded back into the final model: it keeps the last state instead."""
+    return cfg.method.name != "adalora"
+
+
+def build_model(cfg: RunConfig, task, labels: list[str], base_path: str, total_steps: int):
+    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+              "label2id": {label: i for i, label in enumerate(labels)}}
+    if cfg.model.classifier_dropout is not None:
+        kwargs["classifier_dropout"] = cfg.model.classifier_dropout
+    model = load_pretrained(task.auto_model_class(), base_path, **kwargs)
+    return apply_method(model, cfg.method, task.peft_task_type, total_steps)
+
+
+def estimated_steps(cfg: RunConfig, n_train: int) -> int:
+    t = cfg.train
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = math.ceil(n_train / (t.batch_size * world()[1]) / t.gradient_accumulation)
+    return max(1, math.ceil(per_epoch * t.epochs))
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if resume:
+        if not (run_dir / "checkpoints").is_dir():
+            raise ArtifactError(f"{run_dir}: nothing to resume (no checkpoints/)")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
+                                f"or output_dir=NEW_DIR")
+        if is_main():
+            shutil.rmtree(run_dir)
+    return run_dir
+
+
+def manifest(cfg: RunConfig, status: str, labels, base_path, splits, extra=None) -> dict:
+    return {
+        "artifact_version": ARTIFACT_VERSION, "stage": "train", "status": status,
+        "toolchain_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "task": cfg.model.task, "labels": labels, "base_model": base_path,
+        "model_format": "peft" if cfg.method.name in PEFT_METHODS else "full",
+        "config_hash": config_hash(cfg), "data_files": splits.files if splits else {},
+        **(extra or {}), "config": to_dict(cfg),
+    }
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from toolchain.train.adversarial import AdversarialTrainer
+    from toolchain.train.callbacks import AdaLoraBudgetCallback
+    from toolchain.train.report import finish_run
+
+    task = get_task(cfg.model.task)
+    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    set_seed(cfg.train.seed)
+    splits = load_splits(cfg.data)
+    labels = label_list(splits.train)
+    for role in ("dev", "test"):
+        check_labels(getattr(splits, role), labels, role)
+    base_path = resolve_base_model(cfg.model.base)
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mark_incomplete(run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
+                                 f"{run_dir}")
+        write_yaml(run_dir / MANIFEST, manifest(cfg, "incomplete", labels, base_path, splits))
+
+    tokenizer = load_tokenizer(base_path)
+    label2id = {label: i for i, label in enumerate(labels)}
+    datasets = {role: task.encode(getattr(splits, role), tokenizer, label2id, cfg.data.max_length)
+                for role in ("train", "dev", "test")}
+    total_steps = estimated_steps(cfg, len(datasets["train"]))
+    model = build_model(cfg, task, labels, base_path, total_steps)
+    counts = parameter_counts(model)
+
+    callbacks = []
+    if cfg.train.early_stopping_patience and keeps_best_model(cfg):
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    adalora = AdaLoraBudgetCallback(model) if cfg.method.name == "adalora" else None
+    if adalora:
+        callbacks.append(adalora)
+
+    def compute_metrics(prediction):
+        return task.summary(task.metrics(prediction.predictions, prediction.label_ids, labels))
+
+    trainer_cls = AdversarialTrainer if cfg.adversarial.kind != "none" else None
+    kwargs = {"adversarial": cfg.adversarial} if trainer_cls else {}
+    from transformers import Trainer
+    trainer = (trainer_cls or Trainer)(
+        model=model, args=training_arguments(cfg, run_dir, task), train_dataset=datasets["train"],
+        eval_dataset=datasets["dev"], data_collator=task.collator(tokenizer), processing_class=tokenizer,
+        compute_metrics=compute_metrics, callbacks=callbacks, **kwargs)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    elapsed = time.time() - started
+
+    dev = trainer.predict(datasets["dev"])
+    test = trainer.predict(datasets["test"])
+    metrics = {
+        "dev": task.metrics(dev.predictions, dev.label_ids, labels),
+        "test": task.metrics(test.predictions, test.label_ids, labels),
+        "train": {**result.metrics, "wall_seconds": elapsed, "global_step": trainer.state.global_step,
+                  "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "precision": precision_flags(cfg.train.precision)["resolved_precision"],
+                  "world_size": world()[1]},
+        "parameters": counts, "method": cfg.method.name, "adversarial": cfg.adversarial.kind,
+    }
+    if adalora:
+        metrics["adalora"] = {"update_and_allocate_calls": adalora.calls, "rank_history": adalora.budget_history,
+                              "final_rank_total": adalora.current_ranks()}
+    report_rank_agreement(trainer.model, metrics)
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, run_dir)
+        finish_run(run_dir, trainer.state.log_history, metrics, labels, task)
+        write_yaml(run_dir / MANIFEST, manifest(cfg, "complete", labels, base_path, splits,
+                                                {"parameters": counts}))
+        mark_complete(run_dir)
+    return run_dir
+
+
+def report_rank_agreement(model, metrics: dict) -> None:
+    """Print a fingerprint of the final weights and test metric per rank (DDP ranks must agree)."""
+    rank, size = world()
+    if size == 1:
+        return
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).cpu().numpy().round(5).tobytes())
+    test = metrics["test"]
+    headline = test.get("accuracy", test.get("f1"))
+    print(f"[rank {rank}/{size}] weights_sha256={digest.hexdigest()[:16]} test_metric={headline:.6f}", flush=True)
+
+
+def save_model(model, tokenizer, run_dir: Path) -> None:
+    """Write model (or adapter + head) and tokenizer to model.tmp/, then rename to model/."""
+    tmp = run_dir / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, run_dir / "model")
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The config of an interrupted run, read from its toolchain.yaml."""
+    import yaml
+
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"{run_dir}: no {MANIFEST}; nothing to resume")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if data.get("status") == "complete":
+        raise ArtifactError(f"{run_dir}: this run is already complete")
+    cfg = from_dict(RunConfig, data["config"])
+    return replace(cfg, output_dir=str(run_dir))
+
+
+__all__ = ["train", "resume_config", "read_manifest"]
