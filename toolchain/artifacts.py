@@ -126,3 +126,64 @@ def load_run(path: str | Path) -> RunInfo:
     if not (path / "model" / "config.json").exists() and not (path / "model" / "adapter_config.json").exists():
         raise ArtifactError(f"{path}: run dir has no model/ folder")
     return RunInfo(path, manifest)
+
+
+@dataclass
+class ExportInfo:
+    """What serving and benchmarks need from an export dir's toolchain.yaml."""
+    path: Path
+    manifest: dict
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest["max_length"])
+
+    @property
+    def serve_variant(self) -> str:
+        return self.manifest["serve_variant"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    def variant_names(self) -> list[str]:
+        return list(self.manifest.get("variants", {}))
+
+    def variant_file(self, name: str | None = None) -> Path:
+        name = name or self.serve_variant
+        variants = self.manifest.get("variants", {})
+        if name not in variants:
+            raise ArtifactError(f"{self.path}: no variant {name!r}; variants: {', '.join(variants) or 'none'}")
+        entry = variants[name]
+        return self.path / entry["dir"] / entry["file"]
+
+    def verify(self, only: list[str] | None = None) -> None:
+        """Check model files against the manifest's sha256 (all, or those under the given relative dirs)."""
+        from toolchain.data.dataset import sha256_file
+
+        for rel, expected in self.manifest.get("files", {}).items():
+            if only and not any(rel.startswith(prefix) for prefix in only):
+                continue
+            file = self.path / rel
+            if not file.exists():
+                raise ArtifactError(f"{file}: listed in the checksum manifest but missing")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ArtifactError(f"{file}: sha256 {actual[:16]}... does not match the manifest "
+                                    f"({expected[:16]}...); the model file was altered or truncated")
+
+
+def load_export(path: str | Path) -> ExportInfo:
+    path = Path(path)
+    manifest = read_manifest(path, "export")
+    if manifest.get("stage") != "export":
+        raise ArtifactError(f"{path}: {MANIFEST} is from stage {manifest.get('stage')!r}, expected an export dir")
+    return ExportInfo(path, manifest)
