@@ -1,0 +1,1 @@
+"""Measuring code shared by `toolchain export` and the benchmarks/ scripts."""

@@ -1,0 +1,31 @@
+"""`toolchain export RUN_DIR [--config PRESET|YAML] [--out DIR] [key=value ...]`"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a complete run dir written by `toolchain train`")
+    p.add_argument("--config", "-c", help="export preset (e.g. export-default, export-prune) or YAML file")
+    p.add_argument("--out", "-o", metavar="DIR", help="export dir (default: output_dir, else exports/<run name>)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. prune.amount=0.4 quantize.isa=avx2")
+
+
+def run(args) -> int:
+    import logging
+
+    from toolchain.export.config import load_export_config
+    from toolchain.export.gate import GateError
+    from toolchain.export.pipeline import export
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_export_config(args.config, args.overrides)
+    try:
+        out = export(args.run_dir, args.out, cfg)
+    except GateError as exc:
+        print(f"toolchain export: gate failed: {exc}", file=sys.stderr)
+        print("toolchain export: no export dir was written (the failed build is kept as *.failed)", file=sys.stderr)
+        return 1
+    print(f"export dir: {out}")
+    return 0

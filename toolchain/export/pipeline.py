@@ -1,0 +1,309 @@
+"""`toolchain export`: run dir -> export dir (merged model, ONNX variants, report), gated and atomic.
+
+The export dir is built under a temporary name next to the target and renamed into place only after
+every gate passed; a failed gate leaves ``NAME.failed`` (status: failed, not loadable) for inspection.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, RunInfo, load_run, mark_incomplete,
+                                 replace_dir, write_yaml)
+from toolchain.config import config_hash, to_dict
+from toolchain.export.config import ExportConfig
+from toolchain.export.gate import GateError, check_accuracy, check_parity
+
+log = logging.getLogger(__name__)
+INT8_VARIANTS = ("int8", "int8-static", "pruned-int8")
+
+
+@dataclass
+class ExportJob:
+    """Everything the variant builders share while one export dir is being written."""
+    run: RunInfo
+    task: object
+    cfg: ExportConfig
+    out: Path
+    cpu: object
+    preset: str | None
+    splits: object = None
+    tokenizer: object = None
+    model: object = None              # merged fp32 PyTorch model (the reference)
+    pruned_model: object = None
+    variants: dict = field(default_factory=dict)   # name -> (dir relative to out, file name)
+    parity: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)      # manifest/report sections (merge, pruning)
+
+    def onnx_dir(self, name: str) -> Path:
+        return self.out / "onnx" / name
+
+
+def default_output_dir(run: RunInfo) -> Path:
+    return Path("exports") / run.path.name
+
+
+def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None) -> Path:
+    """Build the export dir for ``run_dir`` and return its final path (see docs/ARTIFACTS.md)."""
+    from toolchain.export.cpu import choose_preset, detect_cpu
+    from toolchain.tasks import get_task
+
+    cfg = cfg or ExportConfig()
+    run = load_run(run_dir)
+    cpu = detect_cpu()
+    needs_int8 = any(v in INT8_VARIANTS for v in cfg.variant_list())
+    preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
+    final = Path(out_dir or cfg.output_dir or default_output_dir(run)).resolve()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mark_incomplete(tmp, "export in progress")
+    job = ExportJob(run, get_task(run.task), cfg, tmp, cpu, preset)
+    try:
+        report = build(job)
+    except GateError as exc:
+        keep_failed(job, final, str(exc))
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_yaml(tmp / MANIFEST, manifest(job, report, "complete"))
+    (tmp / INCOMPLETE).unlink()
+    replace_dir(tmp, final)
+    shutil.rmtree(final.with_name(final.name + ".failed"), ignore_errors=True)
+    return final
+
+
+def keep_failed(job: ExportJob, final: Path, why: str) -> None:
+    """Leave the failed build as NAME.failed (status: failed, INCOMPLETE marker) for inspection."""
+    failed = final.with_name(final.name + ".failed")
+    write_yaml(job.out / MANIFEST, {**manifest(job, None, "failed"), "failure": why})
+    mark_incomplete(job.out, f"gate failed: {why}")
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(job.out, failed)
+
+
+def build(job: ExportJob) -> dict:
+    """Every stage in order; returns the report (also written to report.json)."""
+    from toolchain.export.merge import merge_run
+    from toolchain.export.scoring import load_run_splits
+
+    started = time.time()
+    job.splits = load_run_splits(job.run)
+    merged = merge_run(job.run, job.task, job.splits.dev, job.cfg.gate.merge_atol, job.cfg.eval_batch_size)
+    job.model, job.tokenizer = merged.model, merged.tokenizer
+    job.extra["merge"] = {"peft": job.run.is_peft, "max_abs_diff": merged.max_abs_diff}
+    save_merged(job)
+    for name in job.cfg.variant_list():
+        log.info("building variant %s", name)
+        VARIANT_BUILDERS[name](job)
+    report = evaluate_variants(job)
+    report["wall_seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def save_merged(job: ExportJob) -> None:
+    job.model.save_pretrained(job.out / "merged", safe_serialization=True)
+    job.tokenizer.save_pretrained(job.out / "merged")
+    job.tokenizer.save_pretrained(job.out / "tokenizer")
+
+
+def parity_diff(job: ExportJob, torch_model, name: str) -> float:
+    """Max abs logit difference between a variant's ONNX graph and its PyTorch model on dev."""
+    from toolchain.evaluate import predict_logits
+
+    dev = job.splits.dev
+    onnx_logits = variant_logits(job, name, dev)
+    torch_logits = predict_logits(torch_model, job.tokenizer, job.task, dev, job.run.max_length,
+                                  job.cfg.eval_batch_size)
+    return float(np.max(np.abs(onnx_logits - torch_logits)))
+
+
+def variant_logits(job: ExportJob, name: str, examples) -> np.ndarray:
+    from toolchain.evaluate import predict_logits
+    from toolchain.export.onnx_export import load_ort_model
+
+    rel_dir, file_name = job.variants[name]
+    model = load_ort_model(job.out / rel_dir, file_name, job.task, job.cfg.latency.threads)
+    return predict_logits(model, job.tokenizer, job.task, examples, job.run.max_length, job.cfg.eval_batch_size)
+
+
+def _register(job: ExportJob, name: str, path: Path) -> None:
+    job.variants[name] = (str(path.parent.relative_to(job.out)), path.name)
+
+
+def build_fp32(job: ExportJob) -> None:
+    from toolchain.export.onnx_export import export_onnx
+
+    _register(job, "fp32", export_onnx(job.model, job.onnx_dir("fp32"), job.task, job.cfg.opset))
+    diff = parity_diff(job, job.model, "fp32")
+    job.parity["fp32_vs_pytorch"] = diff
+    check_parity("fp32", diff, job.cfg.gate.parity_atol, "ONNX fp32 vs PyTorch")
+
+
+def build_optimized(job: ExportJob) -> None:
+    from toolchain.export.onnx_export import optimize_onnx
+
+    _register(job, "optimized", optimize_onnx(job.onnx_dir("fp32"), job.onnx_dir("optimized"),
+                                              job.cfg.optimize.level))
+    job.parity["optimized_vs_pytorch"] = parity_diff(job, job.model, "optimized")
+
+
+def quantize_source(job: ExportJob, pruned: bool) -> tuple[Path, str]:
+    if pruned:
+        return job.onnx_dir("pruned"), job.variants["pruned"][1]
+    if job.cfg.quantize.source == "optimized":
+        if "optimized" not in job.variants:
+            build_optimized(job)
+        return job.onnx_dir("optimized"), job.variants["optimized"][1]
+    return job.onnx_dir("fp32"), job.variants["fp32"][1]
+
+
+def build_int8(job: ExportJob, name: str = "int8", pruned: bool = False) -> None:
+    from toolchain.export.quantize import quantize_dynamic
+
+    source_dir, source_file = quantize_source(job, pruned)
+    _register(job, name, quantize_dynamic(source_dir, source_file, job.onnx_dir(name), job.cfg.quantize,
+                                          job.preset, job.cpu))
+
+
+def build_int8_static(job: ExportJob) -> None:
+    from toolchain.export.quantize import quantize_static
+
+    rng = np.random.default_rng(job.cfg.prune.seed)
+    train = job.splits.train
+    picked = [train[i] for i in rng.permutation(len(train))[: job.cfg.quantize.static_samples]]
+    features = job.task.encode(picked, job.tokenizer, None, job.run.max_length).features
+    source_dir, source_file = quantize_source(job, False)
+    _register(job, "int8-static", quantize_static(source_dir, source_file, job.onnx_dir("int8-static"),
+                                                  job.cfg.quantize, job.preset, job.cpu, features, job.out))
+
+
+def build_pruned(job: ExportJob) -> None:
+    from toolchain.export.onnx_export import export_onnx
+    from toolchain.export.prune import prune_and_recover, save_pruned
+
+    job.pruned_model, job.extra["pruning"] = prune_and_recover(job)
+    save_pruned(job.pruned_model, job.extra["pruning"], job.out / "pruned")
+    _register(job, "pruned", export_onnx(job.pruned_model, job.onnx_dir("pruned"), job.task, job.cfg.opset))
+    diff = parity_diff(job, job.pruned_model, "pruned")
+    job.parity["pruned_vs_pruned_pytorch"] = diff
+    check_parity("pruned", diff, job.cfg.gate.parity_atol, "ONNX pruned vs pruned PyTorch")
+
+
+VARIANT_BUILDERS = {
+    "fp32": build_fp32,
+    "optimized": build_optimized,
+    "int8": build_int8,
+    "int8-static": build_int8_static,
+    "pruned": build_pruned,
+    "pruned-int8": lambda job: build_int8(job, "pruned-int8", pruned=True),
+}
+
+
+def evaluate_variants(job: ExportJob) -> dict:
+    """Score every variant on dev/test, gate the serve variant, time them all, write the report."""
+    from toolchain.export.report import variant_table, write_report
+    from toolchain.export.scoring import gold_ids, headline_metric, score
+    from toolchain.evaluate import predict_logits
+
+    run, task, cfg = job.run, job.task, job.cfg
+    rows, reference = {}, {}
+    for split in ("dev", "test"):
+        examples = getattr(job.splits, split)
+        gold = gold_ids(task, examples, run.labels, job.tokenizer, run.max_length)
+        reference[split] = predict_logits(job.model, job.tokenizer, task, examples, run.max_length,
+                                          cfg.eval_batch_size)
+        rows.setdefault("pytorch", {})[split] = score(task, reference[split], gold, run.labels, None)
+        for name in job.variants:
+            logits = variant_logits(job, name, examples)
+            rows.setdefault(name, {})[split] = score(task, logits, gold, run.labels, reference[split])
+    rows["pytorch"]["bytes"] = sum(f.stat().st_size for f in (job.out / "merged").glob("*.safetensors"))
+    for name, (rel_dir, file_name) in job.variants.items():
+        rows[name]["bytes"] = (job.out / rel_dir / file_name).stat().st_size
+    metric = headline_metric(task, cfg.gate.metric, rows["pytorch"]["test"])
+    report = base_report(job, rows, metric)
+    report["latency"] = measure_latency(job)
+    print(variant_table(report, metric))
+    write_report(report, metric, job.out)  # written before the gate so a failed dir explains itself
+    report["gate"] = check_accuracy(cfg.serve_variant, rows[cfg.serve_variant], rows["pytorch"], metric,
+                                    cfg.gate.max_drop, cfg.gate.min_agreement)
+    write_report(report, metric, job.out)
+    return report
+
+
+def base_report(job: ExportJob, rows: dict, metric: str) -> dict:
+    return {"run": str(job.run.path), "task": job.run.task, "metric": metric, "serve_variant": job.cfg.serve_variant,
+            "cpu": cpu_section(job), "parity": job.parity, **job.extra, "variants": rows,
+            "batch_sizes": job.cfg.latency_batch_sizes(), "gate": None}
+
+
+def cpu_section(job: ExportJob) -> dict:
+    from toolchain.export.quantize import reduce_range
+
+    section = {"machine": job.cpu.machine, "isa": job.cpu.isa, "vnni": job.cpu.has_vnni, "preset": job.preset,
+               "threads": job.cfg.latency.threads or os.cpu_count()}
+    if job.preset:
+        section["reduce_range"] = reduce_range(job.cfg.quantize, job.cpu, job.preset)
+    return section
+
+
+def measure_latency(job: ExportJob) -> dict:
+    """Median/p95 per variant and batch size, all variants interleaved in the same rounds."""
+    import onnxruntime
+    import torch
+
+    from toolchain.bench.latency import measure_interleaved, onnx_runner, text_batches, torch_runner
+    from toolchain.export.onnx_export import session_options
+
+    cfg = job.cfg.latency
+    threads = cfg.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    runners = {"pytorch": torch_runner(job.model)} if cfg.pytorch else {}
+    for name, (rel_dir, file_name) in job.variants.items():
+        session = onnxruntime.InferenceSession(str(job.out / rel_dir / file_name), session_options(threads),
+                                               providers=["CPUExecutionProvider"])
+        runners[name] = onnx_runner(session)
+    texts = [ex.text for ex in job.splits.test]
+    inputs = {bs: text_batches(job.tokenizer, texts, bs, min(cfg.rounds, 16), job.run.max_length)
+              for bs in job.cfg.latency_batch_sizes()}
+    results = measure_interleaved(runners, inputs, cfg.rounds, cfg.warmup, progress=True)
+    return {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in results.items()}
+
+
+def manifest(job: ExportJob, report: dict | None, status: str) -> dict:
+    """The export dir's toolchain.yaml (docs/ARTIFACTS.md): variants, checksums, configs."""
+    from toolchain import __version__
+    from toolchain.data.dataset import sha256_file
+
+    variants, files = {}, {}
+    for name, (rel_dir, file_name) in job.variants.items():
+        path = job.out / rel_dir / file_name
+        if path.exists():
+            variants[name] = {"dir": rel_dir, "file": file_name, "sha256": sha256_file(path),
+                              "bytes": path.stat().st_size}
+    for path in sorted(job.out.rglob("*")):
+        if path.is_file() and path.suffix in (".onnx", ".safetensors", ".json", ".txt") and path.name != "report.json":
+            files[str(path.relative_to(job.out))] = sha256_file(path)
+    run = job.run
+    return {
+        "artifact_version": ARTIFACT_VERSION, "stage": "export", "status": status, "toolchain_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": run.task, "labels": run.labels,
+        "max_length": run.max_length, "base_model": run.base_model, "run_dir": str(run.path.resolve()),
+        "run_config_hash": run.manifest.get("config_hash"), "export_config_hash": config_hash(job.cfg),
+        "serve_variant": job.cfg.serve_variant, "metric": report["metric"] if report else None,
+        "cpu": cpu_section(job), "variants": variants, **manifest_extra(job), "files": files,
+        "config": {"run": run.config, "export": to_dict(job.cfg)},
+    }
+
+
+def manifest_extra(job: ExportJob) -> dict:
+    """Sections a reload needs: the pruned model's shape (see toolchain.export.prune.load_pruned)."""
+    pruning = job.extra.get("pruning")
+    return {"pruned": {"dir": "pruned", **pruning}} if pruning else {}

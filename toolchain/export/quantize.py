@@ -1,0 +1,76 @@
+"""INT8 quantization with Optimum's ORTQuantizer: dynamic, and static calibrated on training data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.export.config import QuantizeConfig
+from toolchain.export.cpu import CpuInfo
+
+QUANTIZED_FILE = "model_quantized.onnx"
+
+
+def reduce_range(cfg: QuantizeConfig, cpu: CpuInfo, preset: str) -> bool:
+    """7-bit weights on x86 without VNNI (VPMADDUBSW can saturate 8-bit sums), unless configured."""
+    if cfg.reduce_range is not None:
+        return cfg.reduce_range
+    return preset != "arm64" and not cpu.has_vnni
+
+
+def quantization_config(cfg: QuantizeConfig, preset: str, is_static: bool, cpu: CpuInfo):
+    """Optimum's AutoQuantizationConfig factory for the preset, with this config's options."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    factory = getattr(AutoQuantizationConfig, preset)
+    kwargs = {"is_static": is_static, "per_channel": cfg.per_channel}
+    if preset in ("avx2", "avx512"):
+        kwargs["reduce_range"] = reduce_range(cfg, cpu, preset)
+    return factory(**kwargs)
+
+
+def quantize_dynamic(source_dir: Path, source_file: str, out_dir: Path, cfg: QuantizeConfig,
+                     preset: str, cpu: CpuInfo) -> Path:
+    """Weights int8 ahead of time, activations quantized on the fly: no calibration data needed."""
+    from optimum.onnxruntime import ORTQuantizer
+
+    quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
+    quantizer.quantize(quantization_config=quantization_config(cfg, preset, False, cpu), save_dir=out_dir)
+    return out_dir / QUANTIZED_FILE
+
+
+def calibration_dataset(features: list[dict], input_names: list[str]):
+    """A datasets.Dataset of equally padded features (the calibrator feeds them one by one)."""
+    from datasets import Dataset
+
+    width = max(len(f["input_ids"]) for f in features)
+    columns = {}
+    for name in input_names:
+        columns[name] = [list(f[name]) + [0] * (width - len(f[name])) for f in features]
+    return Dataset.from_dict(columns)
+
+
+def calibration_config(cfg: QuantizeConfig, dataset):
+    from optimum.onnxruntime.configuration import AutoCalibrationConfig
+
+    if cfg.static_method == "percentile":
+        return AutoCalibrationConfig.percentiles(dataset, percentile=cfg.static_percentile)
+    if cfg.static_method == "entropy":
+        return AutoCalibrationConfig.entropy(dataset)
+    return AutoCalibrationConfig.minmax(dataset)
+
+
+def quantize_static(source_dir: Path, source_file: str, out_dir: Path, cfg: QuantizeConfig, preset: str,
+                    cpu: CpuInfo, features: list[dict], work_dir: Path) -> Path:
+    """Weights and activations int8 with ranges calibrated on ``features`` (tokenized training examples)."""
+    import onnxruntime
+    from optimum.onnxruntime import ORTQuantizer
+
+    session = onnxruntime.InferenceSession(str(source_dir / source_file), providers=["CPUExecutionProvider"])
+    dataset = calibration_dataset(features, [i.name for i in session.get_inputs()])
+    qconfig = quantization_config(cfg, preset, True, cpu)
+    quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
+    ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),
+                           onnx_augmented_model_name=work_dir / "augmented_model.onnx",
+                           operators_to_quantize=qconfig.operators_to_quantize)
+    quantizer.quantize(quantization_config=qconfig, save_dir=out_dir, calibration_tensors_range=ranges)
+    (work_dir / "augmented_model.onnx").unlink(missing_ok=True)
+    return out_dir / QUANTIZED_FILE

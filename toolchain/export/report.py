@@ -1,0 +1,66 @@
+"""The export report: report.json, the printed variant table and the latency-vs-metric PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.artifacts import write_json
+
+
+def variant_rows(report: dict, metric: str) -> list[list]:
+    """One table row per variant (PyTorch fp32 first): size, latency, metric, agreement."""
+    from toolchain.export.config import VARIANTS
+
+    rows = []
+    latency = report.get("latency", {})
+    sizes = report.get("batch_sizes", [])
+    for name in ["pytorch", *VARIANTS]:
+        row = report["variants"].get(name)
+        if row is None:
+            continue
+        lat = latency.get(name, {})
+        cells = [name, f"{row['bytes'] / 1e6:.1f}"]
+        for bs in sizes:
+            stats = lat.get(str(bs))
+            cells += [f"{stats['median_ms']:.2f}", f"{stats['p95_ms']:.2f}"] if stats else ["-", "-"]
+        cells += [row["dev"][metric], row["test"][metric], f"{row['test']['agreement']:.2%}"]
+        rows.append(cells)
+    return rows
+
+
+def variant_table(report: dict, metric: str) -> str:
+    from toolchain.train.report import format_table
+
+    header = ["variant", "MB"]
+    for bs in report.get("batch_sizes", []):
+        header += [f"b{bs} p50 ms", f"b{bs} p95 ms"]
+    header += [f"dev {metric}", f"test {metric}", "agree"]
+    return format_table(header, variant_rows(report, metric))
+
+
+def plot_latency_vs_metric(report: dict, metric: str, path: Path) -> None:
+    """Median batch-1 latency (x) against test metric (y), one labelled point per variant."""
+    from toolchain.train.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    bs = str(report["batch_sizes"][0]) if report.get("batch_sizes") else None
+    for name, row in report["variants"].items():
+        stats = report.get("latency", {}).get(name, {}).get(bs)
+        if stats is None:
+            continue
+        ax.scatter(stats["median_ms"], 100 * row["test"][metric], s=40)
+        ax.annotate(f"{name} ({row['bytes'] / 1e6:.0f} MB)", (stats["median_ms"], 100 * row["test"][metric]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(f"median latency at batch {bs} (ms)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title("export variants: latency vs task metric")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, metric: str, out_dir: Path) -> None:
+    write_json(out_dir / "report.json", report)
+    if report.get("latency"):
+        plot_latency_vs_metric(report, metric, out_dir / "latency_vs_metric.png")

@@ -1,0 +1,55 @@
+"""Score any variant (PyTorch or ONNX Runtime) with the task metric on the run's dev and test splits."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from toolchain.artifacts import RunInfo
+from toolchain.config import DataConfig, from_dict
+
+log = logging.getLogger(__name__)
+
+
+def load_run_splits(run: RunInfo):
+    """The run's train/dev/test examples, read as the run read them (its resolved data config)."""
+    from toolchain.data.dataset import check_labels, load_splits
+
+    splits = load_splits(from_dict(DataConfig, run.config["data"]))
+    for role, info in splits.files.items():
+        recorded = run.manifest.get("data_files", {}).get(role, {}).get("sha256")
+        if recorded and recorded != info["sha256"]:
+            log.warning("%s data %s changed since training (sha256 differs)", role, info["path"])
+    check_labels(splits.dev + splits.test, run.labels, "dev/test")
+    return splits
+
+
+def gold_ids(task, examples, labels: list[str], tokenizer, max_length: int) -> np.ndarray:
+    if hasattr(task, "gold_ids"):
+        return task.gold_ids(examples, labels, tokenizer, max_length)
+    return np.array([labels.index(ex.label) for ex in examples])
+
+
+def agreement(pred: np.ndarray, reference: np.ndarray, gold: np.ndarray) -> float:
+    """Share of scored positions where two models predict the same label (tokens: gold != -100)."""
+    mask = gold != -100 if gold.ndim > 1 else np.ones(gold.shape, dtype=bool)
+    return float(np.mean(pred[mask] == reference[mask])) if mask.any() else 1.0
+
+
+def score(task, logits: np.ndarray, gold: np.ndarray, labels: list[str], reference: np.ndarray | None) -> dict:
+    """Headline task metrics plus label agreement with the reference logits (fp32 PyTorch)."""
+    metrics = task.summary(task.metrics(logits, gold, labels))
+    pred = task.predictions(logits)
+    metrics["agreement"] = agreement(pred, task.predictions(reference), gold) if reference is not None else 1.0
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def headline_metric(task, metric: str, sample: dict) -> str:
+    """The gate's metric: the configured one, or the task's first headline figure."""
+    if metric != "auto":
+        if metric not in sample:
+            from toolchain.config import ConfigError
+            raise ConfigError(f"gate.metric: {metric!r} is not a metric of this task; available: "
+                              f"{', '.join(k for k in sample if k != 'agreement')}")
+        return metric
+    return next(iter(sample))
