@@ -1,0 +1,242 @@
+"""`toolchain build [--config PRESET] [key=value ...]`: the main job, from a fresh clone to a Bento.
+
+Runs only the stages that are missing or out of date, detected by config hash:
+
+1. train  -> ``<output_dir>-<run hash>``            (reused when complete with the same config hash;
+                                                    an interrupted run is resumed from its checkpoint)
+2. export -> ``<run dir>-export-<export hash>``     (reused when built from this run with this config)
+3. model  -> BentoML model ``<name>:<run hash>-<export hash>-<variant>``: the chosen ONNX variant,
+             the tokenizer and the export manifest (checksums verified after the copy)
+4. Bento  -> built from ``bentofile.yaml``, labelled with the model's test metrics and config hashes;
+             the Bento arguments ``model_tag`` and ``variant`` tell the service what to load.
+
+Overrides starting with ``export.`` go to the export config (``export.variants=fp32,int8``); the
+others to the run config (``train.epochs=3``). ``--export-dir DIR`` skips training and export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from toolchain.config import ConfigError, config_hash, data_root, expand_data_path
+
+log = logging.getLogger("toolchain.build")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENTOFILE = REPO_ROOT / "bentofile.yaml"
+EXPORT_PREFIX = "export."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="sentiment-full",
+                   help="training preset or YAML (default: sentiment-full, finance sentiment on PhraseBank allagree)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides; export.KEY=VALUE goes to the export config")
+    p.add_argument("--export-config", metavar="PRESET", help="export preset or YAML (default: built-in defaults)")
+    p.add_argument("--export-dir", metavar="DIR", help="build from this export dir (skips train and export)")
+    p.add_argument("--variant", help="ONNX variant to pack (default: the export's serve_variant)")
+
+
+@dataclass
+class Stages:
+    """Where each stage's artifact lives, its hash, and whether it has to run."""
+    run_cfg: object
+    export_cfg: object
+    run_dir: Path
+    run_hash: str
+    export_dir: Path
+    export_hash: str
+    run_state: str          # "up to date" | "resume" | "train"
+    export_state: str       # "up to date" | "export"
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    run = [o for o in overrides if not o.startswith(EXPORT_PREFIX)]
+    export = [o[len(EXPORT_PREFIX):] for o in overrides if o.startswith(EXPORT_PREFIX)]
+    return run, export
+
+
+def plan(preset: str, overrides: list[str], export_preset: str | None = None) -> Stages:
+    """Resolve both configs and decide, by config hash, which stages must run."""
+    from toolchain.config import load_config
+    from toolchain.export.config import load_export_config
+
+    run_overrides, export_overrides = split_overrides(overrides)
+    cfg = load_config(preset, run_overrides)
+    run_hash = config_hash(replace(cfg, output_dir=""))
+    cfg = replace(cfg, output_dir=f"{cfg.output_dir.rstrip('/')}-{run_hash}")
+    export_cfg = replace(load_export_config(export_preset, export_overrides), output_dir=None)
+    export_hash = config_hash(export_cfg)
+    run_dir = Path(cfg.output_dir)
+    export_dir = run_dir.with_name(f"{run_dir.name}-export-{export_hash}")
+    return Stages(cfg, export_cfg, run_dir, run_hash, export_dir, export_hash,
+                  run_state(run_dir, config_hash(cfg)), export_state(export_dir, config_hash(cfg), export_hash))
+
+
+def run_state(run_dir: Path, expected_hash: str) -> str:
+    from toolchain.artifacts import ArtifactError, load_run
+
+    try:
+        run = load_run(run_dir)
+    except ArtifactError:
+        return "resume" if (run_dir / "checkpoints").is_dir() else "train"
+    return "up to date" if run.manifest.get("config_hash") == expected_hash else "train"
+
+
+def export_state(export_dir: Path, run_hash: str, export_hash: str) -> str:
+    from toolchain.artifacts import ArtifactError, load_export
+
+    try:
+        manifest = load_export(export_dir).manifest
+    except ArtifactError:
+        return "export"
+    same = manifest.get("run_config_hash") == run_hash and manifest.get("export_config_hash") == export_hash
+    return "up to date" if same else "export"
+
+
+def check_data(cfg) -> None:
+    """Fail before a long job when a data file is missing, saying which path or setting to give."""
+    for role in ("train", "dev", "test"):
+        value = getattr(cfg.data, role)
+        path = expand_data_path(value)
+        if path and not Path(path).exists():
+            raise ConfigError(
+                f"data.{role}: {path} not found. Set TOOLCHAIN_DATA_DIR to the folder holding "
+                f"financial_phrasebank/ (now {data_root() or 'not found'}), or pass data.{role}=PATH")
+
+
+def ensure_run(stages: Stages) -> None:
+    if stages.run_state == "up to date":
+        return
+    check_data(stages.run_cfg)
+    from toolchain.train.runner import train
+
+    resume = stages.run_state == "resume"
+    print(f"train: {'resuming' if resume else 'training'} {stages.run_dir}", flush=True)
+    train(stages.run_cfg, resume=resume, overwrite=not resume)
+
+
+def ensure_export(stages: Stages) -> None:
+    from toolchain.export.pipeline import export
+
+    if stages.export_state == "up to date":
+        return
+    print(f"export: {stages.run_dir} -> {stages.export_dir}", flush=True)
+    export(stages.run_dir, stages.export_dir, stages.export_cfg)
+
+
+def model_name(export_dir: Path) -> str:
+    """A BentoML model name from the run's name: lower case, [a-z0-9._-], at most 40 characters."""
+    stem = re.sub(r"-export-[0-9a-f]+$", "", export_dir.name)
+    stem = re.sub(r"-[0-9a-f]{16}$", "", stem)
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:40].strip("-._")
+    return name or "toolchain-model"
+
+
+def variant_metrics(export, variant: str) -> dict[str, float]:
+    """Test metrics of the packed variant, from the export's report.json (empty when absent)."""
+    report_file = export.path / "report.json"
+    if not report_file.is_file():
+        return {}
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    test = report.get("variants", {}).get(variant, {}).get("test", {})
+    return {k: float(v) for k, v in test.items() if k in ("accuracy", "macro_f1", "f1")}
+
+
+def model_labels(export, variant: str) -> dict[str, str]:
+    manifest = export.manifest
+    labels = {"task": export.task, "variant": variant,
+              "config_hash": str(manifest.get("run_config_hash")),
+              "export_config_hash": str(manifest.get("export_config_hash"))}
+    labels.update({f"test_{k}": f"{v:.4f}" for k, v in variant_metrics(export, variant).items()})
+    return labels
+
+
+def register_model(export_dir: Path, variant: str | None):
+    """The export's variant as a BentoML model (reused when the tag exists); returns (model, variant)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from toolchain.artifacts import load_export
+    from toolchain.serve.runtime import verify_variant
+
+    export = load_export(export_dir)
+    variant = variant or export.serve_variant
+    export.variant_file(variant)  # names the variants on a typo
+    manifest = export.manifest
+    version = f"{str(manifest.get('run_config_hash'))[:8]}-{str(manifest.get('export_config_hash'))[:8]}-{variant}"
+    tag = f"{model_name(export_dir)}:{version}"
+    try:
+        return bentoml.models.get(tag), variant
+    except NotFound:
+        pass
+    verify_variant(export, variant)
+    entry = manifest["variants"][variant]
+    with bentoml.models.create(tag, labels=model_labels(export, variant),
+                               metadata={"labels": export.labels, "max_length": export.max_length}) as model:
+        for rel in ("toolchain.yaml", "report.json", "tokenizer", entry["dir"]):
+            copy_into(export_dir / rel, Path(model.path) / rel)
+        verify_variant(load_export(model.path), variant)
+    return model, variant
+
+
+def copy_into(source: Path, target: Path) -> None:
+    if not source.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def build_bento(model, variant: str):
+    """``bentoml build`` of bentofile.yaml with the model's labels and the Bento arguments."""
+    import bentoml
+
+    if not BENTOFILE.is_file():
+        raise ConfigError(f"{BENTOFILE} not found: `toolchain build` runs from a source checkout of toolchain")
+    labels = {**{k: str(v) for k, v in model.info.labels.items()}, "model": str(model.tag)}
+    return bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(REPO_ROOT), labels=labels, reload=True,
+                                          args={"model_tag": str(model.tag), "variant": variant})
+
+
+def print_summary(bento, model) -> None:
+    tag = str(bento.tag)
+    print("\n".join([
+        f"model   {model.tag}   (BentoML model store)",
+        f"bento   {tag}",
+        "",
+        "Serve it (API keys: a file with one key or sha256:<hex> per line):",
+        f"  TOOLCHAIN_API_KEYS_FILE=keys.txt toolchain serve {tag}      (or: bentoml serve {tag})",
+        "Containerize it (needs a Docker engine):",
+        f"  bentoml containerize {tag}                                          # CPU image",
+        f"  bentoml containerize {tag} --opt build-arg=TOOLCHAIN_RUNTIME=gpu    # GPU image",
+        f"bento: {tag}",
+    ]), flush=True)
+
+
+def run(args) -> int:
+    from toolchain.export.gate import GateError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.export_dir:
+        export_dir = Path(args.export_dir)
+        print(f"export  given         {export_dir}", flush=True)
+    else:
+        stages = plan(args.config, args.overrides, args.export_config)
+        print(f"train   {stages.run_state:<13} {stages.run_dir}\n"
+              f"export  {stages.export_state:<13} {stages.export_dir}", flush=True)
+        try:
+            ensure_run(stages)
+            ensure_export(stages)
+        except GateError as exc:
+            print(f"toolchain build: export gate failed: {exc}", flush=True)
+            return 1
+        export_dir = stages.export_dir
+    model, variant = register_model(export_dir, args.variant)
+    print_summary(build_bento(model, variant), model)
+    return 0

@@ -1,0 +1,101 @@
+"""The service's Prometheus metrics, declared once (names are a contract: see docs/ARTIFACTS.md).
+
+They are plain ``prometheus_client`` metrics. BentoML runs each worker with
+``PROMETHEUS_MULTIPROC_DIR`` set and serves ``/metrics`` through a ``MultiProcessCollector``, so the
+values of every worker are summed there. ``prometheus_client`` must therefore be imported only after
+that variable is set: :func:`service_metrics` creates the metrics on first use, inside the worker.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter as Tally
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+REJECT_REASONS = ("auth", "validation", "size", "overload")
+OTHER_TOPIC = "other"
+
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass
+class ServiceMetrics:
+    predictions: Any
+    confidence: Any
+    inference_seconds: Any
+    batch_size: Any
+    input_tokens: Any
+    truncated: Any
+    rejected: Any
+    requests: Any
+    request_seconds: Any
+    model_info: Any
+    model_ready: Any
+
+    def observe_model_call(self, task: str, seconds: float, tokens: Iterable[int], truncated: int) -> None:
+        tokens = list(tokens)
+        self.inference_seconds.labels(task=task).observe(seconds)
+        self.batch_size.labels(task=task).observe(len(tokens))
+        for count in tokens:
+            self.input_tokens.labels(task=task).observe(count)
+        if truncated:
+            self.truncated.labels(task=task).inc(truncated)
+
+    def observe_confidence(self, task: str, scores: Iterable[float]) -> None:
+        for score in scores:
+            self.confidence.labels(task=task).observe(score)
+
+    def count_predictions(self, task: str, labels: Iterable[str], topic: str) -> None:
+        for label, count in Tally(labels).items():
+            self.predictions.labels(label=label, topic=topic, task=task).inc(count)
+
+    def reject(self, reason: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"rejection reason {reason!r} is not one of {', '.join(REJECT_REASONS)}")
+        self.rejected.labels(reason=reason).inc()
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.request_seconds.labels(route=route).observe(seconds)
+
+    def set_model(self, model: str, variant: str, config_hash: str, provider: str) -> None:
+        self.model_info.labels(model=model, variant=variant, config_hash=config_hash, provider=provider).set(1)
+
+    def set_ready(self, ready: bool) -> None:
+        self.model_ready.set(1 if ready else 0)
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """The metrics of this process, created on first use (after BentoML set the multiprocess dir)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return ServiceMetrics(
+        predictions=Counter("toolchain_predictions", "Predictions by label and topic", ["label", "topic", "task"]),
+        confidence=Histogram("toolchain_prediction_confidence", "Score of the predicted label", ["task"],
+                             buckets=CONFIDENCE_BUCKETS),
+        inference_seconds=Histogram("toolchain_inference_seconds", "Model call time (tokenized batch in, "
+                                    "logits out)", ["task"], buckets=INFERENCE_BUCKETS),
+        batch_size=Histogram("toolchain_batch_size", "Texts per model call", ["task"], buckets=BATCH_BUCKETS),
+        input_tokens=Histogram("toolchain_input_tokens", "Tokens per input text after truncation", ["task"],
+                               buckets=TOKEN_BUCKETS),
+        truncated=Counter("toolchain_truncated_inputs", "Inputs truncated to the model's max length", ["task"]),
+        rejected=Counter("toolchain_rejected_requests", "Requests refused before inference", ["reason"]),
+        requests=Counter("toolchain_requests", "Inference requests by route and status", ["route", "status"]),
+        request_seconds=Histogram("toolchain_request_seconds", "Whole-request time of inference routes", ["route"],
+                                  buckets=REQUEST_BUCKETS),
+        model_info=Gauge("toolchain_model_info", "The served model (value 1)",
+                         ["model", "variant", "config_hash", "provider"], multiprocess_mode="max"),
+        model_ready=Gauge("toolchain_model_ready", "1 once the model has loaded and answered a warm-up request",
+                          multiprocess_mode="livemin"),
+    )
+
+
+def topic_label(topic: str | None, allowed: frozenset[str]) -> str:
+    """A bounded metric label: the topic if allow-listed, else (absent or unknown) ``other``."""
+    return topic if topic is not None and topic in allowed else OTHER_TOPIC

@@ -1,0 +1,113 @@
+"""The BentoML service: one export dir variant, loaded once per worker, behind the request gate.
+
+The model comes from the Bento (``toolchain build`` packs the variant as a BentoML model and records
+its tag as the Bento argument ``model_tag``) or, for local runs, from ``TOOLCHAIN_EXPORT_DIR``.
+Settings are read from ``TOOLCHAIN_*`` environment variables (see :mod:`toolchain.serve.settings`).
+
+Routes: ``POST /classify`` (batchable; see :mod:`toolchain.serve.classify`), ``GET /livez``,
+``GET /readyz`` (200 only after the model answered a warm-up request), ``GET /metrics``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import bentoml
+
+from toolchain.serve import auth
+from toolchain.serve import classify as text_classification
+from toolchain.serve.gate import RequestGate, Route
+from toolchain.serve.metrics import service_metrics
+from toolchain.serve.settings import load_settings
+
+log = logging.getLogger("toolchain.serve")
+log.setLevel(logging.INFO)  # BentoML's root handler prints it; the root logger itself stays at WARNING
+
+SETTINGS = load_settings()
+BENTO_ARGS = bentoml.use_arguments()  # set by `toolchain build`, stored in the Bento: model_tag, variant
+
+# Every inference route and how the gate checks it; a route missing here would be unprotected.
+ROUTES = {text_classification.ROUTE: Route(text_classification.TASK, text_classification.parse_request, text_classification.predicted_labels)}
+
+
+def bento_model():
+    """The model packed in the Bento, when this code runs from one built by `toolchain build`."""
+    tag = getattr(BENTO_ARGS, "model_tag", None)
+    return bentoml.models.BentoModel(tag) if tag else None
+
+
+@bentoml.service(
+    name="toolchain-service",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class ToolchainService:
+    bento_model = bento_model()
+
+    def __init__(self) -> None:
+        from toolchain.serve.runtime import load_model
+
+        self.ready = False
+        self.settings = load_settings()
+        self.metrics = service_metrics()
+        self.metrics.set_ready(False)
+        auth.check_configuration(self.settings.auth)
+        export_dir, variant = self.model_source()
+        self.model = load_model(export_dir, variant, self.settings.provider, self.settings.ort_threads())
+        self.task = self.model.export.task
+        if self.task != text_classification.TASK:
+            raise RuntimeError(f"{export_dir}: task {self.task!r} has no route in this service "
+                               f"(served: {text_classification.TASK})")
+        self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider)
+        self.warm_up()
+
+    def model_source(self) -> tuple[str, str | None]:
+        """(export dir, variant): TOOLCHAIN_EXPORT_DIR wins over the Bento's model."""
+        if self.settings.export_dir:
+            return self.settings.export_dir, self.settings.variant
+        if self.bento_model is None:
+            raise RuntimeError("no model to serve: set TOOLCHAIN_EXPORT_DIR=EXPORT_DIR, or serve a Bento built "
+                               "by `toolchain build`")
+        return self.bento_model.path, self.settings.variant or getattr(BENTO_ARGS, "variant", None)
+
+    def model_name(self, export_dir: str) -> str:
+        if self.settings.export_dir or self.bento_model is None:
+            return Path(export_dir).name
+        return self.bento_model.tag.name
+
+    def config_hash(self) -> str:
+        manifest = self.model.export.manifest
+        return str(manifest.get("run_config_hash") or "unknown")
+
+    def warm_up(self) -> None:
+        result = self.predict(["Warm-up request: the model is loaded."], observe=False)
+        if len(result) != 1:
+            raise RuntimeError(f"warm-up returned {len(result)} predictions for 1 text")
+        self.ready = True
+        self.metrics.set_ready(True)
+        log.info("model ready: task %s, labels %s", self.task, ", ".join(self.model.labels))
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    def predict(self, texts: list[str], observe: bool = True) -> list[text_classification.Prediction]:
+        batch = self.model.encoder.encode(texts)
+        logits, seconds = self.model.run(batch)
+        result = text_classification.predictions(logits, self.model.labels, batch.truncated)
+        if observe:
+            self.metrics.observe_model_call(self.task, seconds, batch.tokens, sum(batch.truncated))
+            self.metrics.observe_confidence(self.task, (p.score for p in result))
+        return result
+
+    @bentoml.api(route=text_classification.ROUTE, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def classify(self, texts: list[str]) -> list[text_classification.Prediction]:
+        """Classify texts: label, its score and all class scores per text, in input order.
+
+        Body: {"texts": ["..."], "topic": "optional ticker/desk/source (metric label only)"}.
+        """
+        return self.predict(texts)
+
+
+ToolchainService.add_asgi_middleware(RequestGate, routes=ROUTES)

@@ -1,0 +1,92 @@
+"""Service settings: typed, with defaults and help, each overridable by an environment variable.
+
+A Kubernetes ConfigMap sets these variables; locally, export them before ``toolchain serve``.
+Every setting ``name`` is read from ``TOOLCHAIN_<NAME>`` (upper case); a bad value stops the
+server at start-up with a message naming the variable.
+
+| environment variable          | default        | meaning |
+|-------------------------------|----------------|---------|
+| TOOLCHAIN_EXPORT_DIR          | (Bento model)  | export dir to serve; overrides the model packed in the Bento |
+| TOOLCHAIN_VARIANT             | (manifest)     | ONNX variant to load (fp32, optimized, int8, ...) |
+| TOOLCHAIN_PROVIDER            | auto           | auto (CUDA when a GPU and onnxruntime-gpu are present), cpu, cuda |
+| TOOLCHAIN_THREADS             | 0              | ONNX Runtime intra-op threads per worker (0 = CPU cores / workers) |
+| TOOLCHAIN_WORKERS             | 1              | server worker processes |
+| TOOLCHAIN_BATCHING            | true           | adaptive batching of concurrent requests |
+| TOOLCHAIN_MAX_BATCH_SIZE      | 32             | most texts in one model call (adaptive batching) |
+| TOOLCHAIN_MAX_LATENCY_MS      | 2000           | longest a request may wait in the batching queue before 503 |
+| TOOLCHAIN_MAX_BATCH_ITEMS     | 64             | most texts in one request (more: 422) |
+| TOOLCHAIN_MAX_TEXT_CHARS      | 5000           | most characters in one text (more: 422); within it, long texts are truncated to the model's max length |
+| TOOLCHAIN_MAX_BODY_BYTES      | 1048576        | request body cap (more: 413) |
+| TOOLCHAIN_MAX_CONCURRENCY     | 128            | requests in flight per worker; more get a fast 503 |
+| TOOLCHAIN_TIMEOUT_S           | 30             | whole-request timeout (504) |
+| TOOLCHAIN_TOPICS              | (empty)        | comma-separated topic allow-list for the metric label; others count as ``other`` |
+| TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
+| TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
+| TOOLCHAIN_API_KEYS_FILE       | (none)         | file with one key, or one ``sha256:<hex>`` hash, per line (a mounted Secret) |
+| TOOLCHAIN_API_KEYS            | (none)         | the same, comma-separated, in the environment |
+
+The two key variables are secrets and are read by :mod:`toolchain.serve.auth`, not kept here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from toolchain.config import ConfigError, from_dict, opt
+
+ENV_PREFIX = "TOOLCHAIN_"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    export_dir: str | None = opt(None, "export dir to serve (overrides the model packed in the Bento)")
+    variant: str | None = opt(None, "ONNX variant to load; default: the Bento's, else the manifest's serve_variant")
+    provider: str = opt("auto", "ONNX Runtime execution provider", choices=("auto", "cpu", "cuda"))
+    threads: int = opt(0, "ONNX Runtime intra-op threads per worker (0 = CPU cores / workers)", min=0, max=256)
+    workers: int = opt(1, "server worker processes", min=1, max=64)
+    batching: bool = opt(True, "adaptive batching of concurrent requests into one model call")
+    max_batch_size: int = opt(32, "most texts in one model call", min=2, max=4096)
+    max_latency_ms: int = opt(2000, "longest wait in the batching queue before a 503", min=1, max=600_000)
+    max_batch_items: int = opt(64, "most texts in one request", min=1, max=100_000)
+    max_text_chars: int = opt(5000, "most characters in one text", min=1, max=10_000_000)
+    max_body_bytes: int = opt(1_048_576, "request body cap in bytes", min=256, max=1 << 30)
+    max_concurrency: int = opt(128, "requests in flight per worker before fast 503s", min=1, max=100_000)
+    timeout_s: float = opt(30.0, "whole-request timeout in seconds", min=0.1, max=3600)
+    topics: str = opt("", "comma-separated topic allow-list for the metric label")
+    auth: bool = opt(True, "API-key auth on inference routes")
+    metrics_auth: bool = opt(False, "require an API key on /metrics")
+
+    @property
+    def topic_allow_list(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.topics.split(",") if t.strip())
+
+    def ort_threads(self, cpu_count: int | None = None) -> int:
+        """Intra-op threads: the setting, or the CPU cores shared evenly among the workers."""
+        if self.threads:
+            return self.threads
+        return max(1, (cpu_count or os.cpu_count() or 1) // self.workers)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def load_settings(environ: dict[str, str] | None = None) -> ServeSettings:
+    """Defaults overridden by ``TOOLCHAIN_*`` variables; a bad value names its variable."""
+    environ = os.environ if environ is None else environ
+    raw = {f.name: environ[env_name(f.name)] for f in fields(ServeSettings) if env_name(f.name) in environ}
+    try:
+        return from_dict(ServeSettings, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"service settings: {exc} (environment variable {_variable_in(str(exc))})") from None
+
+
+def _variable_in(message: str) -> str:
+    key = message.split(":", 1)[0].strip()
+    return env_name(key) if key in {f.name for f in fields(ServeSettings)} else "TOOLCHAIN_*"
+
+
+def settings_table() -> list[tuple[str, object, str]]:
+    """(variable, default, help) for every setting: printed by `toolchain serve --settings`."""
+    default = ServeSettings()
+    return [(env_name(f.name), getattr(default, f.name), f.metadata["help"]) for f in fields(ServeSettings)]
