@@ -1,8 +1,12 @@
 """Export stage on tiny models: a complete export dir, checksums, the int8 graph under ONNX Runtime."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+
+from toolchain.config import ConfigError
 
 FAST = ["latency.rounds=3", "latency.warmup=1", "latency.batch_sizes=1,4"]
 
@@ -84,3 +88,136 @@ def test_report_has_parity_and_gate(basic_export):
         assert report["variants"][name]["bytes"] > 0
         assert set(report["latency"][name]) == {"1", "4"}
     assert report["variants"]["int8"]["bytes"] < 0.5 * report["variants"]["fp32"]["bytes"]
+
+
+@pytest.fixture(scope="session")
+def full_export(lora_run, tmp_path_factory):
+    """Every variant from a LoRA run, pruning with a short distillation recovery."""
+    from toolchain.export.config import load_export_config
+    from toolchain.export.pipeline import export
+
+    cfg = load_export_config("export-default", ["prune.amount=0.5", "prune.recovery_epochs=0.2",
+                                                "quantize.static_samples=32", *FAST])
+    return export(lora_run, tmp_path_factory.mktemp("exports") / "lora", cfg)
+
+
+def test_lora_merge_matches_unmerged_and_all_variants_are_built(full_export):
+    from toolchain.artifacts import load_export
+
+    info = load_export(full_export)
+    info.verify()
+    report = json.loads((full_export / "report.json").read_text())
+    assert report["merge"]["peft"] is True and report["merge"]["max_abs_diff"] < 1e-4
+    assert info.variant_names() == ["fp32", "optimized", "int8", "int8-static", "pruned", "pruned-int8"]
+    assert report["parity"]["fp32_vs_pytorch"] < 1e-4 and report["parity"]["pruned_vs_pruned_pytorch"] < 1e-4
+    assert report["pruning"]["recovery"]["method"] == "distill" and report["pruning"]["recovery"]["steps"] >= 1
+    assert set(report["summary"]["pruned-int8"]) >= {"b1_speedup_vs_int8", "test_metric_delta_vs_int8"}
+    for name in info.variant_names():
+        assert 0.0 <= report["variants"][name]["test"]["agreement"] <= 1.0
+
+
+def test_static_int8_graph_holds_quantized_activations(full_export):
+    import onnx
+
+    from toolchain.artifacts import load_export
+
+    ops = {n.op_type for n in onnx.load(str(load_export(full_export).variant_file("int8-static"))).graph.node}
+    assert ops & {"QuantizeLinear", "QLinearMatMul", "QAttention", "QGemm"}
+    assert "DynamicQuantizeLinear" not in ops
+
+
+def test_pruned_export_reloads_and_matches_its_onnx(full_export):
+    import torch
+    from transformers import AutoTokenizer
+
+    from toolchain.artifacts import load_export
+    from toolchain.export.onnx_export import load_ort_model
+    from toolchain.export.prune import load_pruned
+    from toolchain.tasks import get_task
+
+    info = load_export(full_export)
+    task = get_task(info.task)
+    assert info.manifest["pruned"]["intermediate_sizes"] == [32, 32]
+    model = load_pruned(full_export / info.manifest["pruned"]["dir"], task)
+    assert model.bert.encoder.layer[1].intermediate.dense.weight.shape == (32, 32)
+    tokenizer = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+    batch = tokenizer(["profit rose in helsinki .", "the office is on monday ."], padding=True, return_tensors="pt")
+    onnx_model = load_ort_model(full_export / "onnx" / "pruned", "model.onnx", task)
+    with torch.no_grad():
+        diff = (model(**batch).logits - onnx_model(**batch).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def scramble_int8(job):
+    """A deliberately bad 'int8' variant: the classifier's class rows rotated, so every label moves."""
+    import copy
+
+    import torch
+
+    from toolchain.export.onnx_export import export_onnx
+
+    bad = copy.deepcopy(job.model)
+    with torch.no_grad():
+        bad.classifier.weight.copy_(bad.classifier.weight.roll(1, dims=0))
+        bad.classifier.bias.copy_(bad.classifier.bias.roll(1, dims=0))
+    path = export_onnx(bad, job.onnx_dir("int8"), job.task, None)
+    job.variants["int8"] = ("onnx/int8", path.name)
+
+
+def test_gate_trips_on_a_bad_serve_variant(full_run, tmp_path, monkeypatch):
+    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.export import pipeline
+    from toolchain.export.config import load_export_config
+    from toolchain.export.gate import GateError
+
+    monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
+    cfg = load_export_config(None, ["variants=fp32,int8", "latency.rounds=1", "latency.batch_sizes=1"])
+    with pytest.raises(GateError, match=r"serve variant 'int8' failed the accuracy gate: .*label agreement"):
+        pipeline.export(full_run, tmp_path / "bad", cfg)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
+    failed = tmp_path / "bad.failed"
+    assert (failed / "INCOMPLETE").exists() and "gate failed" in (failed / "INCOMPLETE").read_text()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        load_export(failed)
+    assert json.loads((failed / "report.json").read_text())["variants"]["int8"]["test"]["agreement"] < 0.99
+
+
+def test_cli_exports_and_reports_bad_values(full_run, tmp_path, capsys):
+    from toolchain.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["export", str(full_run), "--config", "export-default", "--out", str(out), "variants=fp32,int8",
+                 "latency.rounds=1", "latency.batch_sizes=1"]) == 0
+    assert "int8" in capsys.readouterr().out and (out / "toolchain.yaml").exists()
+    assert main(["export", str(full_run), "--out", str(tmp_path / "x"), "variants=fp32,int9"]) == 2
+    assert "int9" in capsys.readouterr().err
+    assert main(["export", str(full_run), "--out", str(tmp_path / "x"), "prune.amount=1.0"]) == 2
+    assert "prune.amount: 1.0 is outside (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_run_dirs_and_unrunnable_presets_leave_nothing(full_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from toolchain.artifacts import ArtifactError
+    from toolchain.export.config import load_export_config
+    from toolchain.export.cpu import detect_cpu
+    from toolchain.export.pipeline import export
+
+    incomplete = shutil.copytree(full_run, tmp_path / "incomplete")
+    (incomplete / "INCOMPLETE").write_text("killed at step 40\n")
+    with pytest.raises(ArtifactError, match="incomplete"):
+        export(incomplete, tmp_path / "out")
+    future = shutil.copytree(full_run, tmp_path / "future")
+    manifest = yaml.safe_load((future / "toolchain.yaml").read_text())
+    (future / "toolchain.yaml").write_text(yaml.safe_dump({**manifest, "artifact_version": 99}))
+    with pytest.raises(ArtifactError, match="artifact_version 99"):
+        export(future, tmp_path / "out")
+    missing = next(isa for isa in ("arm64", "avx2", "avx512", "avx512_vnni") if isa not in detect_cpu().runnable())
+    with pytest.raises(ConfigError, match=f"quantize.isa={missing!r}"):
+        export(full_run, tmp_path / "out", load_export_config(None, [f"quantize.isa={missing}"]))
+    with pytest.raises(ConfigError, match="O4"):
+        export(full_run, tmp_path / "out", load_export_config(None, ["optimize.level=O4"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future", "incomplete"]

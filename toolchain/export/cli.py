@@ -5,7 +5,21 @@ import argparse
 import sys
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """Accepts options between positionals: `RUN_DIR --config X key=value` (plain argparse stops at X)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.__class__ = IntermixedParser
     p.add_argument("run_dir", metavar="RUN_DIR", help="a complete run dir written by `toolchain train`")
     p.add_argument("--config", "-c", help="export preset (e.g. export-default, export-prune) or YAML file")
     p.add_argument("--out", "-o", metavar="DIR", help="export dir (default: output_dir, else exports/<run name>)")

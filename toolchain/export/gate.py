@@ -20,12 +20,13 @@ def check_accuracy(name: str, row: dict, reference: dict, metric: str, max_drop:
               "value": row["test"][metric], "drop_points": drop, "max_drop_points": max_drop,
               "agreement": agreement, "min_agreement": min_agreement,
               "passed": drop <= max_drop and agreement >= min_agreement}
+    problems = []
     if drop > max_drop:
-        raise GateError(f"serve variant {name!r} failed the accuracy gate: test {metric} "
-                        f"{row['test'][metric]:.4f} vs fp32 PyTorch {reference['test'][metric]:.4f}, a drop of "
-                        f"{drop:.2f} points (allowed {max_drop:g}, gate.max_drop)")
+        problems.append(f"test {metric} {row['test'][metric]:.4f} vs fp32 PyTorch {reference['test'][metric]:.4f}, "
+                        f"a drop of {drop:.2f} points (allowed {max_drop:g}, gate.max_drop)")
     if agreement < min_agreement:
-        raise GateError(f"serve variant {name!r} failed the accuracy gate: label agreement with fp32 PyTorch on "
-                        f"test is {agreement:.2%}, below {min_agreement:.2%} (gate.min_agreement), short by "
-                        f"{min_agreement - agreement:.2%}")
+        problems.append(f"label agreement with fp32 PyTorch on test is {agreement:.2%}, below "
+                        f"{min_agreement:.2%} (gate.min_agreement), short by {min_agreement - agreement:.2%}")
+    if problems:
+        raise GateError(f"serve variant {name!r} failed the accuracy gate: " + "; ".join(problems))
     return result

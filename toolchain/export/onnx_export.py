@@ -20,10 +20,14 @@ def export_onnx(model, out_dir: Path, task, opset: int | None) -> Path:
     return out_dir / FP32_FILE
 
 
-def session_options(threads: int):
+def session_options(threads: int, spinning: bool = True):
+    """CPU session options; ``spinning=False`` stops idle ORT threads from busy-waiting, which would
+    steal the cores of other models timed in the same process (interleaved latency rounds)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -39,17 +43,24 @@ def load_ort_model(model_dir: Path, file_name: str, task, threads: int = 0):
                                session_options=session_options(threads))
 
 
+def check_optimize_level(level: str) -> None:
+    """O4 (fp16) runs only where a CUDA GPU and onnxruntime-gpu are present."""
+    if level != "O4":
+        return
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        from toolchain.config import ConfigError
+        raise ConfigError("optimize.level=O4 (fp16) needs a CUDA GPU and onnxruntime-gpu; this machine has "
+                          "none: use optimize.level=O1, O2 or O3")
+
+
 def optimize_onnx(source_dir: Path, out_dir: Path, level: str) -> Path:
     """ORTOptimizer at an Optimum level (O1-O3 on CPU; O4 adds fp16 and needs a CUDA GPU)."""
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
-    if level == "O4":
-        import onnxruntime
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            from toolchain.config import ConfigError
-            raise ConfigError("optimize.level=O4 (fp16) needs a CUDA GPU and onnxruntime-gpu; this machine has "
-                              "none: use O1, O2 or O3")
+    check_optimize_level(level)
     optimizer = ORTOptimizer.from_pretrained(source_dir, file_names=[FP32_FILE])
     config = AutoOptimizationConfig.with_optimization_level(level, for_gpu=level == "O4")
     optimizer.optimize(optimization_config=config, save_dir=out_dir)

@@ -52,6 +52,7 @@ def default_output_dir(run: RunInfo) -> Path:
 def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None) -> Path:
     """Build the export dir for ``run_dir`` and return its final path (see docs/ARTIFACTS.md)."""
     from toolchain.export.cpu import choose_preset, detect_cpu
+    from toolchain.export.onnx_export import check_optimize_level
     from toolchain.tasks import get_task
 
     cfg = cfg or ExportConfig()
@@ -59,6 +60,8 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     cpu = detect_cpu()
     needs_int8 = any(v in INT8_VARIANTS for v in cfg.variant_list())
     preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
+    if "optimized" in cfg.variant_list() or cfg.quantize.source == "optimized":
+        check_optimize_level(cfg.optimize.level)
     final = Path(out_dir or cfg.output_dir or default_output_dir(run)).resolve()
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -209,7 +212,7 @@ VARIANT_BUILDERS = {
 
 def evaluate_variants(job: ExportJob) -> dict:
     """Score every variant on dev/test, gate the serve variant, time them all, write the report."""
-    from toolchain.export.report import variant_table, write_report
+    from toolchain.export.report import cpu_line, summary, variant_table, write_report
     from toolchain.export.scoring import gold_ids, headline_metric, score
     from toolchain.evaluate import predict_logits
 
@@ -229,7 +232,9 @@ def evaluate_variants(job: ExportJob) -> dict:
         rows[name]["bytes"] = (job.out / rel_dir / file_name).stat().st_size
     metric = headline_metric(task, cfg.gate.metric, rows["pytorch"]["test"])
     report = base_report(job, rows, metric)
-    report["latency"] = measure_latency(job)
+    report["latency"], report["latency_conditions"] = measure_latency(job)
+    report["summary"] = summary(report, metric)
+    print(cpu_line(report["cpu"]))
     print(variant_table(report, metric))
     write_report(report, metric, job.out)  # written before the gate so a failed dir explains itself
     report["gate"] = check_accuracy(cfg.serve_variant, rows[cfg.serve_variant], rows["pytorch"], metric,
@@ -267,14 +272,17 @@ def measure_latency(job: ExportJob) -> dict:
     torch.set_num_threads(threads)
     runners = {"pytorch": torch_runner(job.model)} if cfg.pytorch else {}
     for name, (rel_dir, file_name) in job.variants.items():
-        session = onnxruntime.InferenceSession(str(job.out / rel_dir / file_name), session_options(threads),
+        session = onnxruntime.InferenceSession(str(job.out / rel_dir / file_name), session_options(threads, spinning=False),
                                                providers=["CPUExecutionProvider"])
         runners[name] = onnx_runner(session)
+    load_before = os.getloadavg()[0]
     texts = [ex.text for ex in job.splits.test]
     inputs = {bs: text_batches(job.tokenizer, texts, bs, min(cfg.rounds, 16), job.run.max_length)
               for bs in job.cfg.latency_batch_sizes()}
     results = measure_interleaved(runners, inputs, cfg.rounds, cfg.warmup, progress=True)
-    return {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in results.items()}
+    conditions = {"threads": threads, "rounds": cfg.rounds, "interleaved": True, "ort_spinning": False,
+                  "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    return {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in results.items()}, conditions
 
 
 def manifest(job: ExportJob, report: dict | None, status: str) -> dict:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from toolchain.export.config import QuantizeConfig
 from toolchain.export.cpu import CpuInfo
@@ -37,15 +40,23 @@ def quantize_dynamic(source_dir: Path, source_file: str, out_dir: Path, cfg: Qua
     return out_dir / QUANTIZED_FILE
 
 
-def calibration_dataset(features: list[dict], input_names: list[str]):
-    """A datasets.Dataset of equally padded features (the calibrator feeds them one by one)."""
-    from datasets import Dataset
+class CalibrationRows:
+    """The few parts of a ``datasets.Dataset`` that ORTQuantizer.fit uses: rows of model inputs.
 
-    width = max(len(f["input_ids"]) for f in features)
-    columns = {}
-    for name in input_names:
-        columns[name] = [list(f[name]) + [0] * (width - len(f[name])) for f in features]
-    return Dataset.from_dict(columns)
+    Fed one example per batch, unpadded, so padding tokens never widen the calibrated ranges.
+    """
+
+    def __init__(self, features: list[dict], input_names: list[str]):
+        self.rows = [{n: np.asarray(f[n], dtype=np.int64) for n in input_names if n in f} for f in features]
+        self.info = SimpleNamespace(builder_name="toolchain-train-split", config_name="default")
+        self.split = "train"
+        self.num_rows = len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return self.num_rows
 
 
 def calibration_config(cfg: QuantizeConfig, dataset):
@@ -65,7 +76,7 @@ def quantize_static(source_dir: Path, source_file: str, out_dir: Path, cfg: Quan
     from optimum.onnxruntime import ORTQuantizer
 
     session = onnxruntime.InferenceSession(str(source_dir / source_file), providers=["CPUExecutionProvider"])
-    dataset = calibration_dataset(features, [i.name for i in session.get_inputs()])
+    dataset = CalibrationRows(features, [i.name for i in session.get_inputs()])
     qconfig = quantization_config(cfg, preset, True, cpu)
     quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
     ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),

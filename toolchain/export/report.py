@@ -22,9 +22,42 @@ def variant_rows(report: dict, metric: str) -> list[list]:
         for bs in sizes:
             stats = lat.get(str(bs))
             cells += [f"{stats['median_ms']:.2f}", f"{stats['p95_ms']:.2f}"] if stats else ["-", "-"]
+        ratio = report.get("summary", {}).get(name, {}).get("b1_latency_vs_pytorch")
+        cells += [f"{ratio:.2f}x" if ratio else "-"]
         cells += [row["dev"][metric], row["test"][metric], f"{row['test']['agreement']:.2%}"]
         rows.append(cells)
     return rows
+
+
+def _b1(report: dict, name: str) -> float | None:
+    stats = report.get("latency", {}).get(name, {}).get(str(report["batch_sizes"][0]))
+    return stats["median_ms"] if stats else None
+
+
+def summary(report: dict, metric: str) -> dict:
+    """Ratios people ask for: size vs fp32 ONNX, batch-1 latency vs PyTorch fp32, metric delta in points;
+    and for the pruned variants, the speed-up over their unpruned counterpart."""
+    rows, out = report["variants"], {}
+    fp32_bytes, torch_b1 = rows.get("fp32", {}).get("bytes"), _b1(report, "pytorch")
+    for name, row in rows.items():
+        b1 = _b1(report, name)
+        out[name] = {"size_vs_fp32_onnx": row["bytes"] / fp32_bytes if fp32_bytes else None,
+                     "b1_latency_vs_pytorch": b1 / torch_b1 if b1 and torch_b1 else None,
+                     "test_metric_delta_points": 100 * (row["test"][metric] - rows["pytorch"]["test"][metric])}
+    for pruned, base in (("pruned", "fp32"), ("pruned-int8", "int8")):
+        if pruned in rows and base in rows and _b1(report, pruned) and _b1(report, base):
+            out[pruned]["b1_speedup_vs_" + base] = _b1(report, base) / _b1(report, pruned)
+            out[pruned]["test_metric_delta_vs_" + base] = 100 * (rows[pruned]["test"][metric]
+                                                                 - rows[base]["test"][metric])
+    return out
+
+
+def cpu_line(cpu: dict) -> str:
+    vnni = "with VNNI" if cpu.get("vnni") else "no VNNI"
+    preset = f"int8 preset {cpu['preset']} (reduce_range={cpu.get('reduce_range')})" if cpu.get("preset") else \
+        "no int8 variant"
+    return f"cpu: {cpu['machine']}, detected {cpu.get('isa') or 'no int8 ISA'} ({vnni}); {preset}; " \
+           f"{cpu.get('threads')} threads"
 
 
 def variant_table(report: dict, metric: str) -> str:
@@ -33,7 +66,7 @@ def variant_table(report: dict, metric: str) -> str:
     header = ["variant", "MB"]
     for bs in report.get("batch_sizes", []):
         header += [f"b{bs} p50 ms", f"b{bs} p95 ms"]
-    header += [f"dev {metric}", f"test {metric}", "agree"]
+    header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", "agree"]
     return format_table(header, variant_rows(report, metric))
 
 

@@ -1,0 +1,175 @@
+"""Export building blocks on a tiny BERT: config checks, CPU detection, pruning + reload, latency, gate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from toolchain.config import PRESET_DIR, ConfigError
+
+CPUINFO_AVX2 = "processor : 0\nflags : fpu sse sse2 avx avx2 fma\n"
+CPUINFO_VNNI = "processor : 0\nflags : fpu avx2 avx512f avx512bw avx512_vnni\n"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("export-*.yaml")))
+def test_every_export_preset_loads_and_names_its_command(preset):
+    from toolchain.export.config import load_export_config
+
+    cfg = load_export_config(preset)
+    assert cfg.kind == "export" and cfg.serve_variant in cfg.variant_list()
+    first = (PRESET_DIR / f"{preset}.yaml").read_text().splitlines()[0]
+    assert first.startswith(f"# toolchain export --config {preset} ")
+
+
+@pytest.mark.parametrize("override, named", [
+    ("prune.amount=1.5", "1.5"), ("prune.amount=0", "prune.amount"), ("prune.amount=-0.2", "-0.2"),
+    ("variants=fp32,int4", "int4"), ("serve_variant=fp16", "fp16"), ("quantize.isa=sse4", "sse4"),
+    ("latency.batch_sizes=1,x", "1,x"), ("prune.amuont=0.3", "prune.amount"),
+])
+def test_bad_export_options_fail_naming_the_value(override, named):
+    from toolchain.export.config import load_export_config
+
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_export_config(None, [override])
+
+
+def test_pruned_serve_variant_needs_pruning():
+    from toolchain.export.config import load_export_config
+
+    with pytest.raises(ConfigError, match="pruned-int8"):
+        load_export_config(None, ["serve_variant=pruned-int8"])
+    cfg = load_export_config(None, ["serve_variant=pruned-int8", "prune.amount=0.4"])
+    assert cfg.variant_list()[-2:] == ["pruned", "pruned-int8"]
+
+
+def test_run_config_preset_is_refused_as_export_config():
+    from toolchain.export.config import load_export_config
+
+    with pytest.raises(ConfigError, match="not an export config"):
+        load_export_config("sentiment-full")
+
+
+def test_cpu_detection_and_preset_choice(tmp_path):
+    from toolchain.export.cpu import choose_preset, detect_cpu
+
+    (tmp_path / "avx2").write_text(CPUINFO_AVX2)
+    (tmp_path / "vnni").write_text(CPUINFO_VNNI)
+    avx2 = detect_cpu(str(tmp_path / "avx2"), machine="x86_64")
+    vnni = detect_cpu(str(tmp_path / "vnni"), machine="x86_64")
+    arm = detect_cpu(str(tmp_path / "missing"), machine="aarch64")
+    assert (avx2.isa, avx2.has_vnni, vnni.isa, vnni.has_vnni, arm.isa) == ("avx2", False, "avx512_vnni", True, "arm64")
+    assert choose_preset("auto", avx2) == "avx2" and choose_preset("avx2", vnni) == "avx2"
+    with pytest.raises(ConfigError, match="avx512_vnni.*cannot run"):
+        choose_preset("avx512_vnni", avx2)
+    with pytest.raises(ConfigError, match="avx2"):
+        choose_preset("avx2", arm)
+
+
+def test_reduce_range_is_on_without_vnni(tmp_path):
+    from toolchain.export.config import QuantizeConfig
+    from toolchain.export.cpu import detect_cpu
+    from toolchain.export.quantize import quantization_config
+
+    (tmp_path / "avx2").write_text(CPUINFO_AVX2)
+    cpu = detect_cpu(str(tmp_path / "avx2"), machine="x86_64")
+    assert quantization_config(QuantizeConfig(), "avx2", False, cpu).reduce_range is True
+    assert quantization_config(QuantizeConfig(reduce_range=False), "avx2", False, cpu).reduce_range is False
+
+
+def test_accuracy_gate_names_variant_and_margin():
+    from toolchain.export.gate import GateError, check_accuracy
+
+    reference = {"test": {"accuracy": 0.90}}
+    ok = check_accuracy("int8", {"test": {"accuracy": 0.895, "agreement": 0.995}}, reference, "accuracy", 1.0, 0.99)
+    assert ok["passed"] and ok["drop_points"] == pytest.approx(0.5)
+    with pytest.raises(GateError, match=r"'int8'.*drop of 3\.00 points"):
+        check_accuracy("int8", {"test": {"accuracy": 0.87, "agreement": 0.995}}, reference, "accuracy", 1.0, 0.99)
+    with pytest.raises(GateError, match=r"'int8-static'.*agreement.*95\.00%"):
+        check_accuracy("int8-static", {"test": {"accuracy": 0.90, "agreement": 0.95}}, reference, "accuracy",
+                       1.0, 0.99)
+
+
+def test_interleaved_latency_reports_every_variant_and_batch():
+    import time
+
+    from toolchain.bench.latency import measure_interleaved
+
+    calls = []
+    runners = {"fast": lambda b: calls.append("fast"), "slow": lambda b: (time.sleep(0.002), calls.append("slow"))}
+    result = measure_interleaved(runners, {1: [{}], 8: [{}, {}]}, rounds=5, warmup=1)
+    assert set(result) == {"fast", "slow"} and set(result["fast"]) == {1, 8}
+    assert result["slow"][1]["median_ms"] > result["fast"][1]["median_ms"]
+    assert result["fast"][8]["calls"] == 5 and result["slow"][1]["p95_ms"] >= result["slow"][1]["median_ms"]
+    assert calls.count("fast") == calls.count("slow") == 2 * 1 + 2 * 5  # (warm-up + rounds) per batch size
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_bert, tiny_data):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from toolchain.config import DataConfig
+    from toolchain.data.dataset import read_file
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    dev = read_file(DataConfig(), str(tiny_data["dev"]))
+    return model, tokenizer, dev
+
+
+def pruned_copy(tiny_classifier, amount=0.5):
+    import copy
+
+    from toolchain.export.prune import importance_scores, prune_model
+    from toolchain.export.recovery import labelled_batches
+    from toolchain.tasks import get_task
+
+    model, tokenizer, dev = tiny_classifier
+    task = get_task("sequence-classification")
+    batches = labelled_batches(task, tokenizer, dev, ["negative", "neutral", "positive"], 32, 8)
+    student = copy.deepcopy(model)
+    heads, ffn = importance_scores(student, batches)
+    assert heads.shape == (2, 4) and [f.shape[0] for f in ffn] == [64, 64] and (heads > 0).any()
+    return student, prune_model(student, heads, ffn, amount), task
+
+
+def test_pruning_shrinks_the_expected_matrices(tiny_classifier):
+    student, plan, _ = pruned_copy(tiny_classifier, 0.5)
+    layer = student.bert.encoder.layer[0]
+    assert layer.attention.self.query.weight.shape == (16, 32)   # 2 of 4 heads (8 dims each) kept
+    assert layer.attention.output.dense.weight.shape == (32, 16)
+    assert layer.intermediate.dense.weight.shape == (32, 32)      # 32 of 64 neurons kept
+    assert layer.output.dense.weight.shape == (32, 32)
+    assert plan["heads_after"] == 4 and plan["intermediate_sizes"] == [32, 32]
+    assert plan["pruned_heads"] == {str(k): sorted(v) for k, v in student.config.pruned_heads.items()}
+
+
+def test_pruning_keeps_one_head_per_layer(tiny_classifier):
+    student, plan, _ = pruned_copy(tiny_classifier, 0.95)
+    assert all(len(v) == 3 for v in plan["pruned_heads"].values()) and plan["heads_after"] == 2
+    assert plan["intermediate_sizes"] == [3, 3]
+
+
+def test_pruned_model_reloads_and_exports_with_parity(tiny_classifier, tmp_path):
+    import onnx
+    import torch
+
+    from toolchain.export.onnx_export import export_onnx, load_ort_model
+    from toolchain.export.prune import load_pruned, save_pruned
+
+    student, plan, task = pruned_copy(tiny_classifier, 0.5)
+    _, tokenizer, dev = tiny_classifier
+    save_pruned(student, plan, tmp_path / "pruned")
+    assert json.loads((tmp_path / "pruned" / "pruning.json").read_text())["intermediate_sizes"] == [32, 32]
+    reloaded = load_pruned(tmp_path / "pruned", task)
+    batch = tokenizer([ex.text for ex in dev[:6]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = student(**batch).logits.numpy()
+        assert np.abs(reloaded(**batch).logits.numpy() - expected).max() < 1e-6
+    path = export_onnx(reloaded, tmp_path / "onnx", task, None)
+    shapes = {tuple(t.dims) for t in onnx.load(str(path)).graph.initializer}
+    assert (32, 32) in shapes and (32, 64) not in shapes and (64, 32) not in shapes
+    onnx_logits = load_ort_model(tmp_path / "onnx", path.name, task)(**batch).logits.numpy()
+    assert np.abs(onnx_logits - expected).max() < 1e-4

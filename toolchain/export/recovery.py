@@ -1,0 +1,75 @@
+"""Short recovery training of a pruned model: distillation from the unpruned model, or plain fine-tuning.
+
+Uses the Hugging Face Trainer; distillation overrides one step (``compute_loss``): the loss is
+``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * task loss``.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+
+def labelled_batches(task, tokenizer, examples, labels: list[str], max_length: int, batch_size: int) -> list[dict]:
+    """Collated tensor batches with labels (for importance scoring)."""
+    dataset = task.encode(examples, tokenizer, {l: i for i, l in enumerate(labels)}, max_length)
+    collate = task.collator(tokenizer)
+    return [collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+            for i in range(0, len(dataset), batch_size)]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float):
+    """Soft-target KL at temperature T (scaled by T^2); token tasks score only positions with a label."""
+    if student.dim() == 3:
+        mask = labels != -100
+        student, teacher = student[mask], teacher[mask]
+    soft_teacher = torch.softmax(teacher / temperature, dim=-1)
+    log_student = torch.log_softmax(student / temperature, dim=-1)
+    return torch.nn.functional.kl_div(log_student, soft_teacher, reduction="batchmean") * temperature ** 2
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose loss mixes the task loss with distillation from a frozen teacher."""
+
+    def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.temperature, self.alpha = teacher.eval(), temperature, alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        kd = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature)
+        loss = self.alpha * kd + (1.0 - self.alpha) * outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+
+def recovery_arguments(cfg, work_dir) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(work_dir), num_train_epochs=cfg.recovery_epochs, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, warmup_ratio=0.1, weight_decay=0.01, seed=cfg.seed,
+        save_strategy="no", eval_strategy="no", logging_steps=20, report_to=[], use_cpu=not torch.cuda.is_available())
+
+
+def recover(job, student) -> dict:
+    """Train the pruned ``student`` on the run's training split; returns what was done, for the report."""
+    cfg, run = job.cfg.prune, job.run
+    if cfg.recovery == "none" or cfg.recovery_epochs == 0:
+        return {"method": "none"}
+    dataset = job.task.encode(job.splits.train, job.tokenizer, {l: i for i, l in enumerate(run.labels)},
+                              run.max_length)
+    work_dir = job.out / ".recovery"
+    common = dict(model=student, args=recovery_arguments(cfg, work_dir), train_dataset=dataset,
+                  data_collator=job.task.collator(job.tokenizer))
+    if cfg.recovery == "distill":
+        trainer = DistillationTrainer(**common, teacher=job.model, temperature=cfg.temperature, alpha=cfg.alpha)
+    else:
+        trainer = Trainer(**common)
+    started = time.time()
+    result = trainer.train()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    student.eval()
+    return {"method": cfg.recovery, "epochs": cfg.recovery_epochs, "steps": result.global_step,
+            "train_loss": float(result.training_loss), "wall_seconds": round(time.time() - started, 1)}
