@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Render a kustomize overlay of this folder without kubectl (for CI machines that lack it).
+
+Covers exactly the kustomize features these overlays use: `resources` (files and folders),
+`namespace`, `images` and `patches` given by `path` (strategic merge, matched by kind and name).
+Anything else in a kustomization.yaml is refused rather than silently ignored. When kubectl is
+present, tests check that this renderer and `kubectl kustomize` produce the same objects.
+
+    python deploy/render_manifests.py deploy/overlays/cpu > cpu.yaml
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import yaml
+
+SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PriorityClass", "StorageClass", "PersistentVolume"}
+# Strategic-merge keys of the lists these patches touch (the Kubernetes API's patchMergeKey).
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name"}
+
+
+class KustomizeError(ValueError):
+    """A kustomization uses a feature this renderer does not cover, or points at a missing file."""
+
+
+def render(folder: str | Path) -> list[dict]:
+    folder = Path(folder)
+    path = folder / "kustomization.yaml"
+    if not path.is_file():
+        raise KustomizeError(f"no kustomization.yaml in {folder}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unsupported = sorted(set(spec) - SUPPORTED_KEYS)
+    if unsupported:
+        raise KustomizeError(f"{path}: unsupported kustomization keys {unsupported}")
+    objects = []
+    for entry in spec.get("resources", []):
+        objects.extend(_load_resource(folder / entry))
+    for patch in spec.get("patches", []):
+        _apply_patch(objects, patch, folder)
+    for image in spec.get("images", []):
+        _set_image(objects, image)
+    if "namespace" in spec:
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj.setdefault("metadata", {})["namespace"] = spec["namespace"]
+    return objects
+
+
+def _load_resource(target: Path) -> list[dict]:
+    if target.is_dir():
+        return render(target)
+    if not target.is_file():
+        raise KustomizeError(f"resource {target} does not exist")
+    return [doc for doc in yaml.safe_load_all(target.read_text()) if doc]
+
+
+def _apply_patch(objects: list[dict], patch: dict, folder: Path) -> None:
+    if set(patch) != {"path"}:
+        raise KustomizeError(f"{folder}: only `patches: - path: FILE` is supported, got {patch}")
+    for doc in _load_resource(folder / patch["path"]):
+        name = doc.get("metadata", {}).get("name")
+        matches = [o for o in objects if o["kind"] == doc["kind"] and o["metadata"]["name"] == name]
+        if len(matches) != 1:
+            raise KustomizeError(f"patch {folder / patch['path']}: no single {doc['kind']} named {name!r}")
+        merged = strategic_merge(matches[0], doc)
+        matches[0].clear()
+        matches[0].update(merged)
+
+
+def strategic_merge(base, patch, key: str | None = None):
+    """Maps merge recursively; lists with a merge key merge item by item; other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = copy.deepcopy(base)
+        for k, v in patch.items():
+            out[k] = strategic_merge(base[k], v, k) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
+        merge_key = MERGE_KEYS[key]
+        out = copy.deepcopy(base)
+        for item in patch:
+            found = next((i for i, b in enumerate(out) if b.get(merge_key) == item.get(merge_key)), None)
+            if found is None:
+                out.append(copy.deepcopy(item))
+            else:
+                out[found] = strategic_merge(out[found], item)
+        return out
+    return copy.deepcopy(patch)
+
+
+def _set_image(objects: list[dict], image: dict) -> None:
+    for container in _containers(objects):
+        name, tag = _split_image(container["image"])
+        if name == image["name"]:
+            new_name = image.get("newName", name)
+            new_tag = image.get("newTag", tag)
+            container["image"] = f"{new_name}:{new_tag}" if new_tag else new_name
+
+
+def _containers(objects: list[dict]):
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        yield from pod.get("containers", [])
+        yield from pod.get("initContainers", [])
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = image.rsplit(":", 1)
+        return name, tag
+    return image, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(f"usage: {Path(__file__).name} OVERLAY_DIR", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump_all(render(argv[0]), sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
