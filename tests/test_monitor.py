@@ -1,0 +1,337 @@
+"""The news feeder: parsing, positions, durable state, retries, rejections and restarts.
+
+Retry and failure paths run against a small stdlib HTTP server on 127.0.0.1 that answers like the
+service's `/classify` (and, when told, 401/422/429/503); the real service is exercised by
+tests/test_monitor_e2e.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from toolchain.cli import main
+from toolchain.monitor.client import Backoff
+from toolchain.monitor.sources import BadLine, FileCursor, FolderSource, NewsItem, parse_line
+from toolchain.monitor.state import FeedState, StateError
+from toolchain.monitor.table import RollingShare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class StubService:
+    """`POST /classify` on 127.0.0.1: scripted failures first, then one prediction per text.
+
+    A text containing "fell" is negative, "rose" positive, anything else neutral; a text containing
+    "REJECT" is refused with 422 and ``field: texts[i]`` as the real service does.
+    """
+
+    def __init__(self, port: int = 0, script: list[int] | None = None, key: str | None = None):
+        self.script = list(script or [])
+        self.key = key
+        self.received: Counter = Counter()       # texts counted, like toolchain_predictions_total
+        self.requests = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                stub.requests += 1
+                self.reply(*stub.answer(body, self.headers.get("authorization")))
+
+            def reply(self, status, payload, headers=()):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, body: dict, authorization: str | None):
+        if self.key and authorization != f"Bearer {self.key}":
+            return 401, {"error": "unauthorized", "message": "missing or invalid API key"}
+        if self.script:
+            status = self.script.pop(0)
+            return status, {"error": "overloaded", "message": "retry shortly"}, [("retry-after", "0.3")]
+        for i, text in enumerate(body["texts"]):
+            if "REJECT" in text:
+                return 422, {"error": "invalid_request", "message": f"texts[{i}] is refused", "field": f"texts[{i}]"}
+        labels = ["negative" if "fell" in t else "positive" if "rose" in t else "neutral" for t in body["texts"]]
+        for text in body["texts"]:
+            self.received[(body.get("topic"), text)] += 1
+        return 200, [{"label": label, "score": 0.9} for label in labels]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub():
+    service = StubService()
+    yield service
+    service.close()
+
+
+def news(path: Path, rows: list, topic: str | None = "markets") -> Path:
+    """A JSONL file: each str becomes an item with ``topic``; bytes are written as the raw line."""
+    lines = [r.decode() if isinstance(r, bytes) else json.dumps({"text": r, **({"topic": topic} if topic else {})})
+             for r in rows]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def monitor(*args: str) -> int:
+    return main(["monitor", *args, "--table-every", "0", "--backoff-max", "0.5", "--flush-seconds", "0.2"])
+
+
+# -- parsing and positions ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object but list"),
+    (b'{"topic": "x"}', "'text' must be a non-blank string, got None"),
+    (b'{"text": "   "}', "'text' must be a non-blank string"),
+    (b'{"text": "ok", "topic": 7}', "'topic' must be a string, got 7"),
+    (b'{"text": "ok", "timestamp": "yesterday"}', "'timestamp' must be ISO 8601 or Unix seconds, got 'yesterday'"),
+    (b'{"text": "caf\xe9"}', "not UTF-8 (byte 13: b'\\xe9')"),
+])
+def test_bad_lines_name_the_problem(raw, reason):
+    record = parse_line(raw + b"\n", "wire.jsonl", 7, 99)
+    assert isinstance(record, BadLine) and record.where == "wire.jsonl:7"
+    assert reason in record.reason
+
+
+def test_good_lines_and_blank_lines():
+    item = parse_line(b'{"text": "Sales fell", "topic": "banks", "timestamp": "2024-05-01T09:30:00Z", "id": 5}\n',
+                      "f", 1, 10)
+    assert isinstance(item, NewsItem) and (item.text, item.topic, item.item_id) == ("Sales fell", "banks", "5")
+    assert item.timestamp == 1714555800.0
+    assert parse_line(b'{"text": "x", "timestamp": 1714555800}\n', "f", 1, 1).timestamp == 1714555800.0
+    assert parse_line(b"   \n", "f", 2, 14) is None
+
+
+def test_a_line_still_being_written_waits_for_its_newline(tmp_path):
+    path = tmp_path / "wire.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": "tw')
+    cursor = FileCursor(path)
+    assert [r.text for r in cursor.read(10, final=False)] == ["one"]
+    assert cursor.offset == len(b'{"text": "one"}\n')
+    with open(path, "ab") as out:
+        out.write(b'o"}\n')
+    assert [(r.text, r.line) for r in cursor.read(10, final=False)] == [("two", 2)]
+
+
+def test_folder_source_picks_up_new_files_and_appended_lines(tmp_path):
+    news(tmp_path / "b.jsonl", ["b1"])
+    news(tmp_path / "a.jsonl", ["a1", "a2"])
+    (tmp_path / "notes.txt").write_text("ignored\n")
+    source = FolderSource(tmp_path, {}, "*.jsonl", follow=True, warn=print)
+    assert [r.text for r in source.read(10)] == ["a1", "a2", "b1"]
+    news(tmp_path / "c.jsonl", ["c1"])
+    with open(tmp_path / "a.jsonl", "a") as out:
+        out.write(json.dumps({"text": "a3"}) + "\n")
+    assert [r.text for r in source.read(10)] == ["a3", "c1"]
+    assert source.read(10) == [] and not source.exhausted
+
+
+def test_state_survives_a_round_trip_and_bad_files_are_named(tmp_path):
+    path = tmp_path / "state.json"
+    state = FeedState()
+    state.begin({"/news/a.jsonl": {"offset": 10, "line": 1, "inode": 5}})
+    state.commit(3)
+    state.save(path)
+    loaded = FeedState.load(path)
+    assert loaded.positions == {"/news/a.jsonl": {"offset": 10, "line": 1, "inode": 5}} and loaded.sent_items == 3
+    assert not list(tmp_path.glob(".state.json.*"))          # no temp file left behind
+    path.write_text("{truncated")
+    with pytest.raises(StateError, match=str(path)):
+        FeedState.load(path)
+    path.write_text(json.dumps({"version": 99}))
+    with pytest.raises(StateError, match="version 99"):
+        FeedState.load(path)
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after():
+    import random
+
+    backoff, rng = Backoff(initial_s=0.5, max_s=4.0), random.Random(0)
+    delays = [backoff.delay(attempt, None, rng) for attempt in range(1, 40)]
+    assert all(0 <= d <= 4.0 for d in delays) and max(delays) > 2.0
+    assert all(backoff.delay(1, None, rng) <= 0.5 for _ in range(50))
+    assert backoff.delay(1, 3.0, rng) >= 3.0 and backoff.delay(1, 60.0, rng) == 4.0
+
+
+def test_rolling_table_shows_shares_by_topic():
+    table = RollingShare(window=4)
+    for label in ("negative", "negative", "neutral", "positive", "negative"):
+        table.add("banks", label)
+    table.add(None, "positive", timestamp=1714555800)
+    text = table.render(now=1714555800)
+    banks = next(line for line in text.splitlines() if line.startswith("banks"))
+    assert banks.split()[1:6] == ["5", "4", "50.0%", "25.0%", "25.0%"]
+    assert "(none)" in text and "2024-05-01 09:30" in text and text.splitlines()[-1].startswith("all topics")
+
+
+# -- against a stub service --------------------------------------------------------------------
+
+def test_items_are_sent_by_topic_and_bad_lines_reported(stub, tmp_path, capsys):
+    wire = news(tmp_path / "wire.jsonl", ["Profit rose", b"not json at all", b'{"text": "Sales fell", "topic": "banks"}',
+                                         b'{"text": "No topic here"}'])
+    bad = tmp_path / "bad.jsonl"
+    assert monitor(str(wire), "--url", stub.url, "--topic", "general", "--bad-lines", str(bad)) == 0
+    assert stub.received == Counter({("markets", "Profit rose"): 1, ("banks", "Sales fell"): 1,
+                                     ("general", "No topic here"): 1})
+    out, err = capsys.readouterr()
+    assert f"{wire}:2: skipped bad line: not JSON" in err
+    assert json.loads(bad.read_text())["line"] == 2
+    assert "sent 3 items this run (3 in all); 1 bad lines skipped" in out
+    assert "general" in out and "banks" in out
+
+
+def test_overload_answers_are_retried_with_backoff(tmp_path, capsys):
+    service = StubService(script=[503, 429, 503])
+    try:
+        wire = news(tmp_path / "wire.jsonl", [f"item {i}" for i in range(5)])
+        started = time.monotonic()
+        assert monitor(str(wire), "--url", service.url) == 0
+        assert time.monotonic() - started >= 0.9          # three Retry-After: 0.3 floors
+    finally:
+        service.close()
+    assert sum(service.received.values()) == 5 and set(service.received.values()) == {1}
+    err = capsys.readouterr().err
+    assert "HTTP 503 retry shortly; retrying 5 items" in err and "HTTP 429" in err
+
+
+def test_connection_errors_are_retried_until_the_service_appears(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    wire = news(tmp_path / "wire.jsonl", ["a", "b", "c"])
+    holder = {}
+    threading.Timer(1.0, lambda: holder.setdefault("service", StubService(port=port))).start()
+    try:
+        assert monitor(str(wire), "--url", f"http://127.0.0.1:{port}") == 0
+    finally:
+        time.sleep(0.1)
+        holder["service"].close()
+    assert sum(holder["service"].received.values()) == 3
+
+
+def test_a_refused_item_is_reported_and_the_rest_delivered(stub, tmp_path, capsys):
+    wire = news(tmp_path / "wire.jsonl", ["ok 1", "REJECT me", "ok 2", "ok 3"])
+    assert monitor(str(wire), "--url", stub.url) == 0
+    assert sorted(text for _, text in stub.received) == ["ok 1", "ok 2", "ok 3"]
+    assert f"{wire}:2: rejected by the service (HTTP 422): texts[1] is refused" in capsys.readouterr().err
+
+
+def test_a_wrong_key_stops_the_feeder(tmp_path, capsys):
+    service = StubService(key="right")
+    try:
+        wire = news(tmp_path / "wire.jsonl", ["a"])
+        key = tmp_path / "key.txt"
+        key.write_text("wrong\n")
+        assert monitor(str(wire), "--url", service.url, "--api-key-file", str(key)) == 2
+        assert "refused the API key (HTTP 401" in capsys.readouterr().err
+        key.write_text("right\n")
+        assert monitor(str(wire), "--url", service.url, "--api-key-file", str(key)) == 0
+    finally:
+        service.close()
+    assert sum(service.received.values()) == 1
+
+
+def test_bad_arguments_name_the_value(tmp_path, capsys):
+    wire = news(tmp_path / "wire.jsonl", ["a"])
+    assert monitor(str(wire), "--batch-size", "0") == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert monitor(str(tmp_path / "missing.jsonl")) == 2
+    assert "missing.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_a_restart_sends_only_lines_not_acknowledged(stub, tmp_path):
+    wire, state = news(tmp_path / "wire.jsonl", [f"first {i}" for i in range(7)]), tmp_path / "state.json"
+    assert monitor(str(wire), "--url", stub.url, "--state", str(state), "--batch-size", "3") == 0
+    with open(wire, "a") as out:
+        out.write("".join(json.dumps({"text": f"second {i}"}) + "\n" for i in range(4)))
+    assert monitor(str(wire), "--url", stub.url, "--state", str(state), "--batch-size", "3") == 0
+    assert len(stub.received) == 11 and set(stub.received.values()) == {1}
+    saved = json.loads(state.read_text())
+    assert saved["pending"] is None and saved["sent_items"] == 11
+    assert saved["positions"][str(wire)]["line"] == 11
+
+
+def pending_state(path: Path, wire: Path, records: int, sent: list[str], attempting: str | None) -> None:
+    """The state a hard kill leaves while a batch of ``records`` lines is being sent."""
+    end = {"offset": len(b"".join(wire.read_bytes().splitlines(keepends=True)[:records])), "line": records,
+           "inode": os.stat(wire).st_ino}
+    path.write_text(json.dumps({"version": 1, "positions": {}, "sent_items": 0, "bad_lines": 0, "rejected_items": 0,
+                                "pending": {"end": {str(wire): end}, "records": records, "sent": sent,
+                                            "attempting": attempting}}))
+
+
+@pytest.mark.parametrize("policy, resent", [("resend", True), ("skip", False)])
+def test_after_a_hard_kill_the_group_in_flight_is_reported(stub, tmp_path, capsys, policy, resent):
+    wire = tmp_path / "wire.jsonl"
+    wire.write_text("".join(json.dumps({"text": f"{t} {i}", "topic": t}) + "\n"
+                            for i, t in enumerate(["a", "b", "a", "b", "c", "c"])))
+    state = tmp_path / "state.json"
+    pending_state(state, wire, records=4, sent=["a"], attempting="b")   # group "a" acknowledged, "b" in flight
+    assert monitor(str(wire), "--url", stub.url, "--state", str(state), "--uncertain", policy) == 0
+    got = sorted(text for _, text in stub.received)
+    assert got == (["b 1", "b 3"] if resent else []) + ["c 4", "c 5"]
+    err = capsys.readouterr().err
+    verb = "resending" if resent else "not resending"
+    assert f"{verb} 2 items of topic b ({wire}:2 .. {wire}:4)" in err
+
+
+def test_sigterm_while_the_service_is_down_parks_and_loses_nothing(tmp_path):
+    service = StubService(script=[503] * 1000)
+    wire = news(tmp_path / "wire.jsonl", [f"item {i}" for i in range(6)])
+    state = tmp_path / "state.json"
+    command = [sys.executable, "-m", "toolchain.cli", "monitor", str(wire), "--url", service.url, "--state",
+               str(state), "--batch-size", "4", "--backoff-max", "0.3", "--table-every", "0"]
+    feeder = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while service.requests < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        feeder.send_signal(signal.SIGTERM)
+        out, err = feeder.communicate(timeout=30)
+    finally:
+        feeder.kill()
+        service.close()
+    assert feeder.returncode == 0, err
+    assert "stopped while the service was unavailable" in err
+    assert json.loads(state.read_text())["pending"]["attempting"] is None      # nothing in doubt
+    service = StubService()
+    try:
+        assert monitor(str(wire), "--url", service.url, "--state", str(state), "--batch-size", "4") == 0
+    finally:
+        service.close()
+    assert len(service.received) == 6 and set(service.received.values()) == {1}
+
+
+def test_help_imports_no_heavy_modules():
+    code = ("import sys; from toolchain.cli import parser; parser('monitor').parse_args(['monitor', 'x']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'bentoml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

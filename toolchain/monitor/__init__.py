@@ -1,0 +1,148 @@
+"""`toolchain monitor SOURCE... --url URL --state FILE`: stream news items to the service.
+
+Reads JSONL news items (``text``, optional ``topic``, ``timestamp``, ``id``) from files, folders that
+grow (new files and appended lines are picked up) or stdin (``-``); sends them to the service's
+``/classify`` in batches, one request per topic, with the API key; retries with backoff on
+429/503/connection errors; commits its position durably after each acknowledged batch; prints a
+rolling table of sentiment share by topic. Bad lines are reported with file and line and skipped.
+
+    toolchain monitor news/ --url https://sentiment.example.com --api-key-file key.txt --state feed.json
+    tail -F wire.jsonl | toolchain monitor - --url http://127.0.0.1:3000 --topic wire
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+KEY_ENV = "TOOLCHAIN_API_KEY"
+URL_ENV = "TOOLCHAIN_URL"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="JSONL file, folder of *.jsonl files, or - (stdin)")
+    p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:3000"),
+                   help=f"service base address (default: ${URL_ENV} or http://127.0.0.1:3000)")
+    p.add_argument("--api-key-file", type=Path, help=f"file holding the API key (default: ${KEY_ENV})")
+    p.add_argument("--state", type=Path, help="state file of the durable position (without it a restart "
+                   "starts from the beginning)")
+    p.add_argument("--topic", help="topic of items that carry none")
+    p.add_argument("--pattern", default="*.jsonl", help="file names read in a folder")
+    p.add_argument("--follow", action="store_true", help="keep reading a file as it grows (like tail -f)")
+    p.add_argument("--once", action="store_true", help="folders: stop when the files present are read")
+    p.add_argument("--batch-size", type=int, default=32, help="items per batch (at most the service's "
+                   "TOOLCHAIN_MAX_BATCH_ITEMS)")
+    p.add_argument("--flush-seconds", type=float, default=1.0, help="send a partial batch after this long")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="pause between looks for new lines")
+    p.add_argument("--table-every", type=float, default=10.0, help="seconds between tables (0: only at the end)")
+    p.add_argument("--window", type=int, default=200, help="items per topic in the rolling table")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("--max-retries", type=int, default=0, help="give up after this many attempts (0: never)")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest pause between retries, seconds")
+    p.add_argument("--uncertain", choices=("resend", "skip"), default="resend",
+                   help="after a hard kill, the group that was in flight: resend (at least once) or skip "
+                        "(at most once)")
+    p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file")
+    p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here")
+
+
+def run(args) -> int:
+    from toolchain.monitor.client import GaveUp, MonitorError
+    from toolchain.monitor.state import StateError
+
+    try:
+        feeder, client = build(args)
+    except (MonitorError, StateError, FileNotFoundError, ValueError) as exc:
+        print(f"toolchain monitor: error: {exc}", file=sys.stderr)
+        return 2
+    restore = _install_stop_handlers(feeder.stop)
+    try:
+        feeder.run()
+    except MonitorError as exc:
+        print(f"toolchain monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except GaveUp as exc:
+        print(f"toolchain monitor: gave up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+        restore()
+    state = feeder.state
+    print(f"sent {feeder.sent_this_run} items this run ({state.sent_items} in all); {state.bad_lines} bad lines "
+          f"skipped; {state.rejected_items} items rejected by the service; {client.retries} retries", flush=True)
+    return 0
+
+
+def build(args):
+    """The feeder and its client from the parsed arguments; validates them first."""
+    from toolchain.monitor.client import Backoff, MonitorError, ServiceClient
+    from toolchain.monitor.feeder import FeedOptions, Feeder
+    from toolchain.monitor.sources import open_source
+    from toolchain.monitor.state import FeedState
+    from toolchain.monitor.table import RollingShare
+
+    _check_numbers(args)
+    if not args.url.startswith(("http://", "https://")):
+        raise MonitorError(f"--url must start with http:// or https://, got {args.url!r}")
+    if args.state is None:
+        warn("no --state given: the position is not saved, a restart reads every source from the start")
+    state = FeedState.load(args.state)
+    sources = [open_source(spec, state.positions, args.pattern, args.follow or (Path(spec).is_dir() and not args.once),
+                           warn) for spec in args.sources]
+    stop = threading.Event()
+    backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries)
+    client = ServiceClient(args.url, read_key(args.api_key_file), args.timeout, backoff, stop, warn)
+    options = FeedOptions(args.batch_size, args.flush_seconds, args.poll_seconds, args.table_every, args.uncertain,
+                          args.topic)
+    feeder = Feeder(sources, client, state, args.state, options, RollingShare(args.window), warn, show, stop,
+                    args.predictions, args.bad_lines)
+    return feeder, client
+
+
+def _check_numbers(args) -> None:
+    for name in ("batch_size", "window"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("flush_seconds", "poll_seconds", "timeout", "backoff_max"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.max_retries < 0 or args.table_every < 0:
+        raise ValueError(f"--max-retries and --table-every must be >= 0, got {args.max_retries}, {args.table_every}")
+
+
+def read_key(path: Path | None) -> str | None:
+    from toolchain.monitor.client import MonitorError
+
+    if path is None:
+        return os.environ.get(KEY_ENV) or None
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise MonitorError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    if not key:
+        raise MonitorError(f"the API key file {path} is empty")
+    return key
+
+
+def warn(message: str) -> None:
+    print(f"toolchain monitor: {message}", file=sys.stderr, flush=True)
+
+
+def show(text: str) -> None:
+    print(text + "\n", flush=True)
+
+
+def _install_stop_handlers(stop: threading.Event):
+    """SIGTERM/SIGINT finish the batch in hand, then stop; a second SIGINT interrupts at once."""
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        warn(f"{signal.Signals(signum).name}: finishing the current batch, then stopping")
+        stop.set()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
