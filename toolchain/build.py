@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -200,8 +201,13 @@ def build_bento(model, variant: str):
     if not BENTOFILE.is_file():
         raise ConfigError(f"{BENTOFILE} not found: `toolchain build` runs from a source checkout of toolchain")
     labels = {**{k: str(v) for k, v in model.info.labels.items()}, "model": str(model.tag)}
-    return bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(REPO_ROOT), labels=labels, reload=True,
-                                          args={"model_tag": str(model.tag), "variant": variant})
+    previous = os.getcwd()
+    os.chdir(REPO_ROOT)  # bentoml resolves the bentofile's paths against the working directory
+    try:
+        return bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(REPO_ROOT), labels=labels,
+                                              reload=True, args={"model_tag": str(model.tag), "variant": variant})
+    finally:
+        os.chdir(previous)
 
 
 def print_summary(bento, model) -> None:

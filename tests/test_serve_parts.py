@@ -1,0 +1,189 @@
+"""The service's parts without a server: settings, API keys, request validation, ONNX loading."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from test_serve_support import REPO, built  # noqa: F401  (session fixture)
+from toolchain.artifacts import ArtifactError, load_export
+from toolchain.config import ConfigError
+from toolchain.serve import auth
+from toolchain.serve.classify import parse_request, predictions
+from toolchain.serve.metrics import topic_label
+from toolchain.serve.runtime import CPU, CUDA, OnnxModel, choose_providers
+from toolchain.serve.settings import ServeSettings, load_settings, settings_table
+from toolchain.serve.validation import Limits, RequestRejected
+
+LIMITS = Limits(max_items=4, max_chars=50)
+
+
+# --------------------------------------------------------------------------- settings
+
+def test_settings_come_from_environment_variables():
+    settings = load_settings({"TOOLCHAIN_MAX_BATCH_ITEMS": "7", "TOOLCHAIN_AUTH": "false",
+                              "TOOLCHAIN_TOPICS": "AAPL, MSFT,", "TOOLCHAIN_WORKERS": "2", "OTHER": "x"})
+    assert settings.max_batch_items == 7 and settings.auth is False and settings.workers == 2
+    assert settings.topic_allow_list == frozenset({"AAPL", "MSFT"})
+    assert settings.ort_threads(cpu_count=8) == 4 and ServeSettings(threads=3).ort_threads(8) == 3
+    assert load_settings({}) == ServeSettings()
+
+
+@pytest.mark.parametrize("variable, value", [("TOOLCHAIN_MAX_BATCH_ITEMS", "many"), ("TOOLCHAIN_MAX_BATCH_SIZE", "1"),
+                                             ("TOOLCHAIN_PROVIDER", "tpu"), ("TOOLCHAIN_AUTH", "maybe")])
+def test_bad_setting_names_its_variable_and_value(variable, value):
+    with pytest.raises(ConfigError, match=variable) as error:
+        load_settings({variable: value})
+    assert repr(value) in str(error.value) or value in str(error.value)
+
+
+def test_settings_docstring_documents_every_variable():
+    from toolchain.serve import settings
+
+    for variable, _, _ in settings_table():
+        assert variable in settings.__doc__, variable
+
+
+# --------------------------------------------------------------------------- API keys
+
+def test_keys_from_file_and_environment_are_kept_as_digests(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# comment\n\nalpha\n{auth.hash_key('beta')}\n")
+    ring = auth.load_keys({auth.KEYS_FILE_ENV: str(keys_file), auth.KEYS_ENV: "gamma, sha256:" + "ab" * 32})
+    assert len(ring) == 4
+    assert all(isinstance(d, bytes) and len(d) == 32 for d in ring._digests)
+    assert b"alpha" not in b"".join(ring._digests)
+    assert ring.check("alpha") and ring.check("beta") and ring.check("gamma")
+    assert not ring.check("alphA") and not ring.check("") and not ring.check(None)
+    assert not ring.check(auth.hash_key("beta"))  # the stored hash is not itself a key
+
+
+def test_bad_key_configuration_is_refused(tmp_path):
+    with pytest.raises(auth.AuthConfigError, match="sha256:<64 hex digits>"):
+        auth.load_keys({auth.KEYS_ENV: "sha256:xyz"})
+    with pytest.raises(auth.AuthConfigError, match="no such file"):
+        auth.load_keys({auth.KEYS_FILE_ENV: str(tmp_path / "missing")})
+    with pytest.raises(auth.AuthConfigError, match="TOOLCHAIN_AUTH=false"):
+        auth.check_configuration(True, {})
+    assert len(auth.check_configuration(False, {})) == 0
+
+
+@pytest.mark.parametrize("headers, key", [({b"authorization": b"Bearer k1"}, "k1"), ({b"authorization": b"bearer  k1 "}, "k1"),
+                                          ({b"x-api-key": b"k2"}, "k2"), ({b"authorization": b"Basic k1"}, None),
+                                          ({b"authorization": b"Bearer "}, None), ({}, None)])
+def test_presented_key_from_either_header(headers, key):
+    assert auth.presented_key(headers) == key
+
+
+# --------------------------------------------------------------------------- requests
+
+@pytest.mark.parametrize("body, status, field", [
+    (b'{"texts": []}', 422, "texts"),
+    (b'{"texts": ["ok", "  \\n "]}', 422, "texts[1]"),
+    (b'{"texts": ["ok", ""]}', 422, "texts[1]"),
+    (b'{"texts": "just a string"}', 422, "texts"),
+    (b'{"texts": ["ok", 5]}', 422, "texts[1]"),
+    (b'{"texts": [["nested"]]}', 422, "texts[0]"),
+    (b'{"texts": ["ok"], "topic": 7}', 422, "topic"),
+    (b'{"text": ["ok"]}', 422, "text"),
+    (b'{"texts": ["a", "b", "c", "d", "e"]}', 422, "texts"),
+    (b'{"texts": ["' + b"x" * 51 + b'"]}', 422, "texts[0]"),
+    (b'{"texts": ["\\ud800"]}', 422, "texts[0]"),
+    (b'["ok"]', 422, None),
+    (b'{"texts": ["\xff\xfe"]}', 400, None),
+    (b'{"texts": [', 400, None),
+    (b"", 400, None),
+])
+def test_bad_request_is_a_clear_4xx(body, status, field):
+    with pytest.raises(RequestRejected) as error:
+        parse_request(body, LIMITS)
+    rejected = error.value
+    assert rejected.status == status and rejected.reason == "validation" and rejected.field == field
+    payload = rejected.body()
+    assert payload["error"] and len(payload["message"]) > 15
+    if field:
+        assert field.split("[")[0] in payload["message"]
+
+
+def test_good_request_and_topic():
+    request = parse_request(json.dumps({"texts": ["a", "bé"], "topic": "AAPL"}).encode(), LIMITS)
+    assert request.texts == ["a", "bé"] and request.topic == "AAPL"
+    assert parse_request(b'{"texts": ["a"]}', LIMITS).topic is None
+    allowed = frozenset({"AAPL"})
+    assert [topic_label(t, allowed) for t in ("AAPL", "aapl", None, "x" * 100)] == ["AAPL", "other", "other", "other"]
+
+
+def test_predictions_keep_order_and_give_every_class_score():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 5.0]], dtype=np.float32)
+    result = predictions(logits, ["negative", "neutral", "positive"], [False, True])
+    assert [p.label for p in result] == ["negative", "positive"] and [p.truncated for p in result] == [False, True]
+    for p in result:
+        assert abs(sum(p.scores.values()) - 1) < 1e-9 and p.score == max(p.scores.values())
+
+
+# --------------------------------------------------------------------------- model loading
+
+def test_provider_choice():
+    assert choose_providers("auto", [CPU]) == [CPU]
+    assert choose_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers("cpu", [CUDA, CPU]) == [CPU]
+    with pytest.raises(ArtifactError, match="onnxruntime-gpu"):
+        choose_providers("cuda", [CPU])
+
+
+def test_tokenizer_matches_transformers_including_truncation(built):
+    from transformers import AutoTokenizer
+
+    model = OnnxModel(load_export(built.export_dir), "int8")
+    reference = AutoTokenizer.from_pretrained(model.export.tokenizer_dir)
+    texts = ["Profit rose 5 %.", "ÉTÉ naïve café ümlaut", "word " * 100, "x"]
+    batch = model.encoder.encode(texts)
+    for row, text in enumerate(texts):
+        ids = reference(text, truncation=True, max_length=model.export.max_length)["input_ids"]
+        assert batch.inputs["input_ids"][row, :len(ids)].tolist() == ids
+        assert batch.tokens[row] == len(ids) and int(batch.inputs["attention_mask"][row].sum()) == len(ids)
+    assert batch.truncated == [False, False, True, False] and max(batch.tokens) == model.export.max_length
+
+
+def test_fp32_logits_do_not_depend_on_batching(built):
+    """With the attention mask, padding to the batch's longest text leaves fp32 logits bit-identical."""
+    model = OnnxModel(load_export(built.export_dir), "fp32")
+    texts = ["profit rose", "the board met in helsinki on monday to discuss the report", "sales fell", "word " * 60]
+    alone = np.concatenate([model.run(model.encoder.encode([t]))[0] for t in texts])
+    together = model.run(model.encoder.encode(texts))[0]
+    assert np.array_equal(alone, together)
+
+
+def test_tampered_or_unlisted_model_file_is_refused(built, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(built.export_dir, copy)
+    model_file = load_export(copy).variant_file("int8")
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model_quantized\.onnx: sha256 .* does not match"):
+        OnnxModel(load_export(copy), "int8")
+    with pytest.raises(ArtifactError, match="no variant 'int4'"):
+        OnnxModel(load_export(copy), "int4")
+
+
+def test_every_api_route_is_behind_the_gate():
+    from toolchain.serve.service import ROUTES, ToolchainService
+
+    assert {api.route for api in ToolchainService.apis.values()} <= set(ROUTES)
+
+
+def test_no_pickle_in_the_serving_code():
+    """Nothing in the request path or model loading can unpickle (DESIGN.md section 5.6)."""
+    banned_modules = {"pickle", "cloudpickle", "dill", "joblib", "torch", "shelve"}
+    files = [*sorted((REPO / "toolchain" / "serve").glob("*.py")), REPO / "toolchain" / "artifacts.py"]
+    assert len(files) >= 9
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not {n.split(".")[0] for n in names} & banned_modules, f"{path.name} imports {names}"
