@@ -222,6 +222,18 @@ def test_overload_answers_are_retried_with_backoff(tmp_path, capsys):
     assert "HTTP 503 retry shortly; retrying 5 items" in err and "HTTP 429" in err
 
 
+def test_with_a_retry_limit_the_feeder_gives_up_without_losing_its_place(tmp_path, capsys):
+    service = StubService(script=[503] * 10)
+    wire, state = news(tmp_path / "wire.jsonl", ["a", "b"]), tmp_path / "state.json"
+    try:
+        assert monitor(str(wire), "--url", service.url, "--state", str(state), "--max-retries", "2") == 1
+    finally:
+        service.close()
+    assert "gave up" in capsys.readouterr().err and service.requests == 2
+    saved = json.loads(state.read_text())
+    assert saved["sent_items"] == 0 and saved["pending"]["attempting"] is None and saved["pending"]["records"] == 2
+
+
 def test_connection_errors_are_retried_until_the_service_appears(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import DATA_ROOT, PHRASEBANK, REPO, requires_phrasebank
+from conftest import PHRASEBANK, REPO, requires_phrasebank
 from test_alerts import load_render_rules
 
 pytestmark = [pytest.mark.server, pytest.mark.integration, requires_phrasebank(),

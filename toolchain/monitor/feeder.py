@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.monitor.client import Rejected, StopRequested
+from toolchain.monitor.client import GaveUp, MonitorError, Rejected, StopRequested
 from toolchain.monitor.sources import STDIN, BadLine, NewsItem
 from toolchain.monitor.state import FeedState
 from toolchain.monitor.table import RollingShare
@@ -64,6 +64,10 @@ class Feeder:
                 self.maybe_show_table()
         except StopRequested:
             self.park()
+            self.report("stopped while the service was unavailable; the unsent items will be sent on restart")
+        except (GaveUp, MonitorError):
+            self.park()
+            raise
         self.show(self.table.render())
 
     def exhausted(self) -> bool:
@@ -176,11 +180,10 @@ class Feeder:
         self.state.pending["attempting"] = None
 
     def park(self) -> None:
-        """Stopped while retrying: if no attempt can have reached the service, the group is not in doubt."""
+        """Stopping mid-batch: if no attempt can have reached the service, the group is not in doubt."""
         if self.state.pending and not self.client.reached:
             self.state.pending["attempting"] = None
         self.state.save(self.state_path)
-        self.report("stopped while the service was unavailable; the unsent items will be sent on restart")
 
     def report_bad(self, line: BadLine) -> None:
         self.report(f"{line.where}: skipped bad line: {line.reason}")

@@ -42,7 +42,7 @@ class RollingShare:
         labels = self._labels()
         header = f"{'topic':<20} {'items':>7} {'window':>6} " + " ".join(f"{label:>9}" for label in labels) + "  newest item"
         topics = sorted((t for t in self.recent if t != ALL), key=lambda t: (-self.totals[t], t))
-        rows = [self._row(t, labels) for t in topics + ([ALL] if ALL in self.recent else [])]
+        rows = [self._row(t, labels) for t in topics + ([ALL] if ALL in self.recent else [])] or ["(no items yet)"]
         stamp = datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         return "\n".join([f"sentiment share by topic, last {self.window} items per topic ({stamp})", header,
                           "-" * len(header), *rows])
