@@ -165,6 +165,10 @@ class ExportInfo:
         entry = variants[name]
         return self.path / entry["dir"] / entry["file"]
 
+    def variant_dir(self, name: str | None = None) -> Path:
+        """The variant's Optimum ORTModel directory (load it with ``file_name=variant_file(name).name``)."""
+        return self.variant_file(name).parent
+
     def verify(self, only: list[str] | None = None) -> None:
         """Check model files against the manifest's sha256 (all, or those under the given relative dirs)."""
         from toolchain.data.dataset import sha256_file

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from toolchain.export.gate import GateError, check_accuracy, check_parity
 
 log = logging.getLogger(__name__)
 INT8_VARIANTS = ("int8", "int8-static", "pruned-int8")
+CALIBRATION_SEED = 13  # static int8 calibrates on the first N training examples of this seeded shuffle
 
 
 @dataclass
@@ -179,7 +180,7 @@ def build_int8(job: ExportJob, name: str = "int8", pruned: bool = False) -> None
 def build_int8_static(job: ExportJob) -> None:
     from toolchain.export.quantize import quantize_static
 
-    rng = np.random.default_rng(job.cfg.prune.seed)
+    rng = np.random.default_rng(CALIBRATION_SEED)
     train = job.splits.train
     picked = [train[i] for i in rng.permutation(len(train))[: job.cfg.quantize.static_samples]]
     features = job.task.encode(picked, job.tokenizer, None, job.run.max_length).features
@@ -304,7 +305,7 @@ def manifest(job: ExportJob, report: dict | None, status: str) -> dict:
         "artifact_version": ARTIFACT_VERSION, "stage": "export", "status": status, "toolchain_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": run.task, "labels": run.labels,
         "max_length": run.max_length, "base_model": run.base_model, "run_dir": str(run.path.resolve()),
-        "run_config_hash": run.manifest.get("config_hash"), "export_config_hash": config_hash(job.cfg),
+        "run_config_hash": run.manifest.get("config_hash"), "export_config_hash": config_hash(replace(job.cfg, output_dir=None)),
         "serve_variant": job.cfg.serve_variant, "metric": report["metric"] if report else None,
         "cpu": cpu_section(job), "variants": variants, **manifest_extra(job), "files": files,
         "config": {"run": run.config, "export": to_dict(job.cfg)},

@@ -40,6 +40,7 @@ def score(task, logits: np.ndarray, gold: np.ndarray, labels: list[str], referen
     """Headline task metrics plus label agreement with the reference logits (fp32 PyTorch)."""
     metrics = task.summary(task.metrics(logits, gold, labels))
     pred = task.predictions(logits)
+    metrics["examples"] = len(gold)
     metrics["agreement"] = agreement(pred, task.predictions(reference), gold) if reference is not None else 1.0
     return {k: float(v) for k, v in metrics.items()}
 
