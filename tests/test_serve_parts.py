@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 
 import numpy as np
@@ -14,8 +15,8 @@ from toolchain.config import ConfigError
 from toolchain.serve import auth
 from toolchain.serve.classify import parse_request, predictions
 from toolchain.serve.metrics import topic_label
-from toolchain.serve.runtime import CPU, CUDA, OnnxModel, choose_providers
-from toolchain.serve.settings import ServeSettings, load_settings, settings_table
+from toolchain.serve.runtime import CPU, CUDA, OnnxModel, choose_providers, plan_calls
+from toolchain.serve.settings import ServeSettings, available_cpus, load_settings, settings_table
 from toolchain.serve.validation import Limits, RequestRejected
 
 LIMITS = Limits(max_items=4, max_chars=50)
@@ -29,6 +30,7 @@ def test_settings_come_from_environment_variables():
     assert settings.max_batch_items == 7 and settings.auth is False and settings.workers == 2
     assert settings.topic_allow_list == frozenset({"AAPL", "MSFT"})
     assert settings.ort_threads(cpu_count=8) == 4 and ServeSettings(threads=3).ort_threads(8) == 3
+    assert 1 <= available_cpus() <= os.cpu_count()
     assert load_settings({}) == ServeSettings()
 
 
@@ -140,21 +142,44 @@ def test_tokenizer_matches_transformers_including_truncation(built):
     model = OnnxModel(load_export(built.export_dir), "int8")
     reference = AutoTokenizer.from_pretrained(model.export.tokenizer_dir)
     texts = ["Profit rose 5 %.", "ÉTÉ naïve café ümlaut", "word " * 100, "x"]
-    batch = model.encoder.encode(texts)
+    encodings = model.encoder.tokenize(texts)
+    inputs = model.encoder.pad(encodings)
+    output = model.infer(texts)
     for row, text in enumerate(texts):
         ids = reference(text, truncation=True, max_length=model.export.max_length)["input_ids"]
-        assert batch.inputs["input_ids"][row, :len(ids)].tolist() == ids
-        assert batch.tokens[row] == len(ids) and int(batch.inputs["attention_mask"][row].sum()) == len(ids)
-    assert batch.truncated == [False, False, True, False] and max(batch.tokens) == model.export.max_length
+        assert inputs["input_ids"][row, :len(ids)].tolist() == ids and encodings[row].ids == ids
+        assert output.tokens[row] == len(ids) and int(inputs["attention_mask"][row].sum()) == len(ids)
+    assert output.truncated == [False, False, True, False] and max(output.tokens) == model.export.max_length
 
 
-def test_fp32_logits_do_not_depend_on_batching(built):
-    """With the attention mask, padding to the batch's longest text leaves fp32 logits bit-identical."""
+BATCH_TEXTS = ["profit rose", "the board met in helsinki on monday to discuss the report", "sales fell",
+               "word " * 60, "shares jumped after record earnings were reported for the quarter"]
+
+
+def test_fp32_logits_do_not_depend_on_padding_or_batching(built):
+    """With the attention mask, padding to the longest text of a call leaves fp32 logits bit-identical."""
     model = OnnxModel(load_export(built.export_dir), "fp32")
-    texts = ["profit rose", "the board met in helsinki on monday to discuss the report", "sales fell", "word " * 60]
-    alone = np.concatenate([model.run(model.encoder.encode([t]))[0] for t in texts])
-    together = model.run(model.encoder.encode(texts))[0]
-    assert np.array_equal(alone, together)
+    assert not model.per_text
+    alone = np.concatenate([model.run(model.encoder.pad(model.encoder.tokenize([t])))[0] for t in BATCH_TEXTS])
+    padded_together = model.run(model.encoder.pad(model.encoder.tokenize(BATCH_TEXTS)))[0]
+    assert np.array_equal(alone, padded_together)
+    assert np.array_equal(alone, np.stack(model.infer(BATCH_TEXTS).logits))
+
+
+def test_dynamic_int8_is_run_one_text_per_call_so_batching_cannot_move_scores(built):
+    """Dynamic int8 measures activation ranges over the whole call: padded together, scores move."""
+    model = OnnxModel(load_export(built.export_dir), "int8")
+    assert model.per_text
+    alone = np.stack([model.infer([t]).logits[0] for t in BATCH_TEXTS])
+    assert np.array_equal(alone, np.stack(model.infer(BATCH_TEXTS).logits))
+    padded_together = model.run(model.encoder.pad(model.encoder.tokenize(BATCH_TEXTS)))[0]
+    assert not np.array_equal(alone, padded_together)  # what grouping the texts would have done
+
+
+def test_model_calls_group_texts_by_length_or_run_them_one_by_one():
+    lengths = [5, 40, 12, 33, 16, 17]
+    assert plan_calls(lengths, per_text=True) == [[0], [1], [2], [3], [4], [5]]
+    assert plan_calls(lengths, per_text=False) == [[0, 2, 4], [5], [1, 3]]
 
 
 def test_tampered_or_unlisted_model_file_is_refused(built, tmp_path):

@@ -51,12 +51,14 @@ def server_environment(args) -> dict[str, str]:
 
 
 def serve_target(target: str, env: dict[str, str]) -> tuple[str, str | None]:
-    """(what `bentoml serve` gets, working dir): an export dir is validated and passed by environment."""
+    """(what `bentoml serve` gets, working dir): an export dir is checked here, then passed by environment."""
     from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.serve.runtime import verify_variant
 
     path = Path(target)
     if path.is_dir():
         export = load_export(path)
+        verify_variant(export, env.get("TOOLCHAIN_VARIANT") or export.serve_variant)  # fail before starting
         env["TOOLCHAIN_EXPORT_DIR"] = str(export.path.resolve())
         return SERVICE, str(REPO_ROOT)
     if os.sep in target or target.startswith("."):

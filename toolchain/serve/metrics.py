@@ -79,9 +79,10 @@ def service_metrics() -> ServiceMetrics:
         predictions=Counter("toolchain_predictions", "Predictions by label and topic", ["label", "topic", "task"]),
         confidence=Histogram("toolchain_prediction_confidence", "Score of the predicted label", ["task"],
                              buckets=CONFIDENCE_BUCKETS),
-        inference_seconds=Histogram("toolchain_inference_seconds", "Model call time (tokenized batch in, "
-                                    "logits out)", ["task"], buckets=INFERENCE_BUCKETS),
-        batch_size=Histogram("toolchain_batch_size", "Texts per model call", ["task"], buckets=BATCH_BUCKETS),
+        inference_seconds=Histogram("toolchain_inference_seconds", "Model time of one batch (ONNX Runtime calls "
+                                    "only: no tokenizing, no HTTP)", ["task"], buckets=INFERENCE_BUCKETS),
+        batch_size=Histogram("toolchain_batch_size", "Texts per batch handed to the model (one adaptive batch)",
+                             ["task"], buckets=BATCH_BUCKETS),
         input_tokens=Histogram("toolchain_input_tokens", "Tokens per input text after truncation", ["task"],
                                buckets=TOKEN_BUCKETS),
         truncated=Counter("toolchain_truncated_inputs", "Inputs truncated to the model's max length", ["task"]),

@@ -21,15 +21,17 @@ log = logging.getLogger("toolchain.serve")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_LABELS = {CUDA: "cuda", CPU: "cpu"}
+BUCKET_TOKENS = 16
 
 
 @dataclass
-class Encoded:
-    """A tokenized batch: model inputs padded to the longest text, plus per-text bookkeeping."""
-    inputs: dict[str, np.ndarray]
+class BatchOutput:
+    """The model's output for a list of texts, in input order, with per-text bookkeeping."""
+    logits: list[np.ndarray]   # one array per text (its row of the model call it ran in)
     tokens: list[int]          # tokens per text after truncation (special tokens included)
     truncated: list[bool]      # text was cut to the model's max length
     encodings: list            # tokenizers.Encoding per text (offsets for token-level tasks)
+    seconds: float             # time spent in model calls
 
 
 class Encoder:
@@ -47,17 +49,43 @@ class Encoder:
         self.pad_id = pad_token_id(tokenizer_dir, self.tokenizer)
         self.max_length = max_length
 
-    def encode(self, texts: list[str]) -> Encoded:
-        encodings = self.tokenizer.encode_batch(texts)
+    def tokenize(self, texts: list[str]) -> list:
+        return self.tokenizer.encode_batch(texts)
+
+    def pad(self, encodings: list) -> dict[str, np.ndarray]:
+        """Model inputs: ids padded to the longest encoding, with its attention mask."""
         width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        types = np.zeros((len(texts), width), dtype=np.int64)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
         for row, enc in enumerate(encodings):
             n = len(enc.ids)
             ids[row, :n], mask[row, :n], types[row, :n] = enc.ids, enc.attention_mask, enc.type_ids
-        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return Encoded(inputs, [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings], encodings)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def plan_calls(lengths: list[int], per_text: bool) -> list[list[int]]:
+    """Text indices per model call: one text each, or texts of similar length together.
+
+    Grouping by length (in steps of BUCKET_TOKENS) keeps padding small: padding a short text to a
+    long one costs compute (attention is quadratic) without changing a batch-invariant model's output.
+    """
+    if per_text:
+        return [[i] for i in range(len(lengths))]
+    buckets: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        buckets.setdefault(-(-length // BUCKET_TOKENS), []).append(index)
+    return [buckets[key] for key in sorted(buckets)]
+
+
+def quantizes_at_run_time(model_file: Path) -> bool:
+    """True for dynamically quantized graphs (DynamicQuantizeLinear / DynamicQuantizeMatMul nodes).
+
+    Their activation ranges are measured over the whole model call, so a text's scores would move
+    with the other texts (and the padding) of its call: such a model is called one text at a time.
+    """
+    with open(model_file, "rb") as handle:
+        return any(b"DynamicQuantize" in chunk for chunk in iter(lambda: handle.read(1 << 22), b""))
 
 
 def pad_token_id(tokenizer_dir: Path, tokenizer) -> int:
@@ -81,7 +109,8 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     return [CPU]
 
 
-def create_session(model_file: Path, providers: list[str], threads: int):
+def create_session(model_file: Path, providers: list[str], threads: int, spin: bool = False):
+    """An ONNX Runtime session; with ``spin`` off, idle intra-op threads sleep instead of burning CPU."""
     import onnxruntime as ort
 
     if CUDA in providers and hasattr(ort, "preload_dlls"):
@@ -91,40 +120,59 @@ def create_session(model_file: Path, providers: list[str], threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
 
 
 class OnnxModel:
     """One verified ONNX variant with its tokenizer; ``run`` maps a tokenized batch to logits."""
 
-    def __init__(self, export: ExportInfo, variant: str, provider: str = "auto", threads: int = 1):
+    def __init__(self, export: ExportInfo, variant: str, provider: str = "auto", threads: int = 1,
+                 spin: bool = False, calls: str = "auto"):
         import onnxruntime as ort
 
         self.export, self.variant = export, variant
-        model_file = export.variant_file(variant)
         verify_variant(export, variant)
-        self.session = create_session(model_file, choose_providers(provider, ort.get_available_providers()), threads)
+        model_file = export.variant_file(variant)
+        providers = choose_providers(provider, ort.get_available_providers())
+        self.session = create_session(model_file, providers, threads, spin)
         self.provider = PROVIDER_LABELS.get(self.session.get_providers()[0], self.session.get_providers()[0])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.encoder = Encoder(export.tokenizer_dir, export.max_length)
-        log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads",
-                 export.path, variant, model_file.name, self.provider, threads)
+        self.per_text = calls == "per-text" or (calls == "auto" and quantizes_at_run_time(model_file))
+        log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads, %s model calls",
+                 export.path, variant, model_file.name, self.provider, threads,
+                 "per-text" if self.per_text else "length-grouped")
 
     @property
     def labels(self) -> list[str]:
         return self.export.labels
 
-    def run(self, batch: Encoded) -> tuple[np.ndarray, float]:
-        """Logits of a tokenized batch and the seconds the model call took."""
-        feed = {name: batch.inputs[name] for name in self.input_names}
+    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """Logits of one padded model call and the seconds it took."""
+        feed = {name: inputs[name] for name in self.input_names}
         started = time.perf_counter()
         (logits,) = self.session.run([self.output_name], feed)
         return logits, time.perf_counter() - started
 
+    def infer(self, texts: list[str]) -> BatchOutput:
+        """Logits per text; how texts are grouped into model calls never changes a text's result."""
+        encodings = self.encoder.tokenize(texts)
+        logits: list = [None] * len(texts)
+        seconds = 0.0
+        for group in plan_calls([len(e.ids) for e in encodings], self.per_text):
+            output, took = self.run(self.encoder.pad([encodings[i] for i in group]))
+            seconds += took
+            for row, index in enumerate(group):
+                logits[index] = output[row]
+        return BatchOutput(logits, [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings],
+                           encodings, seconds)
+
 
 def verify_variant(export: ExportInfo, variant: str) -> None:
     """Check the variant's files and the tokenizer against the manifest; refuse files it does not list."""
+    export.variant_file(variant)  # an unknown variant: the error names the ones there are
     entry = export.manifest["variants"][variant]
     model_rel = f"{entry['dir']}/{entry['file']}"
     if model_rel not in export.manifest.get("files", {}):
@@ -133,6 +181,8 @@ def verify_variant(export: ExportInfo, variant: str) -> None:
     export.verify(only=[entry["dir"].rstrip("/") + "/", "tokenizer/"])
 
 
-def load_model(export_dir: str | Path, variant: str | None, provider: str, threads: int) -> OnnxModel:
+def load_model(export_dir: str | Path, variant: str | None, settings) -> OnnxModel:
+    """The variant (default: the manifest's serve_variant) with the provider and threads of ``settings``."""
     export = load_export(export_dir)
-    return OnnxModel(export, variant or export.serve_variant, provider, threads)
+    return OnnxModel(export, variant or export.serve_variant, settings.provider, settings.ort_threads(),
+                     settings.spin, settings.model_calls)

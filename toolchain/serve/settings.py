@@ -10,6 +10,8 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_VARIANT             | (manifest)     | ONNX variant to load (fp32, optimized, int8, ...) |
 | TOOLCHAIN_PROVIDER            | auto           | auto (CUDA when a GPU and onnxruntime-gpu are present), cpu, cuda |
 | TOOLCHAIN_THREADS             | 0              | ONNX Runtime intra-op threads per worker (0 = CPU cores / workers) |
+| TOOLCHAIN_SPIN                | false          | let idle ONNX Runtime threads spin: a little lower latency on dedicated cores, burnt CPU on shared ones |
+| TOOLCHAIN_MODEL_CALLS         | auto           | auto: one text per model call for dynamically quantized variants (exact, batch-independent scores), texts grouped by length otherwise; per-text; batched |
 | TOOLCHAIN_WORKERS             | 1              | server worker processes |
 | TOOLCHAIN_BATCHING            | true           | adaptive batching of concurrent requests |
 | TOOLCHAIN_MAX_BATCH_SIZE      | 32             | most texts in one model call (adaptive batching) |
@@ -43,6 +45,9 @@ class ServeSettings:
     variant: str | None = opt(None, "ONNX variant to load; default: the Bento's, else the manifest's serve_variant")
     provider: str = opt("auto", "ONNX Runtime execution provider", choices=("auto", "cpu", "cuda"))
     threads: int = opt(0, "ONNX Runtime intra-op threads per worker (0 = CPU cores / workers)", min=0, max=256)
+    spin: bool = opt(False, "let idle ONNX Runtime threads spin (dedicated cores only; burns CPU otherwise)")
+    model_calls: str = opt("auto", "how a batch runs: auto (per-text for dynamic int8, else length-grouped), "
+                                   "per-text or batched", choices=("auto", "per-text", "batched"))
     workers: int = opt(1, "server worker processes", min=1, max=64)
     batching: bool = opt(True, "adaptive batching of concurrent requests into one model call")
     max_batch_size: int = opt(32, "most texts in one model call", min=2, max=4096)
@@ -61,10 +66,20 @@ class ServeSettings:
         return frozenset(t.strip() for t in self.topics.split(",") if t.strip())
 
     def ort_threads(self, cpu_count: int | None = None) -> int:
-        """Intra-op threads: the setting, or the CPU cores shared evenly among the workers."""
+        """Intra-op threads: the setting, or the CPUs this container may use shared among the workers."""
         if self.threads:
             return self.threads
-        return max(1, (cpu_count or os.cpu_count() or 1) // self.workers)
+        return max(1, (cpu_count or available_cpus()) // self.workers)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a Kubernetes limit)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+    except (OSError, ValueError):
+        return count
+    return count if quota == "max" else max(1, min(count, int(quota) // int(period)))
 
 
 def env_name(setting: str) -> str:

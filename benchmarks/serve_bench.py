@@ -1,0 +1,228 @@
+"""Load test of the served model from 127.0.0.1: latency percentiles, throughput and error rate with
+1 and 64 concurrent clients, adaptive batching on and off in the same run.
+
+    python benchmarks/serve_bench.py --export-dir EXPORT_DIR          # or --bento TAG
+        [--seconds 20] [--clients 1,64] [--workers 1] [--out benchmarks/serve_results]
+
+For each batching mode a server is started on a free 127.0.0.1 port (auth on, a throw-away key),
+warmed up, then driven by closed-loop clients: each keeps one keep-alive connection and sends the
+next one-sentence request as soon as the previous answer arrives, for a fixed time. The clients are
+plain asyncio sockets so that the load generator takes as little of the shared CPU as possible.
+Results go to OUT.json and OUT.md; the targets (single-client p50 <= 15 ms, batched throughput under
+64 clients >= 2x unbatched) are checked and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SENTENCE = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 ."
+SERVICE = "toolchain.serve.service:ToolchainService"
+
+
+@dataclass
+class PhaseResult:
+    batching: bool
+    clients: int
+    seconds: float
+    requests: int
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch_size: float
+    model_ms_per_call: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(target: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}; see {log}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return process
+        except OSError:
+            time.sleep(0.5)
+    stop_server(process)
+    raise SystemExit(f"server not ready after 180 s; see {log}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def request_bytes(key: str) -> bytes:
+    body = json.dumps({"texts": [SENTENCE]}).encode()
+    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def read_status(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    return status
+
+
+async def client_loop(port: int, payload: bytes, stop_at: float, latencies: list, errors: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(payload)
+            try:
+                status = await read_status(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                errors.append("connection")
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                continue
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def drive(port: int, payload: bytes, clients: int, seconds: float) -> tuple[list[float], list]:
+    latencies, errors = [], []
+    stop_at = time.perf_counter() + seconds
+    await asyncio.gather(*(client_loop(port, payload, stop_at, latencies, errors) for _ in range(clients)))
+    return latencies, errors
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sums of the model-call metrics, to report the batch size and model time of each phase."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    wanted = ("toolchain_batch_size_sum", "toolchain_batch_size_count", "toolchain_inference_seconds_sum")
+    totals = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+def measure(port: int, payload: bytes, batching: bool, clients: int, seconds: float) -> PhaseResult:
+    asyncio.run(drive(port, payload, clients, min(3.0, seconds)))  # warm-up, not counted
+    before = scrape(port)
+    latencies, errors = asyncio.run(drive(port, payload, clients, seconds))
+    after = scrape(port)
+    calls = after["toolchain_batch_size_count"] - before["toolchain_batch_size_count"]
+    texts = after["toolchain_batch_size_sum"] - before["toolchain_batch_size_sum"]
+    model_seconds = after["toolchain_inference_seconds_sum"] - before["toolchain_inference_seconds_sum"]
+    total = len(latencies) + len(errors)
+    return PhaseResult(batching, clients, seconds, total, len(errors), len(latencies) / seconds,
+                       percentile(latencies, 50), percentile(latencies, 95), percentile(latencies, 99),
+                       texts / calls if calls else float("nan"), 1000 * model_seconds / calls if calls else float("nan"))
+
+
+def run_mode(args, batching: bool, log_dir: Path) -> list[PhaseResult]:
+    key = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCHAIN_")}
+    env.update(TOOLCHAIN_API_KEYS=key, TOOLCHAIN_BATCHING=str(batching).lower(), TOOLCHAIN_WORKERS=str(args.workers),
+               TOOLCHAIN_MAX_CONCURRENCY="256", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    if args.export_dir:
+        env["TOOLCHAIN_EXPORT_DIR"] = str(Path(args.export_dir).resolve())
+    port = free_port()
+    server = start_server(args.bento or SERVICE, env, port, log_dir / f"server-batching-{batching}.log")
+    try:
+        return [measure(port, request_bytes(key), batching, clients, args.seconds) for clients in args.clients]
+    finally:
+        stop_server(server)
+
+
+def report(results: list[PhaseResult], args) -> tuple[str, dict]:
+    by = {(r.batching, r.clients): r for r in results}
+    lines = ["| batching | clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | texts/model call | model ms/call |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {'on' if r.batching else 'off'} | {r.clients} | {r.requests} | {r.errors} "
+                     f"({100 * r.errors / max(r.requests, 1):.2f}%) | {r.throughput_rps:.1f} | {r.p50_ms:.1f} | "
+                     f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.mean_batch_size:.1f} | {r.model_ms_per_call:.1f} |")
+    single = by.get((True, 1)) or by.get((False, 1))
+    top = max(args.clients)
+    on, off = by.get((True, top)), by.get((False, top))
+    targets = {"single_client_p50_ms": single.p50_ms if single else None,
+               "single_client_p50_target_met": bool(single and single.p50_ms <= 15),
+               "batched_over_unbatched_throughput": on.throughput_rps / off.throughput_rps if on and off else None}
+    targets["throughput_target_met"] = bool(targets["batched_over_unbatched_throughput"]
+                                            and targets["batched_over_unbatched_throughput"] >= 2)
+    lines += ["", f"Single-client p50: {targets['single_client_p50_ms']:.1f} ms (target <= 15 ms: "
+                  f"{'met' if targets['single_client_p50_target_met'] else 'NOT met'})"]
+    if targets["batched_over_unbatched_throughput"]:
+        lines.append(f"Batched / unbatched throughput at {top} clients: {targets['batched_over_unbatched_throughput']:.2f}x "
+                     f"(target >= 2x: {'met' if targets['throughput_target_met'] else 'NOT met'})")
+    return "\n".join(lines), targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--export-dir", help="export dir to serve (its serve_variant, e.g. int8)")
+    source.add_argument("--bento", help="Bento tag to serve")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
+    parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 64])
+    parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
+    parser.add_argument("--modes", default="on,off", help="batching modes to run: on,off (default both)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "serve_results"), help="OUT.json / OUT.md prefix")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    results = []
+    for mode in args.modes.split(","):
+        results += run_mode(args, mode.strip() == "on", logs)
+    table, targets = report(results, args)
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_end": os.getloadavg(),
+            "sentence": SENTENCE, "model": args.export_dir or args.bento}
+    out.with_suffix(".json").write_text(json.dumps({**meta, "targets": targets,
+                                                    "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(f"# Serving benchmark\n\n`{meta['command']}` on {meta['date']}, "
+                                      f"{meta['cpu_count']} CPUs, load average at the end {meta['load_average_at_end']}\n\n"
+                                      f"Model: {meta['model']}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
