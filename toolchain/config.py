@@ -46,6 +46,9 @@ class DataConfig:
     label_column: str = opt("label", "column/key holding the label (jsonl/csv)")
     tag_column: int = opt(-1, "CoNLL column index holding the tag (token classification)")
     tag_scheme: str = opt("auto", "CoNLL tag scheme; IO is converted to IOB2", choices=("auto", "iob2", "io"))
+    subtoken_labels: str = opt("first", "token classification: tag only the first sub-token of a word, the rest "
+                               "ignored by the loss ('first'), or every sub-token while training ('all')",
+                               choices=("first", "all"))
     dev_fraction: float = opt(0.1, "fraction split off for dev when no dev file is given", min=0.0, max=0.5)
     test_fraction: float = opt(0.1, "fraction split off for test when no test file is given", min=0.0, max=0.5)
     split_seed: int = opt(13, "seed of the stratified split")
@@ -103,6 +106,7 @@ class TrainConfig:
     metric: str = opt("macro_f1", "dev metric for early stopping / best model (e.g. accuracy, macro_f1, f1)")
     early_stopping_patience: int = opt(2, "evaluations without improvement before stopping (0 = off)", min=0)
     num_workers: int = opt(0, "dataloader workers", min=0)
+    group_by_length: bool = opt(False, "batch training examples of similar length together (less padding)")
 
 
 @dataclass

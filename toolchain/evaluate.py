@@ -50,7 +50,12 @@ def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size
 def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides: dict | None = None) -> dict:
     run = load_run(run_dir)
     task = get_task(run.task)
-    data_cfg = from_dict(DataConfig, {**run.config["data"], **(overrides or {})})
+    overrides = dict(overrides or {})
+    if data is not None and run.task == "token-classification":
+        overrides.setdefault("tag_scheme", "auto")  # another file may use IO tags (converted to IOB2)
+    data_cfg = from_dict(DataConfig, {**run.config["data"], **overrides})
+    if hasattr(task, "configure"):
+        task.configure(data_cfg)
     path = data or run.manifest["data_files"][split]["path"]
     if data is None and run.manifest["data_files"][split].get("split"):
         from toolchain.data.dataset import load_splits
@@ -68,15 +73,17 @@ def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides
 
 
 def per_class_table(metrics: dict) -> str:
-    rows = [[label, v["precision"], v["recall"], v["f1"], v["support"]] for label, v in metrics["per_class"].items()]
-    return format_table(["class", "precision", "recall", "f1", "support"], rows)
+    """Per class (sequence classification) or per entity type (token classification)."""
+    key, name = ("per_class", "class") if "per_class" in metrics else ("per_type", "entity type")
+    rows = [[label, v["precision"], v["recall"], v["f1"], v["support"]] for label, v in metrics[key].items()]
+    return format_table([name, "precision", "recall", "f1", "support"], rows)
 
 
 def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | None) -> dict:
     metrics = evaluate_file(run_dir, data, split)
     print(f"{metrics['data']}: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "f1")
                                                if k in metrics))
-    if "per_class" in metrics:
+    if "per_class" in metrics or "per_type" in metrics:
         print(per_class_table(metrics))
     if "confusion_matrix" in metrics and json_out:
         plot_confusion(metrics["confusion_matrix"], metrics["labels"], Path(json_out).with_suffix(".png"),
@@ -84,6 +91,12 @@ def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | Non
     if json_out:
         Path(json_out).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def base_name(base_model: str) -> str:
+    """A short name of a base model; a run's model/ dir is shown as RUN/model."""
+    path = Path(base_model)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
 
 
 def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "test") -> str:
@@ -96,11 +109,12 @@ def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "tes
         else:
             metrics = json.loads((Path(run_dir) / "metrics.json").read_text())[split]
         stored = json.loads((Path(run_dir) / "metrics.json").read_text())
-        classes = classes or list(metrics.get("per_class", {}))
+        per_class = metrics.get("per_class") or metrics.get("per_type") or {}
+        classes = classes or list(per_class)
         headline = [metrics.get("accuracy", metrics.get("f1")), metrics.get("macro_f1", metrics.get("macro_f1"))]
-        rows.append([Path(run_dir).name, run.config["method"]["name"], Path(run.base_model).name,
+        rows.append([Path(run_dir).name, run.config["method"]["name"], base_name(run.base_model),
                      f"{stored['parameters']['trainable']:,}", *headline,
-                     *(metrics["per_class"][c]["f1"] for c in classes),
+                     *(per_class.get(c, {}).get("f1", 0.0) for c in classes),
                      f"{stored['train'].get('wall_seconds', 0):.0f}s"])
     first = "accuracy" if rows and "accuracy" in metrics else "f1"
     header = ["run", "method", "base", "trainable", first, "macro_f1", *(f"f1:{c}" for c in classes), "train time"]

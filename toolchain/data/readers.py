@@ -134,9 +134,10 @@ def read_conll(path: Path, tag_column: int = -1, scheme: str = "auto") -> list[E
     """CoNLL columns (``token ... TAG``), ``-DOCSTART-`` lines and blank-line sentence breaks.
 
     IO-tagged files (only ``I-X``) are converted to IOB2, treating an ``I-`` after ``O`` or after a
-    different type as ``B-``.
+    different type as ``B-``. With ``scheme="auto"`` every file is normalised that way (a no-op on valid
+    IOB2, and the conversion of IOB1); ``scheme="iob2"`` refuses an entity that starts with ``I-``.
     """
-    from toolchain.data.tags import io_to_iob2, detect_scheme, validate_iob2
+    from toolchain.data.tags import io_to_iob2, validate_iob2
 
     examples, tokens, tags, start = [], [], [], 0
     lines = _read_lines(path, "utf-8") + [""]
@@ -149,14 +150,14 @@ def read_conll(path: Path, tag_column: int = -1, scheme: str = "auto") -> list[E
         parts = line.split()
         if len(parts) < 2:
             raise DataError(f"{path}:{number}: expected 'token ... TAG' columns, got {line!r}")
+        if not -len(parts) <= tag_column < len(parts):
+            raise DataError(f"{path}:{number}: no column {tag_column} (data.tag_column) in {line!r}")
         if not tokens:
             start = number
         tokens.append(parts[0])
         tags.append(parts[tag_column])
-    if scheme == "auto":
-        scheme = detect_scheme([t for ex in examples for t in ex.label])
     for ex in examples:
-        if scheme == "io":
+        if scheme in ("io", "auto"):
             ex.label = io_to_iob2(ex.label)
         validate_iob2(ex.label, ex.source)
     return examples

@@ -1,4 +1,4 @@
-"""Tag schemes for token classification: detect IO vs IOB2, convert IO to IOB2, validate IOB2."""
+"""Tag schemes for token classification: detect IO vs IOB2, convert IO (or IOB1) to IOB2, validate IOB2."""
 from __future__ import annotations
 
 
@@ -20,8 +20,14 @@ def io_to_iob2(tags: list[str]) -> list[str]:
 
 
 def validate_iob2(tags: list[str], source: str) -> None:
+    """Tags are O, B-TYPE or I-TYPE, and an I-TYPE follows B-TYPE or I-TYPE of the same type."""
     from toolchain.data.readers import DataError
 
+    previous = "O"
     for i, tag in enumerate(tags):
         if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
             raise DataError(f"{source}: token {i + 1} has tag {tag!r}; expected O, B-TYPE or I-TYPE")
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            raise DataError(f"{source}: token {i + 1} has tag {tag!r} after {previous!r}, which is not IOB2 "
+                            f"(an entity starts with B-); use data.tag_scheme=auto to convert IO/IOB1 tags")
+        previous = tag

@@ -54,7 +54,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     """Build the export dir for ``run_dir`` and return its final path (see docs/ARTIFACTS.md)."""
     from toolchain.export.cpu import choose_preset, detect_cpu
     from toolchain.export.onnx_export import check_optimize_level
-    from toolchain.tasks import get_task
+    from toolchain.export.scoring import run_task
 
     cfg = cfg or ExportConfig()
     run = load_run(run_dir)
@@ -68,7 +68,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     mark_incomplete(tmp, "export in progress")
-    job = ExportJob(run, get_task(run.task), cfg, tmp, cpu, preset)
+    job = ExportJob(run, run_task(run), cfg, tmp, cpu, preset)
     try:
         report = build(job)
     except GateError as exc:

@@ -58,7 +58,8 @@ def recover(job, student) -> dict:
     cfg, run = job.cfg.prune, job.run
     if cfg.recovery == "none" or cfg.recovery_epochs == 0:
         return {"method": "none"}
-    dataset = job.task.encode(job.splits.train, job.tokenizer, {l: i for i, l in enumerate(run.labels)},
+    encode = getattr(job.task, "encode_for_training", job.task.encode)
+    dataset = encode(job.splits.train, job.tokenizer, {l: i for i, l in enumerate(run.labels)},
                               run.max_length)
     work_dir = job.out / ".recovery"
     common = dict(model=student, args=recovery_arguments(cfg, work_dir), train_dataset=dataset,

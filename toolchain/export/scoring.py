@@ -11,6 +11,16 @@ from toolchain.config import DataConfig, from_dict
 log = logging.getLogger(__name__)
 
 
+def run_task(run: RunInfo):
+    """The run's Task, configured from the run's data options as training configured it."""
+    from toolchain.tasks import get_task
+
+    task = get_task(run.task)
+    if hasattr(task, "configure"):
+        task.configure(from_dict(DataConfig, run.config["data"]))
+    return task
+
+
 def load_run_splits(run: RunInfo):
     """The run's train/dev/test examples, read as the run read them (its resolved data config)."""
     from toolchain.data.dataset import check_labels, load_splits
@@ -32,8 +42,11 @@ def gold_ids(task, examples, labels: list[str], tokenizer, max_length: int) -> n
 
 def agreement(pred: np.ndarray, reference: np.ndarray, gold: np.ndarray) -> float:
     """Share of scored positions where two models predict the same label (tokens: gold != -100)."""
-    mask = gold != -100 if gold.ndim > 1 else np.ones(gold.shape, dtype=bool)
-    return float(np.mean(pred[mask] == reference[mask])) if mask.any() else 1.0
+    if gold.ndim == 1:
+        return float(np.mean(pred == reference))
+    width = min(pred.shape[1], gold.shape[1])
+    mask = gold[:, :width] != -100
+    return float(np.mean(pred[:, :width][mask] == reference[:, :width][mask])) if mask.any() else 1.0
 
 
 def score(task, logits: np.ndarray, gold: np.ndarray, labels: list[str], reference: np.ndarray | None) -> dict:

@@ -195,8 +195,7 @@ class RequestGate:
         await self.app(scope, receive, recorder)
         status = recorder.status
         if status == 200:
-            labels = route.labels_of(json.loads(recorder.body))
-            service_metrics().count_predictions(route.task, labels, topic_label(request.topic, self.topics))
+            self.count_predictions(route, request, recorder.body)
         elif status == 503:
             return await self.refuse(send, RequestRejected(
                 503, "overloaded", "the batching queue is full (a request would wait longer than "
@@ -205,3 +204,11 @@ class RequestGate:
             log.error("inference route %s answered %d: %s", scope["path"], status, recorder.body[:500])
         await recorder.forward(send)
         return status
+
+    def count_predictions(self, route: Route, request, body: bytes) -> None:
+        try:
+            labels = route.labels_of(json.loads(body))
+        except (ValueError, TypeError, KeyError):
+            log.warning("could not read the predicted labels from a %s response", route.task)
+            return
+        service_metrics().count_predictions(route.task, labels, topic_label(request.topic, self.topics))

@@ -14,6 +14,8 @@ def finish_run(run_dir: Path, log_history: list[dict], metrics: dict, labels: li
     if "confusion_matrix" in metrics["test"]:
         plot_confusion(metrics["test"]["confusion_matrix"], labels, run_dir / "confusion_test.png")
     print(summary_table(metrics, task))
+    if "per_type" in metrics["test"]:
+        print(per_type_table(metrics["test"]))
 
 
 def _pyplot():
@@ -80,3 +82,10 @@ def summary_table(metrics: dict, task) -> str:
             f"trainable={params.get('trainable', 0):,}/{params.get('total', 0):,} "
             f"steps={train.get('global_step')} wall={train.get('wall_seconds', 0):.0f}s")
     return format_table(header, rows) + tail
+
+
+def per_type_table(metrics: dict) -> str:
+    """Entity-level scores per entity type (token classification)."""
+    rows = [[name, v["precision"], v["recall"], v["f1"], v["support"]] for name, v in metrics["per_type"].items()]
+    rows.append(["micro", metrics["precision"], metrics["recall"], metrics["f1"], metrics["entities"]])
+    return format_table(["test entity type", "precision", "recall", "f1", "support"], rows)

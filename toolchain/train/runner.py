@@ -6,8 +6,10 @@ The same command runs under ``torchrun --nproc_per_node N`` (DDP; gloo on CPU); 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -22,7 +24,7 @@ from toolchain.config import RunConfig, config_hash, from_dict, to_dict
 from toolchain.data.dataset import check_labels, label_list, load_splits
 from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
-from toolchain.train.methods import PEFT_METHODS, apply_method, parameter_counts
+from toolchain.train.methods import HEAD_NAMES, PEFT_METHODS, apply_method, parameter_counts
 
 
 def world() -> tuple[int, int]:
@@ -62,7 +64,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, task):
         save_total_limit=t.save_total_limit, save_safetensors=True,
         load_best_model_at_end=keeps_best_model(cfg), metric_for_best_model=t.metric or task.default_metric, greater_is_better=True,
         logging_steps=t.logging_steps, logging_dir=str(run_dir / "tensorboard"), report_to=["tensorboard"],
-        dataloader_num_workers=t.num_workers, disable_tqdm=False,
+        dataloader_num_workers=t.num_workers, disable_tqdm=False, group_by_length=t.group_by_length,
         ddp_backend=None if torch.cuda.is_available() or size == 1 else "gloo",
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, label_names=["labels"],
     )
@@ -74,13 +76,56 @@ def keeps_best_model(cfg: RunConfig) -> bool:
     return cfg.method.name != "adalora"
 
 
-def build_model(cfg: RunConfig, task, labels: list[str], base_path: str, total_steps: int):
+def build_model(cfg: RunConfig, task, labels: list[str], base_path: str, total_steps: int,
+                new_head: bool = False):
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
               "label2id": {label: i for i, label in enumerate(labels)}}
     if cfg.model.classifier_dropout is not None:
         kwargs["classifier_dropout"] = cfg.model.classifier_dropout
-    model = load_pretrained(task.auto_model_class(), base_path, **kwargs)
+    model = load_pretrained(task.auto_model_class(), base_path, ignore_mismatched_sizes=True, **kwargs)
+    if new_head:
+        reset_head(model)
     return apply_method(model, cfg.method, task.peft_task_type, total_steps)
+
+
+NEW_HEAD = "train data (new head; the base model's head is not reused)"
+
+
+def reset_head(model) -> None:
+    """Re-initialise the task head (a base model's head trained for other labels is not reused)."""
+    for name, module in model.named_children():
+        if name in HEAD_NAMES and name != "pooler":
+            module.apply(model._init_weights)
+
+
+def base_head_labels(base_path: str, task) -> list[str] | None:
+    """Label names of a base model fine-tuned for the same task (e.g. a run's model/), else None."""
+    config_file = Path(base_path) / "config.json"
+    if not config_file.exists():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    suffix = task.auto_model_class().__name__.replace("AutoModel", "")
+    if not any(arch.endswith(suffix) for arch in config.get("architectures") or []):
+        return None
+    id2label = config.get("id2label") or {}
+    names = [id2label[key] for key in sorted(id2label, key=int)]
+    return None if all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
+
+
+def resolve_labels(train_labels: list[str], base_path: str, task) -> tuple[list[str], str]:
+    """The label map of the run and where it comes from.
+
+    A base fine-tuned for the same task whose labels cover the training labels keeps its label map
+    (order and head weights); with other labels the head is replaced by a new one for the training labels.
+    """
+    base_labels = base_head_labels(base_path, task)
+    if base_labels is None:
+        return train_labels, "train data"
+    if set(train_labels) <= set(base_labels):
+        return base_labels, "base model"
+    print(f"base model {base_path} was trained for labels {base_labels}; the training data has "
+          f"{train_labels}: a new head is trained for the training labels", flush=True)
+    return train_labels, NEW_HEAD
 
 
 def estimated_steps(cfg: RunConfig, n_train: int) -> int:
@@ -125,25 +170,29 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     from toolchain.train.report import finish_run
 
     task = get_task(cfg.model.task)
+    if hasattr(task, "configure"):
+        task.configure(cfg.data)
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)
     splits = load_splits(cfg.data)
-    labels = label_list(splits.train)
+    base_path = resolve_base_model(cfg.model.base)
+    labels, label_source = resolve_labels(label_list(splits.train), base_path, task)
     for role in ("dev", "test"):
         check_labels(getattr(splits, role), labels, role)
-    base_path = resolve_base_model(cfg.model.base)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         mark_incomplete(run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
                                  f"{run_dir}")
-        write_yaml(run_dir / MANIFEST, manifest(cfg, "incomplete", labels, base_path, splits))
+        write_yaml(run_dir / MANIFEST, manifest(cfg, "incomplete", labels, base_path, splits,
+                                                {"label_source": label_source}))
 
     tokenizer = load_tokenizer(base_path)
     label2id = {label: i for i, label in enumerate(labels)}
-    datasets = {role: task.encode(getattr(splits, role), tokenizer, label2id, cfg.data.max_length)
-                for role in ("train", "dev", "test")}
+    encode_train = getattr(task, "encode_for_training", task.encode)
+    datasets = {role: (encode_train if role == "train" else task.encode)(
+        getattr(splits, role), tokenizer, label2id, cfg.data.max_length) for role in ("train", "dev", "test")}
     total_steps = estimated_steps(cfg, len(datasets["train"]))
-    model = build_model(cfg, task, labels, base_path, total_steps)
+    model = build_model(cfg, task, labels, base_path, total_steps, new_head=label_source == NEW_HEAD)
     counts = parameter_counts(model)
 
     callbacks = []
@@ -186,7 +235,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         save_model(trainer.model, tokenizer, run_dir)
         finish_run(run_dir, trainer.state.log_history, metrics, labels, task)
         write_yaml(run_dir / MANIFEST, manifest(cfg, "complete", labels, base_path, splits,
-                                                {"parameters": counts}))
+                                                {"parameters": counts, "label_source": label_source}))
         mark_complete(run_dir)
     return run_dir
 

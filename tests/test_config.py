@@ -1,0 +1,82 @@
+"""Typed config: every shipped preset loads; bad keys and values fail naming the key."""
+from pathlib import Path
+
+import pytest
+
+from toolchain.config import PRESET_DIR, ConfigError, RunConfig, config_hash, load_config, read_yaml
+
+
+def run_presets() -> list[str]:
+    """Training presets (other stages' presets declare `kind:` and have their own loaders)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if "kind" not in read_yaml(p))
+
+
+def other_presets() -> list[Path]:
+    return sorted(p for p in PRESET_DIR.glob("*.yaml") if "kind" in read_yaml(p))
+
+
+@pytest.mark.parametrize("name", run_presets())
+def test_every_training_preset_loads(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.output_dir and cfg.data.train, f"{name} sets no output_dir/data.train"
+    first_line = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0]
+    assert first_line.startswith("# toolchain"), f"{name}.yaml must open with the command that uses it"
+
+
+@pytest.mark.parametrize("path", other_presets(), ids=lambda p: p.stem)
+def test_every_other_preset_loads_with_its_stage_loader(path):
+    import importlib
+
+    kind = read_yaml(path)["kind"]
+    loaders = {"export": "toolchain.export.config:load_export_config",
+               "pretrain": "toolchain.pretrain:load_pretrain_config",
+               "serve": "toolchain.serve.config:load_serve_config"}
+    assert kind in loaders, f"{path.name}: unknown kind {kind!r}"
+    module, function = loaders[kind].split(":")
+    assert getattr(importlib.import_module(module), function)(path.stem) is not None
+
+
+def test_presets_exist_for_every_method():
+    methods = {load_config(name).method.name for name in run_presets()}
+    assert {"full", "head", "top-k", "lora", "adalora", "ia3"} <= methods
+
+
+def test_overrides_are_typed():
+    cfg = load_config("sentiment-lora", ["train.epochs=2", "method.lora_r=4", "adversarial.kind=pgd"])
+    assert cfg.train.epochs == 2.0 and cfg.method.lora_r == 4 and cfg.adversarial.kind == "pgd"
+    assert cfg.method.name == "lora" and cfg.train.learning_rate == 5e-4  # inherited via extends + own value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trian.epochs=3", "unknown config key 'trian'; did you mean 'train'"),
+    ("train.epoch=3", "did you mean 'train.epochs'"),
+    ("method.name=lroa", "method.name: 'lroa' is not one of"),
+    ("train.batch_size=zero", "train.batch_size: expected an integer"),
+    ("train.batch_size=0", "train.batch_size: 0 is below the minimum 1"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio: 1.5 is above the maximum"),
+    ("epochs", "is not of the form key=value"),
+])
+def test_bad_override_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config("sentiment-full", [override])
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="presets: .*sentiment-full"):
+        load_config("no-such-preset")
+
+
+def test_config_hash_changes_with_values():
+    assert config_hash(load_config("sentiment-full")) == config_hash(load_config("sentiment-full"))
+    assert config_hash(load_config("sentiment-full")) != config_hash(load_config("sentiment-full", ["train.seed=1"]))
+
+
+def test_missing_data_root_gives_instructions(monkeypatch, tmp_path):
+    from toolchain.config import expand_data_path
+    import toolchain.config as config
+
+    monkeypatch.delenv("TOOLCHAIN_DATA_DIR", raising=False)
+    monkeypatch.setattr(config, "data_root", lambda: None)
+    with pytest.raises(ConfigError, match="TOOLCHAIN_DATA_DIR"):
+        expand_data_path("${data}/financial_phrasebank/splits/allagree/train.jsonl")

@@ -1,0 +1,61 @@
+"""The unlabeled corpus of `toolchain pretrain`: documents, held-out split, fixed-length blocks, masking."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from toolchain.data.readers import DataError
+
+
+def read_corpus(path: str | Path, max_documents: int = 0) -> list[str]:
+    """Non-empty lines of a UTF-8 text file (one document or sentence a line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (pre-training needs a text file, one document a line)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid utf-8 text (byte {exc.start})") from None
+    documents = [line.strip() for line in lines if line.strip()]
+    if max_documents:
+        documents = documents[:max_documents]
+    if not documents:
+        raise DataError(f"{path}: holds no text")
+    return documents
+
+
+def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) documents; the held-out ones are drawn at random (seeded), at least one when
+    ``fraction`` > 0 and there are two documents or more."""
+    if not fraction or len(documents) < 2:
+        return documents, []
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: min(max(1, round(len(documents) * fraction)), len(documents) - 1)])
+    return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
+
+
+def chunk_blocks(tokenizer, documents: list[str], max_length: int, min_block: int) -> list[dict]:
+    """Tokenize documents and cut each into blocks of at most ``max_length`` tokens (special tokens
+    included). A document's short tail is dropped when under ``min_block`` tokens, unless it is the
+    whole document."""
+    size = max_length - tokenizer.num_special_tokens_to_add()
+    blocks = []
+    for start in range(0, len(documents), 64):
+        encoded = tokenizer(documents[start:start + 64], add_special_tokens=False, verbose=False)["input_ids"]
+        for ids in encoded:
+            for offset in range(0, len(ids), size):
+                piece = ids[offset:offset + size]
+                if len(piece) >= min_block or offset == 0:
+                    blocks.append({"input_ids": tokenizer.build_inputs_with_special_tokens(piece)})
+    return blocks
+
+
+def masking_collator(tokenizer, probability: float, whole_word: bool, seed: int | None = None):
+    """Random-token masking, or whole-word masking (every WordPiece of a chosen word is masked)."""
+    from transformers import DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
+
+    if whole_word:
+        return DataCollatorForWholeWordMask(tokenizer, mlm_probability=probability, seed=seed)
+    return DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed)
