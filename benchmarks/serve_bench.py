@@ -35,8 +35,16 @@ SENTENCE = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the correspo
 SERVICE = "toolchain.serve.service:ToolchainService"
 
 
+MODES = {  # name -> (adaptive batching, TOOLCHAIN_MODEL_CALLS)
+    "on": (True, "auto"),
+    "off": (False, "auto"),
+    "on-batched-calls": (True, "batched"),
+}
+
+
 @dataclass
 class PhaseResult:
+    mode: str
     batching: bool
     clients: int
     seconds: float
@@ -48,6 +56,8 @@ class PhaseResult:
     p99_ms: float
     mean_batch_size: float
     model_ms_per_call: float
+    server_cpu_ms_per_request: float   # CPU time of all server processes / answered requests
+    load_average: float                # 1-minute load average at the end of the phase (other jobs included)
 
 
 def free_port() -> int:
@@ -141,46 +151,58 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else float("nan")
 
 
-def measure(port: int, payload: bytes, batching: bool, clients: int, seconds: float) -> PhaseResult:
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server and all its worker processes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def measure(server: subprocess.Popen, port: int, payload: bytes, mode: str, clients: int, seconds: float) -> PhaseResult:
     asyncio.run(drive(port, payload, clients, min(3.0, seconds)))  # warm-up, not counted
-    before = scrape(port)
+    before, cpu_before = scrape(port), server_cpu_seconds(server.pid)
     latencies, errors = asyncio.run(drive(port, payload, clients, seconds))
-    after = scrape(port)
+    after, cpu = scrape(port), server_cpu_seconds(server.pid) - cpu_before
     calls = after["toolchain_batch_size_count"] - before["toolchain_batch_size_count"]
     texts = after["toolchain_batch_size_sum"] - before["toolchain_batch_size_sum"]
     model_seconds = after["toolchain_inference_seconds_sum"] - before["toolchain_inference_seconds_sum"]
     total = len(latencies) + len(errors)
-    return PhaseResult(batching, clients, seconds, total, len(errors), len(latencies) / seconds,
+    return PhaseResult(mode, MODES[mode][0], clients, seconds, total, len(errors), len(latencies) / seconds,
                        percentile(latencies, 50), percentile(latencies, 95), percentile(latencies, 99),
-                       texts / calls if calls else float("nan"), 1000 * model_seconds / calls if calls else float("nan"))
+                       texts / calls if calls else float("nan"), 1000 * model_seconds / calls if calls else float("nan"),
+                       1000 * cpu / max(len(latencies), 1), os.getloadavg()[0])
 
 
-def run_mode(args, batching: bool, log_dir: Path) -> list[PhaseResult]:
+def run_mode(args, mode: str, log_dir: Path) -> list[PhaseResult]:
     key = secrets.token_urlsafe(24)
+    batching, calls = MODES[mode]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCHAIN_")}
-    env.update(TOOLCHAIN_API_KEYS=key, TOOLCHAIN_BATCHING=str(batching).lower(), TOOLCHAIN_WORKERS=str(args.workers),
-               TOOLCHAIN_MAX_CONCURRENCY="256", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    env.update(TOOLCHAIN_API_KEYS=key, TOOLCHAIN_BATCHING=str(batching).lower(), TOOLCHAIN_MODEL_CALLS=calls,
+               TOOLCHAIN_WORKERS=str(args.workers), TOOLCHAIN_MAX_CONCURRENCY="256", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO))
     if args.export_dir:
         env["TOOLCHAIN_EXPORT_DIR"] = str(Path(args.export_dir).resolve())
     port = free_port()
-    server = start_server(args.bento or SERVICE, env, port, log_dir / f"server-batching-{batching}.log")
+    server = start_server(args.bento or SERVICE, env, port, log_dir / f"server-{mode}.log")
     try:
-        return [measure(port, request_bytes(key), batching, clients, args.seconds) for clients in args.clients]
+        return [measure(server, port, request_bytes(key), mode, clients, args.seconds) for clients in args.clients]
     finally:
         stop_server(server)
 
 
 def report(results: list[PhaseResult], args) -> tuple[str, dict]:
-    by = {(r.batching, r.clients): r for r in results}
-    lines = ["| batching | clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | texts/model call | model ms/call |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r.mode, r.clients): r for r in results}
+    lines = ["| batching | clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | texts/batch "
+             "| model ms/batch | server CPU ms/req | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {'on' if r.batching else 'off'} | {r.clients} | {r.requests} | {r.errors} "
+        lines.append(f"| {r.mode} | {r.clients} | {r.requests} | {r.errors} "
                      f"({100 * r.errors / max(r.requests, 1):.2f}%) | {r.throughput_rps:.1f} | {r.p50_ms:.1f} | "
-                     f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.mean_batch_size:.1f} | {r.model_ms_per_call:.1f} |")
-    single = by.get((True, 1)) or by.get((False, 1))
+                     f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.mean_batch_size:.1f} | {r.model_ms_per_call:.1f} | "
+                     f"{r.server_cpu_ms_per_request:.1f} | {r.load_average:.1f} |")
+    single = by.get(("on", 1)) or by.get(("off", 1))
     top = max(args.clients)
-    on, off = by.get((True, top)), by.get((False, top))
+    on, off = by.get(("on", top)), by.get(("off", top))
     targets = {"single_client_p50_ms": single.p50_ms if single else None,
                "single_client_p50_target_met": bool(single and single.p50_ms <= 15),
                "batched_over_unbatched_throughput": on.throughput_rps / off.throughput_rps if on and off else None}
@@ -202,15 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 64])
     parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
-    parser.add_argument("--modes", default="on,off", help="batching modes to run: on,off (default both)")
+    parser.add_argument("--modes", default="on,off", help=f"comma list of {', '.join(MODES)} (default on,off); "
+                        "on-batched-calls groups dynamic-int8 texts into one call (faster, batch-dependent scores)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "serve_results"), help="OUT.json / OUT.md prefix")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     results = []
-    for mode in args.modes.split(","):
-        results += run_mode(args, mode.strip() == "on", logs)
+    for mode in (m.strip() for m in args.modes.split(",")):
+        if mode not in MODES:
+            raise SystemExit(f"--modes: unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        results += run_mode(args, mode, logs)
     table, targets = report(results, args)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "date": time.strftime("%Y-%m-%d %H:%M"),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_end": os.getloadavg(),

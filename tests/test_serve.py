@@ -279,8 +279,12 @@ def test_overload_gets_fast_503_while_probes_answer(server):
 # --------------------------------------------------------------------------- start-up and shutdown
 
 def test_sigterm_lets_in_flight_requests_finish(built, tmp_path):
-    env = toolchain_env(built.home, TOOLCHAIN_API_KEYS=PLAIN_KEY, TOOLCHAIN_WORKERS="1")
+    """(This server also protects /metrics with the API key.)"""
+    env = toolchain_env(built.home, TOOLCHAIN_API_KEYS=PLAIN_KEY, TOOLCHAIN_WORKERS="1", TOOLCHAIN_METRICS_AUTH="true")
     running = Server(built.tag, env, tmp_path / "server.log").wait_ready()
+    assert httpx.get(running.url + "/metrics", timeout=10).status_code == 401
+    assert httpx.get(running.url + "/metrics", headers={"X-API-Key": PLAIN_KEY}, timeout=10).status_code == 200
+    assert httpx.get(running.url + "/readyz", timeout=10).status_code == 200
     body = json.dumps({"texts": TEXTS}).encode()
     in_flight = [raw_request(running.port, body, send=len(body) // 2) for _ in range(3)]
     time.sleep(0.5)
