@@ -221,3 +221,25 @@ def test_bad_run_dirs_and_unrunnable_presets_leave_nothing(full_run, tmp_path):
     with pytest.raises(ConfigError, match="O4"):
         export(full_run, tmp_path / "out", load_export_config(None, ["optimize.level=O4"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["future", "incomplete"]
+
+
+def test_token_classification_run_exports_through_its_task(request, tmp_path):
+    """The export is task-generic: a tiny NER run gets ORTModelForTokenClassification variants and f1."""
+    from toolchain.artifacts import load_export
+    from toolchain.config import load_config
+    from toolchain.export.config import load_export_config
+    from toolchain.export.pipeline import export
+    from toolchain.train.runner import train
+
+    try:
+        overrides = request.getfixturevalue("tiny_ner_overrides")
+    except pytest.FixtureLookupError:
+        pytest.skip("no tiny token-classification fixture in conftest")
+    run = train(load_config("ner-conll-full", [*overrides, "train.epochs=2"]))
+    cfg = load_export_config(None, ["variants=fp32,int8", "gate.max_drop=100", "gate.min_agreement=0", *FAST])
+    info = load_export(export(run, tmp_path / "ner", cfg))
+    report = json.loads((info.path / "report.json").read_text())
+    assert info.task == "token-classification" and report["metric"] == "f1"
+    assert report["parity"]["fp32_vs_pytorch"] < 1e-4
+    assert json.loads((info.variant_dir("int8") / "config.json").read_text())["architectures"] == [
+        "BertForTokenClassification"]
