@@ -74,3 +74,58 @@ def tiny_overrides(tiny_bert, tiny_data, tmp_path) -> list[str]:
 def requires_phrasebank():
     return pytest.mark.skipif(not PHRASEBANK.is_dir(), reason=f"real data not found at {PHRASEBANK} "
                               "(set TOOLCHAIN_DATA_DIR to the folder holding financial_phrasebank/)")
+
+
+# --------------------------------------------------------------------------- token classification (NER)
+PEOPLE = [["John", "Smith"], ["Maria", "Garcia"], ["Wei", "Zhang"], ["Anna"], ["Peter", "Jones"], ["Olga"]]
+ORGS = [["Acme", "Corp"], ["Nordea"], ["Silicon", "Valley", "Bank"], ["Reuters"], ["Nokia"], ["Kone", "Oyj"]]
+PLACES = [["Helsinki"], ["New", "York"], ["London"], ["Paris"], ["Hong", "Kong"], ["Tokyo"]]
+VERBS = [["works", "for"], ["joined"], ["left"], ["visited", "the", "office", "of"]]
+
+
+def _entity(words: list[str], kind: str) -> list[tuple[str, str]]:
+    return [(w, ("B-" if i == 0 else "I-") + kind) for i, w in enumerate(words)]
+
+
+def make_ner_sentences(n: int, seed: int, long_every: int = 0) -> list[list[tuple[str, str]]]:
+    """Template sentences '<PER> <verb> <ORG> in <LOC> .'; every ``long_every``-th one is padded with
+    many filler words (longer than a small max_length, to exercise windows)."""
+    rng = random.Random(seed)
+    sentences = []
+    for i in range(n):
+        words = (_entity(rng.choice(PEOPLE), "PER") + [(w, "O") for w in rng.choice(VERBS)]
+                 + _entity(rng.choice(ORGS), "ORG") + [("in", "O")] + _entity(rng.choice(PLACES), "LOC"))
+        if long_every and i % long_every == 0:
+            words += [(w, "O") for w in "according to the quarterly report released on monday".split() * 4]
+            words += [("near", "O")] + _entity(rng.choice(PLACES), "LOC")
+        sentences.append(words + [(".", "O")])
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[list[tuple[str, str]]], io_tags: bool = False) -> Path:
+    """CoNLL-2003 layout: -DOCSTART-, 'token POS chunk TAG' lines, blank lines between sentences."""
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for sentence in sentences:
+        for word, tag in sentence:
+            tag = "I-" + tag[2:] if io_tags and tag.startswith("B-") else tag
+            lines.append(f"{word} NN - {tag}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_conll(tmp_path_factory) -> dict[str, Path]:
+    """Tiny CoNLL train/dev/test files (IOB2); some test sentences exceed 32 sub-tokens."""
+    root = tmp_path_factory.mktemp("tiny-conll")
+    return {split: write_conll(root / f"{split}.txt", make_ner_sentences(n, seed, long_every))
+            for split, n, seed, long_every in (("train", 80, 1, 0), ("dev", 16, 2, 0), ("test", 20, 3, 5))}
+
+
+@pytest.fixture
+def tiny_ner_overrides(tiny_bert, tiny_conll, tmp_path) -> list[str]:
+    """Overrides that turn any ner-* preset into a seconds-long tiny run."""
+    return [f"model.base={tiny_bert}", f"data.train={tiny_conll['train']}", f"data.dev={tiny_conll['dev']}",
+            f"data.test={tiny_conll['test']}", f"output_dir={tmp_path / 'run'}", "train.epochs=4",
+            "train.batch_size=8", "train.eval_batch_size=32", "train.eval_steps=20", "train.learning_rate=5e-3",
+            "data.max_length=32", "train.early_stopping_patience=0", "train.logging_steps=10"]
