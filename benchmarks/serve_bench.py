@@ -208,8 +208,10 @@ def report(results: list[PhaseResult], args) -> tuple[str, dict]:
                "batched_over_unbatched_throughput": on.throughput_rps / off.throughput_rps if on and off else None}
     targets["throughput_target_met"] = bool(targets["batched_over_unbatched_throughput"]
                                             and targets["batched_over_unbatched_throughput"] >= 2)
-    lines += ["", f"Single-client p50: {targets['single_client_p50_ms']:.1f} ms (target <= 15 ms: "
-                  f"{'met' if targets['single_client_p50_target_met'] else 'NOT met'})"]
+    lines.append("")
+    if single:
+        lines.append(f"Single-client p50: {single.p50_ms:.1f} ms (target <= 15 ms: "
+                     f"{'met' if targets['single_client_p50_target_met'] else 'NOT met'})")
     if targets["batched_over_unbatched_throughput"]:
         lines.append(f"Batched / unbatched throughput at {top} clients: {targets['batched_over_unbatched_throughput']:.2f}x "
                      f"(target >= 2x: {'met' if targets['throughput_target_met'] else 'NOT met'})")
