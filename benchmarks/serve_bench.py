@@ -4,8 +4,9 @@
     python benchmarks/serve_bench.py --export-dir EXPORT_DIR          # or --bento TAG
         [--seconds 20] [--clients 1,64] [--workers 1] [--out benchmarks/serve_results]
 
-For each batching mode a server is started on a free 127.0.0.1 port (auth on, a throw-away key),
-warmed up, then driven by closed-loop clients: each keeps one keep-alive connection and sends the
+For each batching mode a server is started on a free 127.0.0.1 port (auth on, a throw-away key, the
+batching queue allowed 10 s so that slow phases measure capacity, not load shedding), warmed up,
+then driven by closed-loop clients: each keeps one keep-alive connection and sends the
 next one-sentence request as soon as the previous answer arrives, for a fixed time. The clients are
 plain asyncio sockets so that the load generator takes as little of the shared CPU as possible.
 Results go to OUT.json and OUT.md; the targets (single-client p50 <= 15 ms, batched throughput under
@@ -180,7 +181,7 @@ def run_mode(args, mode: str, log_dir: Path) -> list[PhaseResult]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCHAIN_")}
     env.update(TOOLCHAIN_API_KEYS=key, TOOLCHAIN_BATCHING=str(batching).lower(), TOOLCHAIN_MODEL_CALLS=calls,
                TOOLCHAIN_WORKERS=str(args.workers), TOOLCHAIN_MAX_CONCURRENCY="256", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO))
+               TOOLCHAIN_MAX_LATENCY_MS=str(args.max_latency_ms), PYTHONPATH=str(REPO))
     if args.export_dir:
         env["TOOLCHAIN_EXPORT_DIR"] = str(Path(args.export_dir).resolve())
     port = free_port()
@@ -189,6 +190,31 @@ def run_mode(args, mode: str, log_dir: Path) -> list[PhaseResult]:
         return [measure(server, port, request_bytes(key), mode, clients, args.seconds) for clients in args.clients]
     finally:
         stop_server(server)
+
+
+def model_cpu_per_text(export_dir: str) -> list[dict]:
+    """Model-only CPU time per text, the sentence alone vs in one call of 32: the most batching can save."""
+    sys.path.insert(0, str(REPO))
+    from toolchain.artifacts import load_export
+    from toolchain.serve.runtime import OnnxModel
+
+    rows = []
+    for threads in (1, 2):
+        export = load_export(export_dir)
+        model = OnnxModel(export, export.serve_variant, threads=threads)
+        alone, batch = (model.encoder.pad(model.encoder.tokenize([SENTENCE] * n)) for n in (1, 32))
+        for _ in range(3):
+            model.run(alone), model.run(batch)
+        started = time.process_time()
+        for _ in range(64):
+            model.run(alone)
+        middle = time.process_time()
+        for _ in range(4):
+            model.run(batch)
+        alone_ms, batch_ms = (middle - started) / 64 * 1000, (time.process_time() - middle) / 128 * 1000
+        rows.append({"variant": model.variant, "threads": threads, "cpu_ms_alone": alone_ms,
+                     "cpu_ms_in_batch_of_32": batch_ms, "saving": alone_ms / batch_ms})
+    return rows
 
 
 def report(results: list[PhaseResult], args) -> tuple[str, dict]:
@@ -218,6 +244,29 @@ def report(results: list[PhaseResult], args) -> tuple[str, dict]:
     return "\n".join(lines), targets
 
 
+def model_cpu_lines(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    return "\n\nModel-only CPU per text (ONNX Runtime, the sentence alone vs in one call of 32):\n\n" + "\n".join(
+        f"- {r['variant']}, {r['threads']} intra-op thread(s): {r['cpu_ms_alone']:.2f} ms alone, "
+        f"{r['cpu_ms_in_batch_of_32']:.2f} ms in a batch ({r['saving']:.2f}x)" for r in rows)
+
+
+def write_results(out: Path, args, argv, results: list[PhaseResult], model_cpu: list[dict]) -> str:
+    table, targets = report(results, args)
+    table += model_cpu_lines(model_cpu)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta = {"command": " ".join(["python benchmarks/serve_bench.py", *(argv or sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "load_average_at_end": load, "sentence": SENTENCE, "model": args.export_dir or args.bento}
+    out.with_suffix(".json").write_text(json.dumps({**meta, "targets": targets, "results": [asdict(r) for r in results],
+                                                    "model_cpu_per_text": model_cpu}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(f"# Serving benchmark\n\n`{meta['command']}`\n\n{meta['date']}, {meta['cpu_count']} "
+                                      f"CPUs, load average (1, 5, 15 min) at the end: {load}\n\n"
+                                      f"Model: {meta['model']}\n\n{table}\n")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -226,28 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 64])
     parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
+    parser.add_argument("--max-latency-ms", type=int, default=10_000, help="TOOLCHAIN_MAX_LATENCY_MS of the server "
+                        "(default 10000: measure capacity rather than load shedding)")
     parser.add_argument("--modes", default="on,off", help=f"comma list of {', '.join(MODES)} (default on,off); "
                         "on-batched-calls groups dynamic-int8 texts into one call (faster, batch-dependent scores)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "serve_results"), help="OUT.json / OUT.md prefix")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"--modes: unknown mode {unknown[0]!r}; modes: {', '.join(MODES)}")
+    logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    results = [phase for mode in modes for phase in run_mode(args, mode, logs)]
+    model_cpu = model_cpu_per_text(args.export_dir) if args.export_dir else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    results = []
-    for mode in (m.strip() for m in args.modes.split(",")):
-        if mode not in MODES:
-            raise SystemExit(f"--modes: unknown mode {mode!r}; modes: {', '.join(MODES)}")
-        results += run_mode(args, mode, logs)
-    table, targets = report(results, args)
-    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_end": os.getloadavg(),
-            "sentence": SENTENCE, "model": args.export_dir or args.bento}
-    out.with_suffix(".json").write_text(json.dumps({**meta, "targets": targets,
-                                                    "results": [asdict(r) for r in results]}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(f"# Serving benchmark\n\n`{meta['command']}` on {meta['date']}, "
-                                      f"{meta['cpu_count']} CPUs, load average at the end {meta['load_average_at_end']}\n\n"
-                                      f"Model: {meta['model']}\n\n{table}\n")
-    print(table)
+    print(write_results(out, args, argv, results, model_cpu))
     return 0
 
 
