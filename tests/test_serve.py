@@ -192,13 +192,17 @@ def test_predictions_do_not_depend_on_batching(server, client):
     """Alone, in one request, or as concurrent requests that adaptive batching merges: same output."""
     texts = TEXTS + ["word " * 300]
     alone = [classify(client, [text])[0] for text in texts]
-    before = metric_total(scrape(server), "toolchain_batch_size_count")
-    one_request = classify(client, texts)
-    with ThreadPoolExecutor(len(texts)) as pool:
-        concurrent = list(pool.map(lambda t: classify(client, [t])[0], texts))
-    calls = metric_total(scrape(server), "toolchain_batch_size_count") - before
-    assert calls < 1 + len(texts)  # some concurrent requests were batched together
-    assert one_request == alone and concurrent == alone
+    assert classify(client, texts) == alone
+    merged = False
+    for _ in range(6):  # BentoML's batcher first learns the model's timing from a few requests
+        before = metric_total(scrape(server), "toolchain_batch_size_count")
+        with ThreadPoolExecutor(len(texts)) as pool:
+            concurrent = list(pool.map(lambda t: classify(client, [t])[0], texts))
+        assert concurrent == alone
+        merged = metric_total(scrape(server), "toolchain_batch_size_count") - before < len(texts)
+        if merged:
+            break
+    assert merged, "no two concurrent requests were ever batched together"
 
 
 def test_long_text_within_cap_is_truncated_and_counted(server, client):
