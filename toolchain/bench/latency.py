@@ -2,7 +2,7 @@
 
 Each round times one call of every variant on the same batch, in a shuffled order, so drift of a
 shared machine (other jobs, thermal state) hits every variant alike. Results are per batch size:
-median and p95 milliseconds per call.
+median, p95 and p99 milliseconds per call.
 """
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def onnx_runner(session) -> Runner:
     return run
 
 
+def onnx_session(path, threads: int = 0):
+    """A CPU InferenceSession for timing; idle threads do not busy-wait (they would steal the cores of the
+    other variants timed in the same interleaved rounds)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def torch_runner(model) -> Runner:
     """A runner for a PyTorch model in eval mode (inference mode, zero-copy numpy -> tensor)."""
     import torch
@@ -52,7 +65,7 @@ def torch_runner(model) -> Runner:
 def summarize(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1000.0
     return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
-            "mean_ms": float(ms.mean()), "calls": int(ms.size)}
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "calls": int(ms.size)}
 
 
 def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]], rounds: int,
@@ -78,3 +91,37 @@ def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]
                 runners[name](batch)
                 times[name][bs].append(time.perf_counter() - start)
     return {name: {bs: summarize(ts) for bs, ts in per_bs.items()} for name, per_bs in times.items()}
+
+
+def measure_export_dir(export_dir, variants: list[str] | None = None, batch_sizes=(1, 32), rounds: int = 30,
+                       threads: int = 0, pytorch: bool = True, warmup: int = 3) -> dict:
+    """Time the variants of a finished export dir (and its merged PyTorch model) on its test texts.
+
+    Returns ``{"latency": {variant: {batch_size: stats}}, "conditions": {...}}``.
+    """
+    import os
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from toolchain.artifacts import load_export, load_run
+    from toolchain.export.scoring import load_run_splits, run_task
+
+    info = load_export(export_dir)
+    threads = threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    runners = {}
+    if pytorch:
+        model = run_task(load_run(info.manifest["run_dir"])).auto_model_class().from_pretrained(
+            info.path / "merged", use_safetensors=True).eval()
+        runners["pytorch"] = torch_runner(model)
+    for name in variants or info.variant_names():
+        runners[name] = onnx_runner(onnx_session(info.variant_file(name), threads))
+    texts = [ex.text for ex in load_run_splits(load_run(info.manifest["run_dir"])).test]
+    tokenizer = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+    inputs = {bs: text_batches(tokenizer, texts, bs, min(rounds, 16), info.max_length) for bs in batch_sizes}
+    load_before = os.getloadavg()[0]
+    results = measure_interleaved(runners, inputs, rounds, warmup, progress=True)
+    conditions = {"threads": threads, "rounds": rounds, "interleaved": True, "ort_spinning": False,
+                  "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    return {"latency": {n: {str(b): s for b, s in r.items()} for n, r in results.items()}, "conditions": conditions}

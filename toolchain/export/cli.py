@@ -33,7 +33,12 @@ def run(args) -> int:
     from toolchain.export.gate import GateError
     from toolchain.export.pipeline import export
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import signal
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("toolchain").setLevel(logging.INFO)  # our progress lines, not every library's INFO
+    # SIGTERM unwinds like Ctrl-C, so the temporary build dir is removed on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cfg = load_export_config(args.config, args.overrides)
     try:
         out = export(args.run_dir, args.out, cfg)

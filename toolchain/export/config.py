@@ -27,10 +27,11 @@ class QuantizeConfig:
                    choices=ISAS)
     per_channel: bool = opt(True, "quantize weights per output channel (per-row) instead of per tensor")
     reduce_range: bool | None = opt(None, "7-bit weights; None = on for x86 CPUs without VNNI (avoids saturation)")
-    source: str = opt("fp32", "ONNX graph the int8 variants are quantized from", choices=("fp32", "optimized"))
     static_samples: int = opt(256, "training examples used to calibrate static int8", min=1)
     static_method: str = opt("minmax", "calibration method of static int8",
                              choices=("minmax", "percentile", "entropy"))
+    static_operators: str = opt("MatMul,Gather", "operators static int8 quantizes (comma list; Optimum's default "
+                                "list also quantizes LayerNormalization, Reshape, ... and costs accuracy)")
     static_percentile: float = opt(99.999, "percentile kept by the percentile calibration", min=90.0, max=100.0)
 
 

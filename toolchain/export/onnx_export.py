@@ -11,23 +11,24 @@ OPTIMIZED_FILE = "model_optimized.onnx"
 
 def export_onnx(model, out_dir: Path, task, opset: int | None) -> Path:
     """Export an in-memory transformers model (merged or pruned) to ``out_dir/model.onnx`` + config.json."""
-    from optimum.exporters.onnx import onnx_export_from_model
+    import warnings
 
-    onnx_export_from_model(model.eval(), out_dir, task=task.ort_task, opset=opset, do_validation=False)
+    from optimum.exporters.onnx import onnx_export_from_model
+    from torch.jit import TracerWarning
+
+    with warnings.catch_warnings():  # the tracer's notes on constant masks do not apply to dynamic axes
+        warnings.simplefilter("ignore", TracerWarning)
+        onnx_export_from_model(model.eval(), out_dir, task=task.ort_task, opset=opset, do_validation=False)
     for extra in out_dir.iterdir():  # keep an ORTModel dir: config.json + the graph only
         if extra.name not in (FP32_FILE, "config.json"):
             extra.unlink()
     return out_dir / FP32_FILE
 
 
-def session_options(threads: int, spinning: bool = True):
-    """CPU session options; ``spinning=False`` stops idle ORT threads from busy-waiting, which would
-    steal the cores of other models timed in the same process (interleaved latency rounds)."""
+def session_options(threads: int):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

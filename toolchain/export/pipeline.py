@@ -41,6 +41,7 @@ class ExportJob:
     variants: dict = field(default_factory=dict)   # name -> (dir relative to out, file name)
     parity: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)      # manifest/report sections (merge, pruning)
+    logits: dict = field(default_factory=dict)     # (model or variant, split) -> logits
 
     def onnx_dir(self, name: str) -> Path:
         return self.out / "onnx" / name
@@ -61,11 +62,11 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     cpu = detect_cpu()
     needs_int8 = any(v in INT8_VARIANTS for v in cfg.variant_list())
     preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
-    if "optimized" in cfg.variant_list() or cfg.quantize.source == "optimized":
+    if "optimized" in cfg.variant_list():
         check_optimize_level(cfg.optimize.level)
     final = Path(out_dir or cfg.output_dir or default_output_dir(run)).resolve()
+    remove_stale_builds(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     mark_incomplete(tmp, "export in progress")
     job = ExportJob(run, run_task(run), cfg, tmp, cpu, preset)
@@ -82,6 +83,14 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     replace_dir(tmp, final)
     shutil.rmtree(final.with_name(final.name + ".failed"), ignore_errors=True)
     return final
+
+
+def remove_stale_builds(final: Path) -> None:
+    """Delete temporary build dirs of this target left by killed exports (their process is gone)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def keep_failed(job: ExportJob, final: Path, why: str) -> None:
@@ -118,24 +127,33 @@ def save_merged(job: ExportJob) -> None:
     job.tokenizer.save_pretrained(job.out / "tokenizer")
 
 
-def parity_diff(job: ExportJob, torch_model, name: str) -> float:
+def parity_diff(job: ExportJob, torch_key: str, name: str) -> float:
     """Max abs logit difference between a variant's ONNX graph and its PyTorch model on dev."""
+    return float(np.max(np.abs(variant_logits(job, name, "dev") - torch_logits(job, torch_key, "dev"))))
+
+
+def torch_logits(job: ExportJob, key: str, split: str) -> np.ndarray:
+    """Logits of the merged ('pytorch') or pruned ('pruned-pytorch') PyTorch model on a split, cached."""
     from toolchain.evaluate import predict_logits
 
-    dev = job.splits.dev
-    onnx_logits = variant_logits(job, name, dev)
-    torch_logits = predict_logits(torch_model, job.tokenizer, job.task, dev, job.run.max_length,
-                                  job.cfg.eval_batch_size)
-    return float(np.max(np.abs(onnx_logits - torch_logits)))
+    if (key, split) not in job.logits:
+        model = job.model if key == "pytorch" else job.pruned_model
+        job.logits[key, split] = predict_logits(model, job.tokenizer, job.task, getattr(job.splits, split),
+                                                job.run.max_length, job.cfg.eval_batch_size)
+    return job.logits[key, split]
 
 
-def variant_logits(job: ExportJob, name: str, examples) -> np.ndarray:
+def variant_logits(job: ExportJob, name: str, split: str) -> np.ndarray:
+    """Logits of an ONNX variant, loaded as the service loads it (Optimum ORTModel), on a split, cached."""
     from toolchain.evaluate import predict_logits
     from toolchain.export.onnx_export import load_ort_model
 
-    rel_dir, file_name = job.variants[name]
-    model = load_ort_model(job.out / rel_dir, file_name, job.task, job.cfg.latency.threads)
-    return predict_logits(model, job.tokenizer, job.task, examples, job.run.max_length, job.cfg.eval_batch_size)
+    if (name, split) not in job.logits:
+        rel_dir, file_name = job.variants[name]
+        model = load_ort_model(job.out / rel_dir, file_name, job.task, job.cfg.latency.threads)
+        job.logits[name, split] = predict_logits(model, job.tokenizer, job.task, getattr(job.splits, split),
+                                                 job.run.max_length, job.cfg.eval_batch_size)
+    return job.logits[name, split]
 
 
 def _register(job: ExportJob, name: str, path: Path) -> None:
@@ -146,7 +164,7 @@ def build_fp32(job: ExportJob) -> None:
     from toolchain.export.onnx_export import export_onnx
 
     _register(job, "fp32", export_onnx(job.model, job.onnx_dir("fp32"), job.task, job.cfg.opset))
-    diff = parity_diff(job, job.model, "fp32")
+    diff = parity_diff(job, "pytorch", "fp32")
     job.parity["fp32_vs_pytorch"] = diff
     check_parity("fp32", diff, job.cfg.gate.parity_atol, "ONNX fp32 vs PyTorch")
 
@@ -156,17 +174,14 @@ def build_optimized(job: ExportJob) -> None:
 
     _register(job, "optimized", optimize_onnx(job.onnx_dir("fp32"), job.onnx_dir("optimized"),
                                               job.cfg.optimize.level))
-    job.parity["optimized_vs_pytorch"] = parity_diff(job, job.model, "optimized")
+    job.parity["optimized_vs_pytorch"] = parity_diff(job, "pytorch", "optimized")
 
 
 def quantize_source(job: ExportJob, pruned: bool) -> tuple[Path, str]:
-    if pruned:
-        return job.onnx_dir("pruned"), job.variants["pruned"][1]
-    if job.cfg.quantize.source == "optimized":
-        if "optimized" not in job.variants:
-            build_optimized(job)
-        return job.onnx_dir("optimized"), job.variants["optimized"][1]
-    return job.onnx_dir("fp32"), job.variants["fp32"][1]
+    """The fp32 graph the int8 variants start from. (The ORTOptimizer graph is not used: its fused
+    com.microsoft ops defeat the quantizer's shape inference in this ONNX Runtime.)"""
+    name = "pruned" if pruned else "fp32"
+    return job.onnx_dir(name), job.variants[name][1]
 
 
 def build_int8(job: ExportJob, name: str = "int8", pruned: bool = False) -> None:
@@ -196,7 +211,7 @@ def build_pruned(job: ExportJob) -> None:
     job.pruned_model, job.extra["pruning"] = prune_and_recover(job)
     save_pruned(job.pruned_model, job.extra["pruning"], job.out / "pruned")
     _register(job, "pruned", export_onnx(job.pruned_model, job.onnx_dir("pruned"), job.task, job.cfg.opset))
-    diff = parity_diff(job, job.pruned_model, "pruned")
+    diff = parity_diff(job, "pruned-pytorch", "pruned")
     job.parity["pruned_vs_pruned_pytorch"] = diff
     check_parity("pruned", diff, job.cfg.gate.parity_atol, "ONNX pruned vs pruned PyTorch")
 
@@ -215,19 +230,16 @@ def evaluate_variants(job: ExportJob) -> dict:
     """Score every variant on dev/test, gate the serve variant, time them all, write the report."""
     from toolchain.export.report import cpu_line, summary, variant_table, write_report
     from toolchain.export.scoring import gold_ids, headline_metric, score
-    from toolchain.evaluate import predict_logits
 
     run, task, cfg = job.run, job.task, job.cfg
-    rows, reference = {}, {}
+    rows = {}
     for split in ("dev", "test"):
-        examples = getattr(job.splits, split)
-        gold = gold_ids(task, examples, run.labels, job.tokenizer, run.max_length)
-        reference[split] = predict_logits(job.model, job.tokenizer, task, examples, run.max_length,
-                                          cfg.eval_batch_size)
-        rows.setdefault("pytorch", {})[split] = score(task, reference[split], gold, run.labels, None)
+        gold = gold_ids(task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
+        reference = torch_logits(job, "pytorch", split)
+        rows.setdefault("pytorch", {})[split] = score(task, reference, gold, run.labels, None)
         for name in job.variants:
-            logits = variant_logits(job, name, examples)
-            rows.setdefault(name, {})[split] = score(task, logits, gold, run.labels, reference[split])
+            rows.setdefault(name, {})[split] = score(task, variant_logits(job, name, split), gold, run.labels,
+                                                     reference)
     rows["pytorch"]["bytes"] = sum(f.stat().st_size for f in (job.out / "merged").glob("*.safetensors"))
     for name, (rel_dir, file_name) in job.variants.items():
         rows[name]["bytes"] = (job.out / rel_dir / file_name).stat().st_size
@@ -260,22 +272,18 @@ def cpu_section(job: ExportJob) -> dict:
     return section
 
 
-def measure_latency(job: ExportJob) -> dict:
+def measure_latency(job: ExportJob) -> tuple[dict, dict]:
     """Median/p95 per variant and batch size, all variants interleaved in the same rounds."""
-    import onnxruntime
     import torch
 
-    from toolchain.bench.latency import measure_interleaved, onnx_runner, text_batches, torch_runner
-    from toolchain.export.onnx_export import session_options
+    from toolchain.bench.latency import measure_interleaved, onnx_runner, onnx_session, text_batches, torch_runner
 
     cfg = job.cfg.latency
     threads = cfg.threads or os.cpu_count()
     torch.set_num_threads(threads)
     runners = {"pytorch": torch_runner(job.model)} if cfg.pytorch else {}
     for name, (rel_dir, file_name) in job.variants.items():
-        session = onnxruntime.InferenceSession(str(job.out / rel_dir / file_name), session_options(threads, spinning=False),
-                                               providers=["CPUExecutionProvider"])
-        runners[name] = onnx_runner(session)
+        runners[name] = onnx_runner(onnx_session(job.out / rel_dir / file_name, threads))
     load_before = os.getloadavg()[0]
     texts = [ex.text for ex in job.splits.test]
     inputs = {bs: text_batches(job.tokenizer, texts, bs, min(cfg.rounds, 16), job.run.max_length)

@@ -1,6 +1,8 @@
 """INT8 quantization with Optimum's ORTQuantizer: dynamic, and static calibrated on training data."""
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +12,18 @@ from toolchain.export.config import QuantizeConfig
 from toolchain.export.cpu import CpuInfo
 
 QUANTIZED_FILE = "model_quantized.onnx"
+
+
+@contextmanager
+def quiet_quantizer():
+    """ONNX Runtime's quantizer logs one line per tensor on the root logger; keep only errors."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def reduce_range(cfg: QuantizeConfig, cpu: CpuInfo, preset: str) -> bool:
@@ -25,6 +39,8 @@ def quantization_config(cfg: QuantizeConfig, preset: str, is_static: bool, cpu: 
 
     factory = getattr(AutoQuantizationConfig, preset)
     kwargs = {"is_static": is_static, "per_channel": cfg.per_channel}
+    if is_static:
+        kwargs["operators_to_quantize"] = [op.strip() for op in cfg.static_operators.split(",") if op.strip()]
     if preset in ("avx2", "avx512"):
         kwargs["reduce_range"] = reduce_range(cfg, cpu, preset)
     return factory(**kwargs)
@@ -36,7 +52,8 @@ def quantize_dynamic(source_dir: Path, source_file: str, out_dir: Path, cfg: Qua
     from optimum.onnxruntime import ORTQuantizer
 
     quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
-    quantizer.quantize(quantization_config=quantization_config(cfg, preset, False, cpu), save_dir=out_dir)
+    with quiet_quantizer():
+        quantizer.quantize(quantization_config=quantization_config(cfg, preset, False, cpu), save_dir=out_dir)
     return out_dir / QUANTIZED_FILE
 
 
@@ -79,9 +96,10 @@ def quantize_static(source_dir: Path, source_file: str, out_dir: Path, cfg: Quan
     dataset = CalibrationRows(features, [i.name for i in session.get_inputs()])
     qconfig = quantization_config(cfg, preset, True, cpu)
     quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
-    ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),
-                           onnx_augmented_model_name=work_dir / "augmented_model.onnx",
-                           operators_to_quantize=qconfig.operators_to_quantize)
-    quantizer.quantize(quantization_config=qconfig, save_dir=out_dir, calibration_tensors_range=ranges)
+    with quiet_quantizer():
+        ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),
+                               onnx_augmented_model_name=work_dir / "augmented_model.onnx",
+                               operators_to_quantize=qconfig.operators_to_quantize)
+        quantizer.quantize(quantization_config=qconfig, save_dir=out_dir, calibration_tensors_range=ranges)
     (work_dir / "augmented_model.onnx").unlink(missing_ok=True)
     return out_dir / QUANTIZED_FILE
