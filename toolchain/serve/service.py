@@ -48,7 +48,6 @@ def bento_model():
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
-    logging={"access": {"enabled": False}},
 )
 class ToolchainService:
     bento_model = bento_model()
