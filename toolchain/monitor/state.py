@@ -15,10 +15,10 @@ the folder is fsynced), so a crash leaves either the old or the new state, never
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from toolchain.artifacts import atomic_write_text
 
 STATE_VERSION = 1
 
@@ -69,19 +69,4 @@ class FeedState:
 
 def write_durably(path: Path, text: str) -> None:
     """Temp file + fsync + rename + fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    atomic_write_text(path, text)
