@@ -66,15 +66,19 @@ def test_cpu_detection_and_preset_choice(tmp_path):
         choose_preset("avx2", arm)
 
 
-def test_reduce_range_is_on_without_vnni(tmp_path):
+def test_reduce_range_only_where_signed_weights_meet_no_vnni(tmp_path):
     from toolchain.export.config import QuantizeConfig
     from toolchain.export.cpu import detect_cpu
     from toolchain.export.quantize import quantization_config
 
-    (tmp_path / "avx2").write_text(CPUINFO_AVX2)
-    cpu = detect_cpu(str(tmp_path / "avx2"), machine="x86_64")
-    assert quantization_config(QuantizeConfig(), "avx2", False, cpu).reduce_range is True
-    assert quantization_config(QuantizeConfig(reduce_range=False), "avx2", False, cpu).reduce_range is False
+    (tmp_path / "avx512").write_text("processor : 0\nflags : fpu avx2 avx512f avx512bw\n")
+    (tmp_path / "vnni").write_text(CPUINFO_VNNI)
+    plain, vnni = (detect_cpu(str(tmp_path / name), machine="x86_64") for name in ("avx512", "vnni"))
+    assert plain.isa == "avx512" and not plain.has_vnni
+    assert quantization_config(QuantizeConfig(), "avx2", False, plain).reduce_range is False  # uint8 weights
+    assert quantization_config(QuantizeConfig(), "avx512", False, plain).reduce_range is True
+    assert quantization_config(QuantizeConfig(), "avx512", False, vnni).reduce_range is False
+    assert quantization_config(QuantizeConfig(reduce_range=True), "avx2", False, plain).reduce_range is True
 
 
 def test_accuracy_gate_names_variant_and_margin():

@@ -26,7 +26,8 @@ class QuantizeConfig:
     isa: str = opt("auto", "quantization preset: auto = detected from this CPU (arm64/avx2/avx512/avx512_vnni)",
                    choices=ISAS)
     per_channel: bool = opt(True, "quantize weights per output channel (per-row) instead of per tensor")
-    reduce_range: bool | None = opt(None, "7-bit weights; None = on for x86 CPUs without VNNI (avoids saturation)")
+    reduce_range: bool | None = opt(None, "7-bit weights; None = on where signed weights meet x86 without VNNI "
+                                     "(the avx512 preset there; avx2 uses uint8 weights and needs none)")
     static_samples: int = opt(256, "training examples used to calibrate static int8", min=1)
     static_method: str = opt("minmax", "calibration method of static int8",
                              choices=("minmax", "percentile", "entropy"))

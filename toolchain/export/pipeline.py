@@ -269,6 +269,7 @@ def cpu_section(job: ExportJob) -> dict:
                "threads": job.cfg.latency.threads or os.cpu_count()}
     if job.preset:
         section["reduce_range"] = reduce_range(job.cfg.quantize, job.cpu, job.preset)
+        section["weights"] = "uint8" if job.preset == "avx2" else "int8"
     return section
 
 
