@@ -15,6 +15,8 @@ class AdaLoraBudgetCallback(TrainerCallback):
         self.model = model
         self.calls = 0
         self.budget_history: list[dict] = []
+        # the starting budget: every matrix at init_r (lora_E starts at zero, so count slots, not values)
+        self.initial_budget = sum(p.numel() for n, p in model.named_parameters() if "lora_E" in n)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.model.base_model.update_and_allocate(state.global_step)

@@ -229,7 +229,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     }
     if adalora:
         metrics["adalora"] = {"update_and_allocate_calls": adalora.calls, "rank_history": adalora.budget_history,
-                              "final_rank_total": adalora.current_ranks()}
+                              "final_rank_total": adalora.current_ranks(),
+                              "initial_rank_total": adalora.initial_budget}
     report_rank_agreement(trainer.model, metrics)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, run_dir)
