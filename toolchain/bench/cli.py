@@ -1,0 +1,98 @@
+"""`toolchain bench COMMAND`: the benchmarks and the latency regression gate.
+
+    toolchain bench all                 # offline + serve + train, then RESULTS.md and plots (long)
+    toolchain bench offline|serve|train # one benchmark, then RESULTS.md and plots
+    toolchain bench report              # RESULTS.md and plots from the JSON already in benchmarks/results
+    toolchain bench gate                # quick ratios vs benchmarks/baseline.json; exit 1 on a regression
+    toolchain bench update-baseline     # measure the same ratios and rewrite benchmarks/baseline.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("all", "offline", "serve", "train", "report", "gate", "update-baseline")
+
+
+def repo_root() -> Path:
+    """The checkout holding benchmarks/ (the package's parent in a development install, else the cwd)."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "benchmarks").is_dir() else Path.cwd()
+
+
+def add_benchmark_options(p: argparse.ArgumentParser, command: str) -> None:
+    results = repo_root() / "benchmarks" / "results"
+    p.add_argument("--results", type=Path, default=results, help=f"results folder (default {results})")
+    if command in ("all", "offline", "serve"):
+        p.add_argument("--export-dir", type=Path, help="export dir to measure (default: the complete export "
+                       "under exports/ with the most variants)")
+    if command in ("all", "offline"):
+        p.add_argument("--scale", type=float, default=1.0, help="multiply the timing rounds (0.2 = quick look)")
+    if command in ("all", "offline", "train"):
+        p.add_argument("--threads", type=int, default=0, help="threads per model for PyTorch and ONNX Runtime "
+                       "(0 = all usable cores; 1 gives steadier figures on a shared machine)")
+    if command in ("all", "serve"):
+        p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per serving phase")
+    if command in ("all", "train"):
+        p.add_argument("--steps", type=int, default=60, help="optimizer steps per training variant")
+
+
+def add_gate_options(p: argparse.ArgumentParser, command: str) -> None:
+    baseline = repo_root() / "benchmarks" / "baseline.json"
+    p.add_argument("--baseline", type=Path, default=baseline, help=f"baseline file (default {baseline})")
+    p.add_argument("--export-dir", type=Path, help="measure this export dir (needs fp32 and int8) instead of "
+                   "building the quick model")
+    p.add_argument("--parts", default="offline,serve", help="offline, serve or both (default offline,serve)")
+    p.add_argument("--repeats", type=int, default=3, help="offline repeats (default 3)")
+    p.add_argument("--serve-repeats", type=int, default=3, help="serving repeats (default 3)")
+    p.add_argument("--seconds", type=float, default=3.0, help="per serving repeat: seconds of single-client "
+                   "requests (and as many offline), twice that of 64 clients per server (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="threads per model, offline and served (default 1: "
+                   "single-threaded ratios are the stable ones on a shared machine)")
+    p.add_argument("--out", type=Path, help="also write the measured ratios and the verdict as JSON here")
+    if command == "update-baseline":
+        p.add_argument("--tolerance", type=float, help="one relative tolerance for every ratio (default: each "
+                       "ratio's own, see toolchain.bench.gate.RATIOS)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
+    helps = {"all": "offline + serve + train benchmarks, then RESULTS.md and plots",
+             "offline": "offline inference: every export variant vs the transformers pipeline",
+             "serve": "the HTTP load benchmark (1 and 64 clients, batching on/off)",
+             "train": "the training throughput benchmark",
+             "report": "regenerate benchmarks/RESULTS.md and the plots from benchmarks/results/*.json",
+             "gate": "the quick latency regression gate against benchmarks/baseline.json",
+             "update-baseline": "measure the gate's ratios and rewrite the baseline (records this machine)"}
+    for command in COMMANDS:
+        p = sub.add_parser(command, help=helps[command], description=helps[command])
+        if command in ("gate", "update-baseline"):
+            add_gate_options(p, command)
+        else:
+            add_benchmark_options(p, command)
+
+
+def run(args) -> int:
+    try:
+        if args.bench_command in ("gate", "update-baseline"):
+            from toolchain.bench.gate_command import run_gate
+
+            return run_gate(args, update=args.bench_command == "update-baseline")
+        from toolchain.bench.suite import run_suite
+
+        return run_suite(args, repo_root())
+    except (FileNotFoundError, ValueError) as exc:   # a missing file or a bad option value, named in the message
+        print(f"toolchain bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`toolchain bench ARGV...` without the top-level CLI (the scripts in benchmarks/ call this)."""
+    top = argparse.ArgumentParser(prog="toolchain bench", description=__doc__.split("\n\n")[0])
+    add_arguments(top)
+    return run(top.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
