@@ -84,7 +84,8 @@ def test_offline_benchmark_and_results_page(quick_export, tmp_path, monkeypatch)
 
     data = tmp_path / "data"
     (data / REAL_TEST).parent.mkdir(parents=True)
-    (data / REAL_TEST).write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in GATE_SENTENCES))
+    rows = [json.dumps({"text": text, "label": label}) for text, label in GATE_SENTENCES]
+    (data / REAL_TEST).write_text("\n".join(rows) + "\n")
     results = run_offline(quick_export, data, batch_sizes=(1, 8, 32), scale=0.05, threads=1, progress=False)
     real = results["latency"]["phrasebank-test"]
     assert set(real) == {"pytorch", "fp32", "int8"} and set(results["latency"]) >= {"fixed-32", "fixed-128"}

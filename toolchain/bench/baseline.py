@@ -22,22 +22,31 @@ def read_baseline(path: Path) -> dict:
     return baseline
 
 
-def baseline_document(measured: dict, settings: dict, machine: dict, tolerance: float | None,
-                      command: str) -> dict:
-    """The baseline: each ratio's median, spread, figures and tolerance, and where it was measured."""
+def previous_tolerances(path: Path) -> tuple[dict, list]:
+    """Tolerances and notes of the baseline being replaced: they are reviewed decisions, kept when the
+    figures are re-recorded (``--tolerance`` replaces them all)."""
+    try:
+        old = read_baseline(path)
+    except (FileNotFoundError, ValueError):
+        return {}, []
+    return {name: r["tolerance"] for name, r in old["ratios"].items() if "tolerance" in r}, old.get("notes", [])
+
+
+def baseline_document(measured: dict, settings: dict, machine: dict, tolerances: dict, command: str) -> dict:
+    """The baseline: each ratio's median, spread, figures and tolerance, and where it was measured.
+    ``tolerances`` overrides the ratios' default tolerances by name."""
     from toolchain.bench.gate import SPECS
 
     ratios = {}
     for name, entry in measured.items():
         spec = SPECS[name]
-        ratios[name] = {"value": round(entry["value"], 4), "tolerance": tolerance if tolerance is not None
-                        else spec.tolerance, "better": spec.better, "what": spec.what,
+        ratios[name] = {"value": round(entry["value"], 4), "tolerance": tolerances.get(name, spec.tolerance),
+                        "better": spec.better, "what": spec.what,
                         "spread": [round(x, 4) for x in entry["spread"]], "repeats": entry["repeats"],
                         "figures": {k: round(v, 3) for k, v in entry["figures"].items()}}
     return {"version": BASELINE_VERSION, "recorded": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "command": command,
-            "machine": machine, "load_average_1min": round(os.getloadavg()[0], 2), "settings": settings,
-            "ratios": ratios}
+            "command": command, "machine": machine, "load_average_1min": round(os.getloadavg()[0], 2),
+            "settings": settings, "ratios": ratios}
 
 
 def write_baseline(path: Path, document: dict) -> None:

@@ -52,8 +52,9 @@ def add_gate_options(p: argparse.ArgumentParser, command: str) -> None:
                    "single-threaded ratios are the stable ones on a shared machine)")
     p.add_argument("--out", type=Path, help="also write the measured ratios and the verdict as JSON here")
     if command == "update-baseline":
-        p.add_argument("--tolerance", type=float, help="one relative tolerance for every ratio (default: each "
-                       "ratio's own, see toolchain.bench.gate.RATIOS)")
+        p.add_argument("--tolerance", type=float, help="one relative tolerance for every ratio (default: keep "
+                       "the tolerances of the baseline being replaced; a new ratio gets its default from "
+                       "toolchain.bench.gate.RATIOS)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

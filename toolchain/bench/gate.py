@@ -122,9 +122,10 @@ def regression_lines(rows: list[dict], measured: dict) -> list[str]:
     for row in rows:
         if row["result"] != "REGRESSION":
             continue
-        entry = measured[row["ratio"]]
+        entry, spec = measured[row["ratio"]], SPECS[row["ratio"]]
         figures = ", ".join(f"{k} {v:.2f}" for k, v in entry["figures"].items())
-        lines.append(f"REGRESSION {row['ratio']} ({SPECS[row['ratio']].what}): {row['measured']:.3f} vs baseline "
-                     f"{row['baseline']:.3f} ({row['change']:+.0%}; allowed {'+' if SPECS[row['ratio']].better == 'lower' else '-'}"
-                     f"{row['tolerance']:.0%}); repeats {entry['repeats']}; {figures}")
+        sign = "+" if spec.better == "lower" else "-"
+        lines.append(f"REGRESSION {row['ratio']} ({spec.what}): {row['measured']:.3f} vs baseline "
+                     f"{row['baseline']:.3f} ({row['change']:+.0%}; allowed {sign}{row['tolerance']:.0%}); "
+                     f"repeats {entry['repeats']}; {figures}")
     return lines

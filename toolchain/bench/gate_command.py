@@ -31,7 +31,8 @@ def measure(args, parts: list[str], timings: dict) -> tuple[dict, str]:
             export_dir, model = args.export_dir, str(args.export_dir)
         else:
             print("gate: building the quick model (packaged MiniLM, head trained 1 step; fp32 + int8 ONNX)", flush=True)
-            export_dir, model = build_quick_export(Path(tmp)), "quick model: packaged MiniLM, 1-step head, export-default fp32+int8"
+            export_dir = build_quick_export(Path(tmp))
+            model = "quick model: packaged MiniLM, 1-step head, export-default fp32+int8"
             timings["build_s"] = round(time.time() - started, 1)
         return measure_parts(args, load_export(export_dir), parts, timings), model
 
@@ -76,7 +77,7 @@ def conditions_line(timings: dict, load_start: float) -> str:
 
 
 def run_gate(args, update: bool) -> int:
-    from toolchain.bench.baseline import baseline_document, read_baseline, write_baseline
+    from toolchain.bench.baseline import baseline_document, previous_tolerances, read_baseline, write_baseline
     from toolchain.bench.machine import detect_machine
 
     parts, started, load_start = parse_parts(args.parts), time.time(), os.getloadavg()[0]
@@ -88,8 +89,12 @@ def run_gate(args, update: bool) -> int:
     if update:
         tail = sys.argv[sys.argv.index("update-baseline") + 1:] if "update-baseline" in sys.argv else []
         command = " ".join(["toolchain bench update-baseline", *tail])
-        document = baseline_document(measured, settings_of(args, parts, model), machine, args.tolerance, command)
+        kept, notes = previous_tolerances(args.baseline)
+        tolerances = dict.fromkeys(measured, args.tolerance) if args.tolerance is not None else kept
+        document = baseline_document(measured, settings_of(args, parts, model), machine, tolerances, command)
         document["gate_seconds"] = timings
+        if notes:
+            document["notes"] = notes
         write_baseline(args.baseline, document)
         print_recorded(document, args.baseline)
         print(conditions_line(timings, load_start))
@@ -112,6 +117,10 @@ def report_verdict(args, measured: dict, baseline: dict, machine: dict, conditio
           f"{baseline['machine']['model']})")
     for note in machine_differences(baseline["machine"], machine):
         print(f"note: machine differs from the baseline's: {note}")
+    load_now, load_then = os.getloadavg()[0], baseline.get("load_average_1min", 0.0)
+    if abs(load_now - load_then) > machine["cores"]:
+        print(f"note: 1-min load average {load_now:.1f} here, {load_then:.1f} when the baseline was recorded; "
+              "wall-clock ratios shift with load (the CPU-time ratio much less)")
     print(verdict_table(rows))
     for name, entry in measured.items():
         print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in entry["figures"].items())

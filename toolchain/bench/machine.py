@@ -128,7 +128,8 @@ def peak_rates(machine: Machine, threads: int | None = None) -> dict:
         "assumptions": [
             f"CPU: {machine.model} ({machine.arch}), ISA flags {machine.isa_summary()}",
             f"cores: {machine.cores:g} usable (CPU affinity {machine.logical_cpus}, cgroup quota applied), "
-            f"{machine.threads_per_core} thread(s) per core; {used:g} thread(s) used -> {physical:g} core(s) of vector units",
+            f"{machine.threads_per_core} thread(s) per core; {used:g} thread(s) used -> {physical:g} core(s) of "
+            "vector units",
             f"clock: {machine.clock_mhz:.0f} MHz from {machine.clock_source}",
             f"fp32: {fp32} FLOP/cycle/core ({fp32_why})",
             f"int8: {int8} op/cycle/core ({int8_why})",

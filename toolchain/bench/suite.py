@@ -42,7 +42,8 @@ def serve(args, repo: Path) -> int:
     from toolchain.bench.serving import run_serve_benchmark
 
     export_dir = args.export_dir or pick_export_dir(repo)
-    return run_serve_benchmark(export_dir, args.results / "serve", args.seconds)
+    out = (args.results / "serve").resolve()
+    return run_serve_benchmark(export_dir, out.relative_to(repo) if out.is_relative_to(repo) else out, args.seconds)
 
 
 def train(args, repo: Path) -> int:
