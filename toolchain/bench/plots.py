@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 REAL = "phrasebank-test"
+LABEL_OFFSETS = ((6, 8), (6, -14), (6, 22), (6, -28))
 
 
 def _pyplot():
@@ -36,15 +37,18 @@ def plot_latency_vs_accuracy(offline: dict, path: Path, batch_size: str = "1", w
     """Median batch latency (x) against the test metric (y), one labelled point per variant."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    metric = offline["metric"]
+    metric, placed = offline["metric"], 0
     for name, facts in offline["variants"].items():
         stats = offline["latency"][workload].get(name, {}).get(batch_size)
         if stats is None or facts.get("test_metric") is None:
             continue
         x, y = stats["median_ms"], 100 * facts["test_metric"]
         ax.scatter(x, y, s=36)
+        offset = LABEL_OFFSETS[placed % len(LABEL_OFFSETS)]   # neighbours with equal accuracy stay readable
         ax.annotate(f"{name} ({(facts['bytes'] or 0) / 1e6:.0f} MB)", (x, y), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+                    xytext=offset, fontsize=8, arrowprops={"arrowstyle": "-", "lw": 0.5})
+        placed += 1
+    ax.margins(x=0.15, y=0.25)
     ax.set_xlabel(f"median latency at batch {batch_size} (ms, {workload})")
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title("offline variants: latency vs task metric", fontsize=9)
