@@ -32,8 +32,8 @@ def offline(args, repo: Path) -> int:
     export_dir = args.export_dir or pick_export_dir(repo)
     print(f"offline benchmark of {export_dir}", flush=True)
     results = run_offline(export_dir, data_root(), scale=args.scale, threads=args.threads)
-    results["command"] = "toolchain bench offline" + (f" --scale {args.scale:g}" if args.scale != 1 else "") + \
-        (f" --threads {args.threads}" if args.threads else "")
+    results["command"] = "toolchain bench offline" + (f" --threads {args.threads}" if args.threads else "") + \
+        (f" --scale {args.scale:g}" if args.scale != 1 else "")
     write_json(args.results / "offline.json", results)
     return 0
 

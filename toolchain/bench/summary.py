@@ -41,6 +41,20 @@ def offline_rows(offline: dict, workload: str) -> list[list]:
     return rows
 
 
+def export_name(path: str) -> str:
+    """An export dir as the reader's checkout names it (exports/NAME), not this machine's absolute path."""
+    parts = Path(path).parts
+    return "/".join(parts[parts.index("exports"):]) if "exports" in parts else path
+
+
+def threads_note(conditions: dict) -> str:
+    if conditions["threads"] != 1:
+        return ""
+    return (" One thread per model: on a shared machine, multi-threaded timings measure how often all of a "
+            "model's threads get a core at the same moment (PyTorch's OpenMP threads wait for each other at every "
+            "parallel region) more than the model itself; `--threads 0` uses every core on a dedicated machine.")
+
+
 def offline_section(offline: dict) -> list[str]:
     sizes = sorted(next(iter(offline["latency"][REAL].values())), key=int)
     header = ["variant", "MB", f"test {offline['metric']} %"] + [f"b{bs} p50 / p95 / p99 ms" for bs in sizes]
@@ -48,12 +62,14 @@ def offline_section(offline: dict) -> list[str]:
     cond = offline["conditions"]
     real = offline["workloads"][REAL]
     out = ["## Inference, offline", "",
-           f"`toolchain bench offline` on `{offline['export_dir']}`, {offline['date']}. Every call is text in, "
+           f"`{offline.get('command', 'toolchain bench offline')}` on `{export_name(offline['export_dir'])}`, "
+           f"{offline['date']}. Every call is text in, "
            f"labels out (tokenization included); **pytorch** is the plain `transformers` text-classification "
            f"pipeline on the merged fp32 model, what a user would run instead. Variants are timed interleaved in "
            f"the same rounds (rounds per batch size {cond['rounds']}), {cond['threads']} thread(s) each, idle ONNX "
            f"Runtime threads sleeping; 1-min load average {cond['load_average_1min'][0]} at start, "
-           f"{cond['load_average_1min'][1]} at end. Speed-up = pipeline median / variant median.", "",
+           f"{cond['load_average_1min'][1]} at end. Speed-up = pipeline median / variant median." + threads_note(cond),
+           "",
            f"### Real sentences (PhraseBank allagree test, {real['texts']} sentences, tokens mean "
            f"{real['tokens_mean']:.1f}, p50 {real['tokens_p50']:.0f}, p95 {real['tokens_p95']:.0f}, "
            f"max {real['tokens_max']})", "", md_table(header, offline_rows(offline, REAL)), ""]

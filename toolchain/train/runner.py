@@ -142,12 +142,15 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
         if not (run_dir / "checkpoints").is_dir():
             raise ArtifactError(f"{run_dir}: nothing to resume (no checkpoints/)")
         return run_dir
+    if not is_main():
+        # Only rank 0 decides: it creates the run dir, so the other ranks would race its first write.
+        # When rank 0 refuses, torchrun stops the whole group.
+        return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise ArtifactError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
                                 f"or output_dir=NEW_DIR")
-        if is_main():
-            shutil.rmtree(run_dir)
+        shutil.rmtree(run_dir)
     return run_dir
 
 
