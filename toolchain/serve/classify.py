@@ -6,7 +6,7 @@ used only as a metric label). Response: one prediction per text, in input order:
     [{"label": "positive", "score": 0.97, "scores": {"negative": 0.01, "neutral": 0.02, "positive": 0.97},
       "truncated": false}]
 
-A token-classification route (``/ner``) slots in beside this module with the same three parts.
+:mod:`toolchain.serve.ner` is the token-classification route with the same parts.
 """
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) ->
     return [Prediction(label=labels[k], score=float(row[k]), scores=dict(zip(labels, map(float, row))),
                        truncated=cut)
             for row, k, cut in zip(probs, best, truncated)]
+
+
+def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
+            truncated: list[bool]) -> list[Prediction]:
+    """The route's response for a model output (texts and encodings are not needed here)."""
+    return predictions(np.stack(logits), labels, truncated)
+
+
+def scores(result: list[Prediction]) -> list[float]:
+    return [p.score for p in result]
 
 
 def predicted_labels(response: list) -> list[str]:

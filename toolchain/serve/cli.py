@@ -89,7 +89,7 @@ def run(args) -> int:
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", args.host, "--port", str(args.port)]
     if working_dir:
         command += ["--working-dir", working_dir]
-    print(f"serving {args.target} on http://{args.host}:{args.port} (POST /classify, GET /readyz, GET /metrics)",
+    print(f"serving {args.target} on http://{args.host}:{args.port} (POST /classify or /ner by the model's task, GET /readyz, GET /metrics)",
           flush=True)
     server = subprocess.Popen(command, env=env)
     signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))

@@ -124,9 +124,11 @@ class ResponseRecorder:
 class RequestGate:
     """ASGI middleware; BentoML adds it with ``Service.add_asgi_middleware(RequestGate, routes=...)``."""
 
-    def __init__(self, app, routes: dict[str, Route], settings: ServeSettings | None = None):
+    def __init__(self, app, routes: dict[str, Route], settings: ServeSettings | None = None,
+                 served_task: Callable[[], str | None] = lambda: None):
         self.app = app
         self.routes = routes
+        self.served_task = served_task
         self.settings = settings or load_settings()
         self.keys = auth.load_keys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
@@ -155,6 +157,7 @@ class RequestGate:
         """Gate one inference request; returns the status sent (None if the client went away)."""
         try:
             self.admit(scope)
+            self.check_task(route)
         except RequestRejected as rejected:
             return await self.refuse(send, rejected)
         self.in_flight += 1
@@ -183,6 +186,15 @@ class RequestGate:
         declared = headers.get(b"content-length", b"").decode("latin-1").strip()
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             raise too_large(int(declared), self.settings.max_body_bytes)
+
+    def check_task(self, route: Route) -> None:
+        """404 on the route of a task this deployment does not serve (once the model has loaded)."""
+        served = self.served_task()
+        if served is None or served == route.task:
+            return
+        others = [path for path, other in self.routes.items() if other.task == served]
+        raise RequestRejected(404, "wrong_task", f"this deployment serves a {served} model; it has no "
+                              f"{route.task} route" + (f": use POST {others[0]}" if others else ""))
 
     async def refuse(self, send, rejected: RequestRejected) -> int:
         service_metrics().reject(rejected.reason)

@@ -4,8 +4,10 @@ The model comes from the Bento (``toolchain build`` packs the variant as a Bento
 its tag as the Bento argument ``model_tag``) or, for local runs, from ``TOOLCHAIN_EXPORT_DIR``.
 Settings are read from ``TOOLCHAIN_*`` environment variables (see :mod:`toolchain.serve.settings`).
 
-Routes: ``POST /classify`` (batchable; see :mod:`toolchain.serve.classify`), ``GET /livez``,
-``GET /readyz`` (200 only after the model answered a warm-up request), ``GET /metrics``.
+Routes: ``POST /classify`` for a sequence-classification export (see :mod:`toolchain.serve.classify`),
+``POST /ner`` for a token-classification one (see :mod:`toolchain.serve.ner`), both batchable; the route of
+the other task answers 404. ``GET /livez``, ``GET /readyz`` (200 only after the model answered a warm-up
+request), ``GET /metrics``.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-import numpy as np
 from bentoml.validators import ContentType
 
 from toolchain.serve import auth
 from toolchain.serve import classify as text_classification
+from toolchain.serve import ner as token_classification
 from toolchain.serve.gate import RequestGate, Route
 from toolchain.serve.metrics import service_metrics
 from toolchain.serve.settings import load_settings
@@ -32,9 +34,25 @@ BENTO_ARGS = bentoml.use_arguments()  # set by `toolchain build`, stored in the 
 
 # The JSON media type stated up front spares BentoML a JSON-schema build on every response.
 Predictions = Annotated[list[text_classification.Prediction], ContentType("application/json")]
+NerResults = Annotated[list[token_classification.NerResult], ContentType("application/json")]
+
+# The route module of each task: request parsing, response building, labels for the metrics.
+TASK_ROUTES = {text_classification.TASK: text_classification, token_classification.TASK: token_classification}
 
 # Every inference route and how the gate checks it; a route missing here would be unprotected.
-ROUTES = {text_classification.ROUTE: Route(text_classification.TASK, text_classification.parse_request, text_classification.predicted_labels)}
+ROUTES = {
+    text_classification.ROUTE: Route(text_classification.TASK, text_classification.parse_request,
+                                     text_classification.predicted_labels),
+    token_classification.ROUTE: Route(token_classification.TASK, token_classification.parse_request,
+                                      token_classification.entity_types),
+}
+
+# The task of the model this worker serves, set once it has loaded (the gate answers 404 on the other route).
+SERVED: dict[str, str | None] = {"task": None}
+
+
+def served_task() -> str | None:
+    return SERVED["task"]
 
 
 def bento_model():
@@ -63,9 +81,11 @@ class ToolchainService:
         export_dir, variant = self.model_source()
         self.model = load_model(export_dir, variant, self.settings)
         self.task = self.model.export.task
-        if self.task != text_classification.TASK:
+        if self.task not in TASK_ROUTES:
             raise RuntimeError(f"{export_dir}: task {self.task!r} has no route in this service "
-                               f"(served: {text_classification.TASK})")
+                               f"(served: {', '.join(TASK_ROUTES)})")
+        self.route = TASK_ROUTES[self.task]
+        SERVED["task"] = self.task
         self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider)
         self.warm_up()
 
@@ -93,18 +113,24 @@ class ToolchainService:
             raise RuntimeError(f"warm-up returned {len(result)} predictions for 1 text")
         self.ready = True
         self.metrics.set_ready(True)
-        log.info("model ready: task %s, labels %s", self.task, ", ".join(self.model.labels))
+        log.info("model ready: task %s on POST %s, labels %s", self.task, self.route.ROUTE,
+                 ", ".join(self.model.labels))
 
     def __is_ready__(self) -> bool:
         return self.ready
 
-    def predict(self, texts: list[str], observe: bool = True) -> list[text_classification.Prediction]:
+    def predict(self, texts: list[str], observe: bool = True) -> list:
         output = self.model.infer(texts)
-        result = text_classification.predictions(np.stack(output.logits), self.model.labels, output.truncated)
+        result = self.route.results(texts, output.logits, output.encodings, self.model.labels, output.truncated)
         if observe:
             self.metrics.observe_model_call(self.task, output.seconds, output.tokens, sum(output.truncated))
-            self.metrics.observe_confidence(self.task, (p.score for p in result))
+            self.metrics.observe_confidence(self.task, self.route.scores(result))
         return result
+
+    def require(self, task: str) -> None:
+        """The gate answers 404 before this; kept so the API never runs the wrong task's post-processing."""
+        if task != self.task:
+            raise bentoml.exceptions.NotFound(f"this deployment serves {self.task}: use POST {self.route.ROUTE}")
 
     @bentoml.api(route=text_classification.ROUTE, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
@@ -113,7 +139,18 @@ class ToolchainService:
 
         Body: {"texts": ["..."], "topic": "optional ticker/desk/source (metric label only)"}.
         """
+        self.require(text_classification.TASK)
+        return self.predict(texts)
+
+    @bentoml.api(route=token_classification.ROUTE, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def ner(self, texts: list[str]) -> NerResults:
+        """Named entities per text: type, text, character start/end in the text as sent, and score.
+
+        Body: {"texts": ["..."], "topic": "optional ticker/desk/source (metric label only)"}.
+        """
+        self.require(token_classification.TASK)
         return self.predict(texts)
 
 
-ToolchainService.add_asgi_middleware(RequestGate, routes=ROUTES)
+ToolchainService.add_asgi_middleware(RequestGate, routes=ROUTES, served_task=served_task)

@@ -1,0 +1,80 @@
+"""`POST /ner`: the token-classification part of the service (request, post-processing, response).
+
+Request: ``{"texts": ["...", ...], "topic": "AAPL"}`` as for ``/classify``. Response: one result per
+text, in input order, with the entities found and their character offsets in the text as sent::
+
+    [{"entities": [{"type": "ORG", "text": "Goldman Sachs", "start": 0, "end": 13, "score": 0.98}],
+      "truncated": false}]
+
+``text[start:end] == entity["text"]`` always holds. Words are found the way the training data
+(CoNLL-style, one token per line) splits them: punctuation stands alone, except inside abbreviations
+(``U.S.``), numbers (``3.5``, ``1,200``) and joined names (``AT&T``, ``Rolls-Royce``, ``O'Neill``); a
+possessive ``'s`` is its own word. Each word takes the prediction of its first sub-token, as in training. A text longer than the
+model's max length is truncated: entities after the cut are not reported and ``truncated`` says so.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from pydantic import BaseModel
+
+from toolchain.serve.classify import parse_request  # noqa: F401  (the same request shape as /classify)
+from toolchain.tasks.token_classification import decode_entities
+
+ROUTE = "/ner"
+TASK = "token-classification"
+WORD = re.compile(r"(?:[^\W\d_]\.){2,}|'[sS]\b|\w+(?:[-&.,]\w+|'(?![sS]\b)\w+)*|[^\w\s]")
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class NerResult(BaseModel):
+    entities: list[Entity]
+    truncated: bool
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the words of ``text``, CoNLL-style."""
+    return [match.span() for match in WORD.finditer(text)]
+
+
+def token_words(text: str, offsets) -> list[int | None]:
+    """The word index of each token (None for special tokens), from the tokens' character offsets."""
+    spans = word_spans(text)
+    starts = [start for start, _ in spans]
+    word_ids: list[int | None] = []
+    for start, end in offsets:
+        if start == end:
+            word_ids.append(None)
+            continue
+        index = int(np.searchsorted(starts, start, side="right")) - 1
+        word_ids.append(index if index >= 0 and start < spans[index][1] else None)
+    return word_ids
+
+
+def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
+            truncated: list[bool]) -> list[NerResult]:
+    """Entities per text from the model's per-token logits and the tokenizer's encodings."""
+    out = []
+    for text, rows, encoding, cut in zip(texts, logits, encodings, truncated):
+        offsets = encoding.offsets
+        found = decode_entities(text, offsets, rows[:len(offsets)], labels, token_words(text, offsets))
+        out.append(NerResult(entities=[Entity(**entity) for entity in found], truncated=cut))
+    return out
+
+
+def scores(predictions: list[NerResult]) -> list[float]:
+    return [entity.score for result in predictions for entity in result.entities]
+
+
+def entity_types(response: list) -> list[str]:
+    """The entity types in a /ner response body (for the predictions-by-topic counter)."""
+    return [entity["type"] for item in response if isinstance(item, dict)
+            for entity in item.get("entities", []) if isinstance(entity, dict) and "type" in entity]
