@@ -1,5 +1,6 @@
 """Training on a tiny BERT: every method, adversarial steps, artifacts, PEFT reload, evaluation."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -119,3 +120,14 @@ def test_incomplete_run_is_refused(tiny_overrides, tmp_path):
     (run_dir / "INCOMPLETE").write_text("interrupted")
     with pytest.raises(ArtifactError, match="incomplete"):
         load_run(run_dir)
+
+
+def test_resume_before_the_first_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
+    """A run killed before its first checkpoint has an empty checkpoints/: resuming names the way out."""
+    run_dir = run_tiny(tiny_overrides, "train.max_steps=2")
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "INCOMPLETE").write_text("interrupted")
+    with pytest.raises(ArtifactError, match="before its first checkpoint.*--overwrite"):
+        train(load_config("sentiment-full", tiny_overrides), resume=True)
+    assert (run_dir / "INCOMPLETE").exists() and (run_dir / "model").exists()  # nothing touched

@@ -139,8 +139,9 @@ def estimated_steps(cfg: RunConfig, n_train: int) -> int:
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     run_dir = Path(cfg.output_dir)
     if resume:
-        if not (run_dir / "checkpoints").is_dir():
-            raise ArtifactError(f"{run_dir}: nothing to resume (no checkpoints/)")
+        if not any((run_dir / "checkpoints").glob("checkpoint-*")):
+            raise ArtifactError(f"{run_dir}: nothing to resume (it stopped before its first checkpoint); start it "
+                                f"again with --overwrite")
         return run_dir
     if not is_main():
         # Only rank 0 decides: it creates the run dir, so the other ranks would race its first write.
