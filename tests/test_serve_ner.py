@@ -31,9 +31,9 @@ def words_of(text: str) -> list[str]:
 
 
 def test_words_split_like_conll_tokens():
-    text = "J.P. Morgan's AT&T deal (U.S.), worth $3.5bn, closed; Rolls-Royce rose 1,200 pts."
+    text = "J.P. Morgan's AT&T deal (U.S.), worth $3.5bn, closed; Rolls-Royce Inc. rose 1,200 pts. Mr. Co"
     assert words_of(text) == ["J.P.", "Morgan", "'s", "AT&T", "deal", "(", "U.S.", ")", ",", "worth", "$", "3.5bn",
-                              ",", "closed", ";", "Rolls-Royce", "rose", "1,200", "pts", "."]
+                              ",", "closed", ";", "Rolls-Royce", "Inc.", "rose", "1,200", "pts", ".", "Mr.", "Co"]
 
 
 def tagged_logits(text: str, encoding, word_tags: dict[str, str]) -> np.ndarray:
@@ -58,14 +58,14 @@ def test_entities_have_exact_character_offsets(tokenizer):
     from toolchain.serve.ner import results
 
     text = "  Goldman Sachs Group Inc. (GS) hired Anne-Marie O'Neill, of J.P. Morgan's  São Paulo desk."
-    tags = {"Goldman": "B-ORG", "Sachs": "I-ORG", "Group": "I-ORG", "Inc": "I-ORG", "GS": "B-ORG",
+    tags = {"Goldman": "B-ORG", "Sachs": "I-ORG", "Group": "I-ORG", "Inc.": "I-ORG", "GS": "B-ORG",
             "Anne-Marie": "B-PER", "O'Neill": "I-PER", "J.P.": "B-ORG", "Morgan": "I-ORG",
             "São": "B-LOC", "Paulo": "I-LOC"}
     encoding = tokenizer.encode(text)
     assert encoding.tokens.count("[UNK]") == 0 and len(encoding.tokens) > len(words_of(text)) + 2  # word pieces
     (result,) = results([text], [tagged_logits(text, encoding, tags)], [encoding], LABELS, [False])
     found = [(e.type, e.text, e.start, e.end) for e in result.entities]
-    assert found == [("ORG", "Goldman Sachs Group Inc", 2, 25), ("ORG", "GS", 28, 30),
+    assert found == [("ORG", "Goldman Sachs Group Inc.", 2, 26), ("ORG", "GS", 28, 30),
                      ("PER", "Anne-Marie O'Neill", 38, 56), ("ORG", "J.P. Morgan", 61, 72),
                      ("LOC", "São Paulo", 76, 85)]
     for entity in result.entities:

@@ -7,8 +7,8 @@ text, in input order, with the entities found and their character offsets in the
       "truncated": false}]
 
 ``text[start:end] == entity["text"]`` always holds. Words are found the way the training data
-(CoNLL-style, one token per line) splits them: punctuation stands alone, except inside abbreviations
-(``U.S.``), numbers (``3.5``, ``1,200``) and joined names (``AT&T``, ``Rolls-Royce``, ``O'Neill``); a
+(CoNLL-style, one token per line) splits them: punctuation stands alone, except in abbreviations
+(``U.S.``, ``Inc.``, ``Mr.``), numbers (``3.5``, ``1,200``) and joined names (``AT&T``, ``Rolls-Royce``, ``O'Neill``); a
 possessive ``'s`` is its own word. Each word takes the prediction of its first sub-token, as in training. A text longer than the
 model's max length is truncated: entities after the cut are not reported and ``truncated`` says so.
 """
@@ -24,7 +24,9 @@ from toolchain.tasks.token_classification import decode_entities
 
 ROUTE = "/ner"
 TASK = "token-classification"
-WORD = re.compile(r"(?:[^\W\d_]\.){2,}|'[sS]\b|\w+(?:[-&.,]\w+|'(?![sS]\b)\w+)*|[^\w\s]")
+ABBREVIATIONS = r"Inc|Corp|Ltd|Co|Cos|Bros|Plc|Mr|Mrs|Ms|Dr|Jr|Sr|St|Gov|Sen|Rep|Gen|Prof"
+WORD = re.compile(rf"(?:[^\W\d_]\.){{2,}}|\b(?:{ABBREVIATIONS})\.(?!\w)|'[sS]\b|\w+(?:[-&.,]\w+|'(?![sS]\b)\w+)*"
+                  r"|[^\w\s]")
 
 
 class Entity(BaseModel):
