@@ -131,3 +131,10 @@ def test_resume_before_the_first_checkpoint_is_a_clear_error(tiny_overrides, tmp
     with pytest.raises(ArtifactError, match="before its first checkpoint.*--overwrite"):
         train(load_config("sentiment-full", tiny_overrides), resume=True)
     assert (run_dir / "INCOMPLETE").exists() and (run_dir / "model").exists()  # nothing touched
+
+
+def test_fused_adamw_is_selectable_and_recorded(tiny_overrides):
+    run_dir = run_tiny(tiny_overrides, "train.optimizer=adamw_torch_fused", "train.max_steps=3")
+    manifest = yaml.safe_load((run_dir / "toolchain.yaml").read_text())
+    assert manifest["config"]["train"]["optimizer"] == "adamw_torch_fused"
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["global_step"] == 3

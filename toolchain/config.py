@@ -98,6 +98,9 @@ class TrainConfig:
     scheduler: str = opt("linear", "learning-rate schedule", choices=("linear", "cosine", "constant_with_warmup"))
     warmup_ratio: float = opt(0.1, "fraction of steps for linear warmup", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)", min=0.0)
+    optimizer: str = opt("adamw_torch", "AdamW implementation: adamw_torch (per-tensor loop; every reported figure "
+                         "used it) or adamw_torch_fused (one fused kernel; on CPU about 1.15x the training "
+                         "throughput of `full`)", choices=("adamw_torch", "adamw_torch_fused"))
     precision: str = opt("auto", "auto: bf16/fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = opt(42, "random seed (data order, init, dropout)")
     eval_steps: int = opt(50, "evaluate on dev and write a checkpoint every N optimizer steps", min=1)

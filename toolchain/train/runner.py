@@ -58,7 +58,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, task):
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         lr_scheduler_type=t.scheduler, warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm or 1e9,
-        optim="adamw_torch", bf16=flags["bf16"], fp16=flags["fp16"],
+        optim=t.optimizer, bf16=flags["bf16"], fp16=flags["fp16"],
         seed=t.seed, data_seed=t.seed, full_determinism=False,
         eval_strategy="steps", eval_steps=t.eval_steps, save_strategy="steps", save_steps=t.eval_steps,
         save_total_limit=t.save_total_limit, save_safetensors=True,
