@@ -138,3 +138,60 @@ def test_fused_adamw_is_selectable_and_recorded(tiny_overrides):
     manifest = yaml.safe_load((run_dir / "toolchain.yaml").read_text())
     assert manifest["config"]["train"]["optimizer"] == "adamw_torch_fused"
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["global_step"] == 3
+
+
+# --------------------------------------------------------------------------- --overwrite only replaces run dirs
+
+def overwrite_cfg(output_dir):
+    return load_config("sentiment-full", [f"output_dir={output_dir}"])
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(tmp_path, monkeypatch):
+    """`output_dir=. --overwrite` must not wipe the current folder (or any folder that is no run dir)."""
+    from toolchain.train.runner import prepare_run_dir
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ArtifactError, match=f"{tmp_path}.*not a run dir"):
+        prepare_run_dir(overwrite_cfg(tmp_path), resume=False, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="not a run dir"):
+        prepare_run_dir(overwrite_cfg("."), resume=False, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and (tmp_path / "src").is_dir()
+    export_dir = tmp_path / "export"  # an export dir's toolchain.yaml is not a training run's
+    export_dir.mkdir()
+    (export_dir / "toolchain.yaml").write_text("artifact_version: 1\nstage: export\nstatus: complete\n")
+    with pytest.raises(ArtifactError, match="stage 'export'"):
+        prepare_run_dir(overwrite_cfg(export_dir), resume=False, overwrite=True)
+    assert (export_dir / "toolchain.yaml").exists()
+
+
+def test_overwrite_refuses_the_current_folder_even_if_it_is_a_run_dir(tmp_path, monkeypatch):
+    from toolchain.train.runner import prepare_run_dir
+
+    (tmp_path / "toolchain.yaml").write_text("artifact_version: 1\nstage: train\nstatus: complete\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="current directory"):
+        prepare_run_dir(overwrite_cfg("."), resume=False, overwrite=True)
+    assert (tmp_path / "toolchain.yaml").exists()
+
+
+@pytest.mark.parametrize("marker", ["manifest", "incomplete", "checkpoint"])
+def test_overwrite_replaces_a_run_dir_an_empty_or_a_missing_one(tmp_path, marker):
+    from toolchain.train.runner import prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if marker == "manifest":
+        (run_dir / "toolchain.yaml").write_text("artifact_version: 1\nstage: train\nstatus: complete\n")
+    elif marker == "incomplete":
+        (run_dir / "INCOMPLETE").write_text("interrupted\n")
+    else:
+        (run_dir / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text("{}")
+    assert prepare_run_dir(overwrite_cfg(run_dir), resume=False, overwrite=True) == run_dir
+    assert not (run_dir / "metrics.json").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_run_dir(overwrite_cfg(empty), resume=False, overwrite=True) == empty
+    assert prepare_run_dir(overwrite_cfg(tmp_path / "new"), resume=False, overwrite=True) == tmp_path / "new"

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from toolchain import __version__
-from toolchain.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError, mark_complete, mark_incomplete,
-                                 read_manifest, replace_dir, write_json, write_yaml)
+from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, ArtifactError, mark_complete,
+                                 mark_incomplete, read_manifest, replace_dir, write_json, write_yaml)
 from toolchain.config import RunConfig, config_hash, from_dict, to_dict
 from toolchain.data.dataset import check_labels, label_list, load_splits
 from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
@@ -147,12 +147,52 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
         # Only rank 0 decides: it creates the run dir, so the other ranks would race its first write.
         # When rank 0 refuses, torchrun stops the whole group.
         return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir}: output_dir names a file, not a folder; pass output_dir=NEW_DIR")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise ArtifactError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
                                 f"or output_dir=NEW_DIR")
+        check_replaceable(run_dir)
         shutil.rmtree(run_dir)
     return run_dir
+
+
+def run_dir_marker(path: Path) -> str | None:
+    """What makes ``path`` recognizable as a training (or pre-training) run dir, or None."""
+    if (path / MANIFEST).is_file():
+        stage = stage_of(path / MANIFEST)
+        return f"{MANIFEST} of stage {stage!r}" if stage in ("train", "pretrain") else None
+    if (path / INCOMPLETE).is_file():
+        return f"{INCOMPLETE} marker"
+    if any((path / "checkpoints").glob("checkpoint-*")):
+        return "checkpoints/checkpoint-*"
+    return None
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """--overwrite deletes ``run_dir``: only a run dir may go, never the current folder or one above it."""
+    if run_dir_marker(run_dir) is None:
+        manifest_path = run_dir / MANIFEST
+        why = (f"its {MANIFEST} is from stage {stage_of(manifest_path)!r}, not a training run"
+               if manifest_path.is_file() else f"it has no {MANIFEST}, no {INCOMPLETE} marker and no checkpoints/")
+        raise ArtifactError(f"{run_dir}: not a run dir ({why}), so --overwrite will not delete it; pass "
+                            f"output_dir=NEW_DIR or an empty folder, or remove it yourself")
+    resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        where = "the current directory" if resolved == cwd else f"a parent of the current directory ({cwd})"
+        raise ArtifactError(f"{run_dir}: --overwrite would delete {where}; refusing. Pass output_dir=NEW_DIR "
+                            f"(e.g. runs/NAME)")
+
+
+def stage_of(manifest_path: Path):
+    """The ``stage`` a toolchain.yaml names ('unreadable' when it is no YAML mapping)."""
+    import yaml
+
+    try:
+        return (yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}).get("stage")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return "unreadable"
 
 
 def manifest(cfg: RunConfig, status: str, labels, base_path, splits, extra=None) -> dict:
