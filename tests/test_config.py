@@ -80,3 +80,32 @@ def test_missing_data_root_gives_instructions(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "data_root", lambda: None)
     with pytest.raises(ConfigError, match="TOOLCHAIN_DATA_DIR"):
         expand_data_path("${data}/financial_phrasebank/splits/allagree/train.jsonl")
+
+
+def test_train_metric_defaults_per_task_and_a_wrong_name_lists_the_valid_ones():
+    from toolchain.config import train_metric
+
+    assert train_metric(load_config(None, [])) == "macro_f1"
+    assert train_metric(load_config(None, ["model.task=token-classification"])) == "f1"
+    with pytest.raises(ConfigError, match="train.metric: 'macro_f1' is not a metric of token-classification; "
+                                          "valid: auto, f1, precision, recall"):
+        load_config(None, ["model.task=token-classification", "train.metric=macro_f1"])
+    with pytest.raises(ConfigError, match="train.metric: 'f1' .*valid: auto, macro_f1, accuracy"):
+        load_config("sentiment-full", ["train.metric=f1"])
+
+
+@pytest.mark.parametrize("task_name", ["sequence-classification", "token-classification"])
+def test_train_metric_names_are_the_ones_the_task_reports(task_name):
+    """The Trainer sees ``task.summary(...)``; every valid train.metric must be one of its keys."""
+    import numpy as np
+
+    from toolchain.config import TASK_METRICS
+    from toolchain.tasks import get_task
+
+    task = get_task(task_name)
+    if task_name == "sequence-classification":
+        labels, logits, gold = ["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
+    else:
+        labels, logits, gold = ["O", "B-X"], np.array([[[1.0, 0.0], [0.0, 1.0]]]), np.array([[0, 1]])
+    reported = task.summary(task.metrics(logits, gold, labels))
+    assert set(TASK_METRICS[task_name]) == set(reported) and TASK_METRICS[task_name][0] == task.default_metric

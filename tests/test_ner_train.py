@@ -97,3 +97,14 @@ def test_evaluate_on_another_file_and_compare(full_run, tmp_path):
     header = table.splitlines()[0].split()
     assert header[:5] == ["run", "method", "base", "trainable", "f1"] and "f1:PER" in header
     assert f"{metrics['f1']:.4f}" in table.splitlines()[2]
+
+
+def test_token_run_without_a_preset_evaluates_with_the_entity_f1(tiny_ner_overrides):
+    """No preset, no train.metric: the dev metric follows the task (seqeval micro entity F1), so the first
+    evaluation (and the best-model pick) works instead of failing on a missing 'eval_macro_f1'."""
+    cfg = load_config(None, tiny_ner_overrides + ["model.task=token-classification", "data.format=conll",
+                                                  "train.max_steps=4", "train.eval_steps=2"])
+    run_dir = train(cfg, overwrite=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train"]["metric_for_best_model"] == "f1"
+    assert metrics["train"]["best_checkpoint"]

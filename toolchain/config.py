@@ -21,6 +21,11 @@ CONFIG_VERSION = 1
 PRESET_DIR = Path(__file__).parent / "configs"
 TASKS = ("sequence-classification", "token-classification")
 METHODS = ("full", "head", "top-k", "lora", "adalora", "ia3")
+# The dev metrics each task reports to the Trainer (its ``summary``); the first is what train.metric=auto picks.
+TASK_METRICS = {
+    "sequence-classification": ("macro_f1", "accuracy"),
+    "token-classification": ("f1", "precision", "recall"),  # seqeval entity-level micro scores (strict IOB2)
+}
 
 
 class ConfigError(ValueError):
@@ -106,7 +111,9 @@ class TrainConfig:
     eval_steps: int = opt(50, "evaluate on dev and write a checkpoint every N optimizer steps", min=1)
     save_total_limit: int = opt(2, "checkpoints kept", min=1)
     logging_steps: int = opt(10, "log loss every N steps", min=1)
-    metric: str = opt("macro_f1", "dev metric for early stopping / best model (e.g. accuracy, macro_f1, f1)")
+    metric: str = opt("auto", "dev metric for early stopping / best model: auto = the task's (macro_f1 for "
+                      "sequence classification, f1 = seqeval micro entity F1 for token classification), or one of "
+                      "accuracy, macro_f1 (sequence) / f1, precision, recall (token)")
     early_stopping_patience: int = opt(2, "evaluations without improvement before stopping (0 = off)", min=0)
     num_workers: int = opt(0, "dataloader workers", min=0)
     group_by_length: bool = opt(False, "batch training examples of similar length together (less padding)")
@@ -122,6 +129,17 @@ class RunConfig:
     adversarial: AdversarialConfig = opt(None, "adversarial training", factory=AdversarialConfig)
     train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
 
+
+    def __post_init__(self) -> None:
+        valid = TASK_METRICS.get(self.model.task, ())
+        if self.train.metric != "auto" and self.train.metric not in valid:
+            raise ConfigError(f"train.metric: {self.train.metric!r} is not a metric of {self.model.task}; "
+                              f"valid: {', '.join(('auto',) + valid)}")
+
+
+def train_metric(cfg: RunConfig) -> str:
+    """The dev metric that picks the best checkpoint and drives early stopping (train.metric, auto resolved)."""
+    return TASK_METRICS[cfg.model.task][0] if cfg.train.metric == "auto" else cfg.train.metric
 
 # --------------------------------------------------------------------------- building
 

@@ -20,7 +20,7 @@ import torch
 from toolchain import __version__
 from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, ArtifactError, mark_complete,
                                  mark_incomplete, read_manifest, replace_dir, write_json, write_yaml)
-from toolchain.config import RunConfig, config_hash, from_dict, to_dict
+from toolchain.config import RunConfig, config_hash, from_dict, to_dict, train_metric
 from toolchain.data.dataset import check_labels, label_list, load_splits
 from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
@@ -45,7 +45,7 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "resolved_precision": precision}
 
 
-def training_arguments(cfg: RunConfig, run_dir: Path, task):
+def training_arguments(cfg: RunConfig, run_dir: Path):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -62,7 +62,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, task):
         seed=t.seed, data_seed=t.seed, full_determinism=False,
         eval_strategy="steps", eval_steps=t.eval_steps, save_strategy="steps", save_steps=t.eval_steps,
         save_total_limit=t.save_total_limit, save_safetensors=True,
-        load_best_model_at_end=keeps_best_model(cfg), metric_for_best_model=t.metric or task.default_metric, greater_is_better=True,
+        load_best_model_at_end=keeps_best_model(cfg), metric_for_best_model=train_metric(cfg), greater_is_better=True,
         logging_steps=t.logging_steps, logging_dir=str(run_dir / "tensorboard"), report_to=["tensorboard"],
         dataloader_num_workers=t.num_workers, disable_tqdm=False, group_by_length=t.group_by_length,
         ddp_backend=None if torch.cuda.is_available() or size == 1 else "gloo",
@@ -253,7 +253,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     kwargs = {"adversarial": cfg.adversarial} if trainer_cls else {}
     from transformers import Trainer
     trainer = (trainer_cls or Trainer)(
-        model=model, args=training_arguments(cfg, run_dir, task), train_dataset=datasets["train"],
+        model=model, args=training_arguments(cfg, run_dir), train_dataset=datasets["train"],
         eval_dataset=datasets["dev"], data_collator=task.collator(tokenizer), processing_class=tokenizer,
         compute_metrics=compute_metrics, callbacks=callbacks, **kwargs)
     started = time.time()
@@ -266,7 +266,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         "dev": task.metrics(dev.predictions, dev.label_ids, labels),
         "test": task.metrics(test.predictions, test.label_ids, labels),
         "train": {**result.metrics, "wall_seconds": elapsed, "global_step": trainer.state.global_step,
-                  "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "best_checkpoint": trainer.state.best_model_checkpoint, "metric_for_best_model": train_metric(cfg),
                   "precision": precision_flags(cfg.train.precision)["resolved_precision"],
                   "world_size": world()[1]},
         "parameters": counts, "method": cfg.method.name, "adversarial": cfg.adversarial.kind,
