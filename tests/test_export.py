@@ -8,7 +8,7 @@ import pytest
 
 from toolchain.config import ConfigError
 
-FAST = ["latency.rounds=3", "latency.warmup=1", "latency.batch_sizes=1,4"]
+FAST = ["latency.rounds=3", "latency.warmup=1", "latency.batch_sizes=1,4", "rank_rounds=1"]
 
 
 def tiny_run(tmp_path_factory, tiny_bert, tiny_data, method: str):
@@ -38,7 +38,7 @@ def basic_export(full_run, tmp_path_factory):
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
 
-    cfg = load_export_config(None, ["variants=fp32,int8", *FAST])
+    cfg = load_export_config(None, ["variants=fp32,int8", "serve_variant=int8", *FAST])
     return export(full_run, tmp_path_factory.mktemp("exports") / "basic", cfg)
 
 
@@ -164,22 +164,60 @@ def scramble_int8(job):
     job.variants["int8"] = ("onnx/int8", path.name)
 
 
-def test_gate_trips_on_a_bad_serve_variant(full_run, tmp_path, monkeypatch):
+def test_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatch):
     from toolchain.artifacts import ArtifactError, load_export
     from toolchain.export import pipeline
     from toolchain.export.config import load_export_config
     from toolchain.export.gate import GateError
 
     monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
-    cfg = load_export_config(None, ["variants=fp32,int8", "latency.rounds=1", "latency.batch_sizes=1"])
-    with pytest.raises(GateError, match=r"serve variant 'int8' failed the accuracy gate: .*label agreement"):
+    cfg = load_export_config(None, ["variants=fp32,int8", "serve_variant=int8", "latency.rounds=1",
+                                    "latency.batch_sizes=1"])
+    with pytest.raises(GateError, match=r"serve variant 'int8' failed the accuracy gate: .*a drop of"):
         pipeline.export(full_run, tmp_path / "bad", cfg)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
     failed = tmp_path / "bad.failed"
     assert (failed / "INCOMPLETE").exists() and "gate failed" in (failed / "INCOMPLETE").read_text()
     with pytest.raises(ArtifactError, match="incomplete"):
         load_export(failed)
-    assert json.loads((failed / "report.json").read_text())["variants"]["int8"]["test"]["agreement"] < 0.99
+    report = json.loads((failed / "report.json").read_text())
+    assert report["variants"]["int8"]["test"]["agreement"] < 0.99
+    assert report["gates"]["int8"]["passed"] is False and report["gates"]["fp32"]["passed"] is True
+
+
+def test_auto_falls_back_to_the_next_passing_variant(full_run, tmp_path, monkeypatch):
+    """A broken int8 fails the gate; auto serves a variant that passed, and the report says why."""
+    from toolchain.artifacts import load_export
+    from toolchain.export import pipeline
+    from toolchain.export.config import load_export_config
+
+    monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
+    cfg = load_export_config(None, ["variants=fp32,optimized,int8", "rank_rounds=1", *FAST])
+    info = load_export(pipeline.export(full_run, tmp_path / "auto", cfg))
+    report = json.loads((info.path / "report.json").read_text())
+    selection = report["selection"]
+    assert selection["mode"] == "auto" and "int8" in selection["failed"]
+    assert info.serve_variant == selection["variant"] == selection["ranked"][0]
+    assert set(selection["ranked"]) == {"fp32", "optimized"} and report["gate"]["passed"]
+    assert "failed the gate: int8" in selection["why"]
+    rates = {name: selection["served"][name]["32"]["texts_per_s"] for name in selection["ranked"]}
+    assert rates[selection["variant"]] == max(rates.values())
+
+
+def test_auto_fails_only_when_no_variant_passes_and_names_the_closest(full_run, tmp_path, monkeypatch):
+    from toolchain.export import pipeline
+    from toolchain.export.config import load_export_config
+    from toolchain.export.gate import GateError
+
+    monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
+    cfg = load_export_config(None, ["variants=fp32,int8", *FAST])
+    real_gates = pipeline.gate_variants
+    monkeypatch.setattr(pipeline, "gate_variants", lambda job, rows, metric, gold: {
+        name: {**verdict, "passed": False, "problems": [f"forced failure of {name}"]}
+        for name, verdict in real_gates(job, rows, metric, gold).items()})
+    with pytest.raises(GateError, match=r"no variant passed the accuracy gate; the closest is 'fp32'.*export.gate"):
+        pipeline.export(full_run, tmp_path / "none", cfg)
+    assert (tmp_path / "none.failed").is_dir() and not (tmp_path / "none").exists()
 
 
 def test_cli_exports_and_reports_bad_values(full_run, tmp_path, capsys):

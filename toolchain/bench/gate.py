@@ -58,7 +58,7 @@ def offline_ratios(export, repeats: int, threads: int = 1, progress: bool = True
     """The offline ratios: the gate's sentences, all three variants interleaved, ``repeats`` times."""
     from transformers import AutoTokenizer
 
-    from toolchain.bench.latency import measure_interleaved
+    from toolchain.measure import measure_interleaved
     from toolchain.bench.runners import export_runners
     from toolchain.bench.workloads import GATE_SENTENCES, real_workload, sentence_batches
 

@@ -59,7 +59,7 @@ def time_workload(runners: dict, workload, batch_sizes: list[int], scale: float,
 
     ``cpu_share``: CPU seconds this process got per wall second and thread while timing (1.0 on an
     idle machine; less when other jobs compete for the cores)."""
-    from toolchain.bench.latency import measure_interleaved
+    from toolchain.measure import measure_interleaved
     from toolchain.bench.workloads import sentence_batches
 
     results: dict = {name: {} for name in runners}

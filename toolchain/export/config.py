@@ -56,8 +56,13 @@ class PruneConfig:
 @dataclass
 class GateConfig:
     metric: str = opt("auto", "task metric of the gate (auto = the task's headline metric, e.g. accuracy)")
-    max_drop: float = opt(1.0, "largest allowed metric drop of the serve variant vs fp32 PyTorch, in points", min=0.0)
-    min_agreement: float = opt(0.99, "smallest allowed label agreement with fp32 PyTorch on test", min=0.0, max=1.0)
+    max_drop: float = opt(1.0, "largest allowed test-metric drop of a serving variant vs fp32 PyTorch, in points",
+                          min=0.0)
+    alpha: float = opt(0.05, "a variant significantly worse than fp32 PyTorch at this level fails (paired test: "
+                             "exact McNemar for accuracy, bootstrap otherwise); 0 = off", min=0.0, max=0.5)
+    bootstrap_resamples: int = opt(2000, "resamples of the paired bootstrap", min=100, max=100_000)
+    min_agreement: float = opt(0.0, "smallest label agreement with fp32 PyTorch on test (0 = not required; "
+                                    "agreement is reported either way)", min=0.0, max=1.0)
     merge_atol: float = opt(1e-4, "largest max-abs logit difference between merged and unmerged PEFT model", min=0.0)
     parity_atol: float = opt(1e-4, "largest max-abs logit difference between fp32 ONNX and PyTorch", min=0.0)
 
@@ -79,7 +84,12 @@ class ExportConfig:
     output_dir: str | None = opt(None, "export dir (default: exports/<run dir name>)")
     variants: str = opt("fp32,optimized,int8,int8-static", "comma-separated variants to build; 'pruned' and "
                         "'pruned-int8' are added when prune.amount is set")
-    serve_variant: str = opt("int8", "variant the service uses; the accuracy gate applies to it", choices=VARIANTS)
+    serve_variant: str = opt("auto", "variant the service uses: auto = of the variants that pass the accuracy "
+                             "gate, the one with the highest served throughput on this machine; or a variant name "
+                             "(pinned: it must pass the gate)", choices=("auto", *VARIANTS))
+    serve_threads: int = opt(1, "ONNX Runtime threads per call when the gate scores and ranks variants (the "
+                                "service's per-worker threads; 1 for small encoders)", min=1, max=256)
+    rank_rounds: int = opt(3, "timing rounds of the served-throughput ranking (median)", min=1, max=50)
     eval_batch_size: int = opt(64, "batch size for scoring variants on dev/test", min=1)
     opset: int | None = opt(None, "ONNX opset (None = Optimum's default for the architecture)", min=11)
     optimize: OptimizeConfig = opt(None, "graph optimization", factory=OptimizeConfig)
@@ -94,7 +104,7 @@ class ExportConfig:
         if amount is not None and not 0.0 < amount < 1.0:
             raise ConfigError(f"prune.amount: {amount!r} is outside (0, 1); e.g. prune.amount=0.4 removes 40% "
                               "of heads and FFN neurons, prune.amount=null turns pruning off")
-        if self.serve_variant not in self.variant_list():
+        if self.serve_variant != "auto" and self.serve_variant not in self.variant_list():
             raise ConfigError(f"serve_variant: {self.serve_variant!r} is not built by this config (variants: "
                               f"{', '.join(self.variant_list())}); add it to variants or set prune.amount")
         self.latency_batch_sizes()

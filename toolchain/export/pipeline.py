@@ -18,7 +18,7 @@ from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, RunInfo
                                  replace_dir, write_yaml)
 from toolchain.config import config_hash, to_dict
 from toolchain.export.config import ExportConfig
-from toolchain.export.gate import GateError, check_accuracy, check_parity
+from toolchain.export.gate import GateError, check_parity
 
 log = logging.getLogger(__name__)
 INT8_VARIANTS = ("int8", "int8-static", "pruned-int8")
@@ -42,6 +42,7 @@ class ExportJob:
     parity: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)      # manifest/report sections (merge, pruning)
     logits: dict = field(default_factory=dict)     # (model or variant, split) -> logits
+    serve_variant: str | None = None               # chosen by the gate and the throughput ranking
 
     def onnx_dir(self, name: str) -> Path:
         return self.out / "onnx" / name
@@ -59,7 +60,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
 
     cfg = cfg or ExportConfig()
     run = load_run(run_dir)
-    cpu = detect_cpu()
+    cpu = detect_cpu(cuda=True)
     needs_int8 = any(v in INT8_VARIANTS for v in cfg.variant_list())
     preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
     if "optimized" in cfg.variant_list():
@@ -128,8 +129,21 @@ def save_merged(job: ExportJob) -> None:
 
 
 def parity_diff(job: ExportJob, torch_key: str, name: str) -> float:
-    """Max abs logit difference between a variant's ONNX graph and its PyTorch model on dev."""
-    return float(np.max(np.abs(variant_logits(job, name, "dev") - torch_logits(job, torch_key, "dev"))))
+    """Max abs logit difference between a variant's ONNX graph and its PyTorch model on dev (token tasks:
+    at the real tokens of each row; padding positions carry no prediction)."""
+    served, reference = variant_logits(job, name, "dev"), torch_logits(job, torch_key, "dev")
+    if served.ndim == 3:
+        width = min(served.shape[1], reference.shape[1])
+        mask = real_tokens(job, "dev")[:, :width]
+        return float(np.max(np.abs(served[:, :width][mask] - reference[:, :width][mask])))
+    return float(np.max(np.abs(served - reference)))
+
+
+def real_tokens(job: ExportJob, split: str) -> np.ndarray:
+    """(rows, width) True at each encoded row's real tokens (token tasks), as the task encodes the split."""
+    features = job.task.encode(getattr(job.splits, split), job.tokenizer, None, job.run.max_length).features
+    width = max(len(f["input_ids"]) for f in features)
+    return np.array([[i < len(f["input_ids"]) for i in range(width)] for f in features])
 
 
 def torch_logits(job: ExportJob, key: str, split: str) -> np.ndarray:
@@ -144,16 +158,39 @@ def torch_logits(job: ExportJob, key: str, split: str) -> np.ndarray:
 
 
 def variant_logits(job: ExportJob, name: str, split: str) -> np.ndarray:
-    """Logits of an ONNX variant, loaded as the service loads it (Optimum ORTModel), on a split, cached."""
-    from toolchain.evaluate import predict_logits
-    from toolchain.export.onnx_export import load_ort_model
-
+    """Logits of an ONNX variant on a split, computed as the service computes them (cached): its runtime,
+    tokenizer, truncation, threads and call pattern (toolchain.serve.runtime)."""
     if (name, split) not in job.logits:
-        rel_dir, file_name = job.variants[name]
-        model = load_ort_model(job.out / rel_dir, file_name, job.task, job.cfg.latency.threads)
-        job.logits[name, split] = predict_logits(model, job.tokenizer, job.task, getattr(job.splits, split),
-                                                 job.run.max_length, job.cfg.eval_batch_size)
+        examples = getattr(job.splits, split)
+        job.logits[name, split] = served_logits(served_model(job, name), job.task, examples, job.tokenizer,
+                                                job.run.max_length)
     return job.logits[name, split]
+
+
+def served_model(job: ExportJob, name: str, threads: int | None = None):
+    """The serving runtime's model for a variant of the export being built."""
+    from toolchain.serve.runtime import OnnxModel
+
+    rel_dir, file_name = job.variants[name]
+    return OnnxModel.from_files(job.out / rel_dir / file_name, job.out / "tokenizer", job.run.max_length,
+                                job.run.labels, name, threads=threads or job.cfg.serve_threads)
+
+
+def served_logits(model, task, examples, tokenizer, max_length: int) -> np.ndarray:
+    """Sequence tasks: the service's own ``infer`` on the texts. Token tasks: the task's windows (as the
+    gold labels are laid out), run through the runtime's call pattern; rows padded to a common width."""
+    from toolchain.serve.runtime import Features
+
+    if task.name != "token-classification":
+        return np.stack(model.infer([ex.text for ex in examples]).logits)
+    features = task.encode(examples, tokenizer, None, max_length).features
+    rows, _ = model.run_encoded([Features(f) for f in features])
+    width = max(r.shape[0] for r in rows)
+    return np.stack([np.pad(r, ((0, width - r.shape[0]), (0, 0))) for r in rows])
+
+
+def served_texts(task, examples) -> list[str]:
+    return [" ".join(ex.text) if isinstance(ex.text, list) else ex.text for ex in examples]
 
 
 def _register(job: ExportJob, name: str, path: Path) -> None:
@@ -227,14 +264,15 @@ VARIANT_BUILDERS = {
 
 
 def evaluate_variants(job: ExportJob) -> dict:
-    """Score every variant on dev/test, gate the serve variant, time them all, write the report."""
-    from toolchain.export.report import cpu_line, summary, variant_table, write_report
+    """Score every variant on dev/test as served, gate each, choose the serve variant, time, write the report."""
+    from toolchain.export.report import cpu_line, selection_lines, summary, variant_table, write_report
     from toolchain.export.scoring import gold_ids, headline_metric, score
 
     run, task, cfg = job.run, job.task, job.cfg
-    rows = {}
+    rows, test_gold = {}, None
     for split in ("dev", "test"):
         gold = gold_ids(task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
+        test_gold = gold
         reference = torch_logits(job, "pytorch", split)
         rows.setdefault("pytorch", {})[split] = score(task, reference, gold, run.labels, None)
         for name in job.variants:
@@ -245,15 +283,76 @@ def evaluate_variants(job: ExportJob) -> dict:
         rows[name]["bytes"] = (job.out / rel_dir / file_name).stat().st_size
     metric = headline_metric(task, cfg.gate.metric, rows["pytorch"]["test"])
     report = base_report(job, rows, metric)
+    report["gates"] = gate_variants(job, rows, metric, test_gold)
     report["latency"], report["latency_conditions"] = measure_latency(job)
     report["summary"] = summary(report, metric)
     print(cpu_line(report["cpu"]))
     print(variant_table(report, metric))
-    write_report(report, metric, job.out)  # written before the gate so a failed dir explains itself
-    report["gate"] = check_accuracy(cfg.serve_variant, rows[cfg.serve_variant], rows["pytorch"], metric,
-                                    cfg.gate.max_drop, cfg.gate.min_agreement)
+    write_report(report, metric, job.out)  # written before the choice so a failed dir explains itself
+    report["selection"] = choose_serve_variant(job, report["gates"])
+    job.serve_variant = report["serve_variant"] = report["selection"]["variant"]
+    report["gate"] = report["gates"][job.serve_variant]
+    report["layout"] = measure_layout(job)
+    print("\n".join(selection_lines(report)), flush=True)
     write_report(report, metric, job.out)
     return report
+
+
+def gate_variants(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> dict:
+    """The accuracy gate's verdict on every ONNX variant (test split, paired with fp32 PyTorch)."""
+    from toolchain.export.gate import GateCriteria, judge, paired_units
+
+    g = job.cfg.gate
+    criteria = GateCriteria(metric, g.max_drop, g.alpha, g.min_agreement, g.bootstrap_resamples)
+    reference = torch_logits(job, "pytorch", "test")
+    return {name: judge(name, paired_units(job.task, reference, variant_logits(job, name, "test"), gold,
+                                           job.run.labels), rows[name]["test"]["agreement"], criteria)
+            for name in job.variants}
+
+
+def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
+    """The pinned variant if it passes; on auto, the passing variant with the highest served throughput."""
+    from toolchain.export.gate import closest_failure, gate_error
+    from toolchain.measure import served_rates
+
+    pinned = job.cfg.serve_variant
+    if pinned != "auto":
+        if not verdicts[pinned]["passed"]:
+            raise gate_error(verdicts[pinned])
+        return {"mode": "pinned", "variant": pinned, "why": f"serve_variant={pinned} (pinned); it passed the gate"}
+    passing = [name for name, verdict in verdicts.items() if verdict["passed"]]
+    if not passing:
+        raise GateError(closest_failure(verdicts))
+    texts = served_texts(job.task, job.splits.test)
+    rates = served_rates({name: served_model(job, name) for name in passing}, texts, (1, 32), job.cfg.rank_rounds)
+    ranked = sorted(passing, key=lambda name: -rates[name][32]["texts_per_s"])
+    best = ranked[0]
+    failed = {name: verdict["problems"] for name, verdict in verdicts.items() if not verdict["passed"]}
+    others = ", ".join(f"{name} {rates[name][32]['texts_per_s']:.0f}" for name in ranked[1:])
+    why = (f"{best} passed the gate and serves the most: {rates[best][32]['texts_per_s']:.0f} texts/s in 32-text "
+           f"calls on {job.cfg.serve_threads} thread(s) (others passing: {others or 'none'}"
+           + (f"; failed the gate: {', '.join(failed)}" if failed else "") + ")")
+    return {"mode": "auto", "variant": best, "ranked": ranked, "failed": failed, "why": why,
+            "criterion": "texts/s of the serving runtime at 32 texts per call (what the adaptive batcher forms "
+                         "under load), per worker thread",
+            "served": {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in rates.items()}}
+
+
+def measure_layout(job: ExportJob) -> dict:
+    """The served variant's batch-1 latency and 32-text rate on 1 thread and on every core: whether more
+    threads per worker pay (they rarely do for a small encoder), for the service's worker layout."""
+    from toolchain.measure import served_rates
+    from toolchain.serve.settings import available_cpus
+
+    cpus = available_cpus()
+    models = {"1": served_model(job, job.serve_variant, 1)}
+    if cpus > 1:
+        models[str(cpus)] = served_model(job, job.serve_variant, cpus)
+    texts = served_texts(job.task, job.splits.test)[:64]
+    rates = served_rates(models, texts, (1, 32), job.cfg.rank_rounds)
+    return {"variant": job.serve_variant, "cpus": cpus, "call_pattern": models["1"].call_pattern,
+            "by_threads": {threads: {"b1_ms": per_bs[1]["median_ms_per_request"],
+                                     "b32_texts_per_s": per_bs[32]["texts_per_s"]} for threads, per_bs in rates.items()}}
 
 
 def base_report(job: ExportJob, rows: dict, metric: str) -> dict:
@@ -265,8 +364,7 @@ def base_report(job: ExportJob, rows: dict, metric: str) -> dict:
 def cpu_section(job: ExportJob) -> dict:
     from toolchain.export.quantize import reduce_range
 
-    section = {"machine": job.cpu.machine, "isa": job.cpu.isa, "vnni": job.cpu.has_vnni, "preset": job.preset,
-               "threads": job.cfg.latency.threads or os.cpu_count()}
+    section = {**job.cpu.summary(), "preset": job.preset, "threads": job.cfg.latency.threads or os.cpu_count()}
     if job.preset:
         section["reduce_range"] = reduce_range(job.cfg.quantize, job.cpu, job.preset)
         section["weights"] = "uint8" if job.preset == "avx2" else "int8"
@@ -277,7 +375,7 @@ def measure_latency(job: ExportJob) -> tuple[dict, dict]:
     """Median/p95 per variant and batch size, all variants interleaved in the same rounds."""
     import torch
 
-    from toolchain.bench.latency import measure_interleaved, onnx_runner, onnx_session, text_batches, torch_runner
+    from toolchain.measure import measure_interleaved, onnx_runner, onnx_session, text_batches, torch_runner
 
     cfg = job.cfg.latency
     threads = cfg.threads or os.cpu_count()
@@ -315,7 +413,7 @@ def manifest(job: ExportJob, report: dict | None, status: str) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": run.task, "labels": run.labels,
         "max_length": run.max_length, "base_model": run.base_model, "run_dir": str(run.path.resolve()),
         "run_config_hash": run.manifest.get("config_hash"), "export_config_hash": config_hash(replace(job.cfg, output_dir=None)),
-        "serve_variant": job.cfg.serve_variant, "metric": report["metric"] if report else None,
+        "serve_variant": job.serve_variant, "metric": report["metric"] if report else None,
         "cpu": cpu_section(job), "variants": variants, **manifest_extra(job), "files": files,
         "config": {"run": run.config, "export": to_dict(job.cfg)},
     }

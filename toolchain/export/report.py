@@ -24,7 +24,8 @@ def variant_rows(report: dict, metric: str) -> list[list]:
             cells += [f"{stats['median_ms']:.2f}", f"{stats['p95_ms']:.2f}"] if stats else ["-", "-"]
         ratio = report.get("summary", {}).get(name, {}).get("b1_latency_vs_pytorch")
         cells += [f"{ratio:.2f}x" if ratio else "-"]
-        cells += [row["dev"][metric], row["test"][metric], f"{row['test']['agreement']:.2%}"]
+        cells += [row["dev"][metric], row["test"][metric], f"{row['test']['agreement']:.2%}",
+                  "reference" if name == "pytorch" else gate_cell(report.get("gates", {}).get(name))]
         rows.append(cells)
     return rows
 
@@ -53,11 +54,30 @@ def summary(report: dict, metric: str) -> dict:
 
 
 def cpu_line(cpu: dict) -> str:
-    vnni = "with VNNI" if cpu.get("vnni") else "no VNNI"
+    vnni = ", ".join(cpu.get("features") or []) or ("with VNNI" if cpu.get("vnni") else "no VNNI")
+    if cpu.get("cuda"):
+        vnni += ", CUDA"
     preset = f"int8 preset {cpu['preset']} (reduce_range={cpu.get('reduce_range')})" if cpu.get("preset") else \
         "no int8 variant"
     return f"cpu: {cpu['machine']}, detected {cpu.get('isa') or 'no int8 ISA'} ({vnni}); {preset}; " \
            f"{cpu.get('threads')} threads"
+
+
+def gate_cell(verdict: dict | None) -> str:
+    if not verdict:
+        return "-"
+    return ("pass" if verdict["passed"] else "FAIL") + f" (p={verdict['p_value']:.2f})"
+
+
+def selection_lines(report: dict) -> list[str]:
+    """What was chosen to serve and why, for the terminal."""
+    selection = report["selection"]
+    lines = [f"serve variant: {selection['variant']} ({selection['mode']}): {selection['why']}"]
+    layout = report.get("layout") or {}
+    for threads, figures in (layout.get("by_threads") or {}).items():
+        lines.append(f"  {selection['variant']} on {threads} thread(s): batch-1 {figures['b1_ms']:.2f} ms, "
+                     f"{figures['b32_texts_per_s']:.0f} texts/s in 32-text calls ({layout['call_pattern']} calls)")
+    return lines
 
 
 def variant_table(report: dict, metric: str) -> str:
@@ -66,7 +86,7 @@ def variant_table(report: dict, metric: str) -> str:
     header = ["variant", "MB"]
     for bs in report.get("batch_sizes", []):
         header += [f"b{bs} p50 ms", f"b{bs} p95 ms"]
-    header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", "agree"]
+    header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", "agree", "gate"]
     return format_table(header, variant_rows(report, metric))
 
 

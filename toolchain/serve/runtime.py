@@ -125,29 +125,52 @@ def create_session(model_file: Path, providers: list[str], threads: int, spin: b
 
 
 class OnnxModel:
-    """One verified ONNX variant with its tokenizer; ``run`` maps a tokenized batch to logits."""
+    """One ONNX variant with its tokenizer; ``run`` maps a tokenized batch to logits, ``infer`` texts to logits.
+
+    ``OnnxModel(export, variant)`` is what the service loads (checksums verified first);
+    :meth:`from_files` builds the same runtime on files not yet in a finished export dir (the export's
+    accuracy gate and throughput ranking score a variant exactly as the service will run it).
+    """
 
     def __init__(self, export: ExportInfo, variant: str, provider: str = "auto", threads: int = 1,
                  spin: bool = False, calls: str = "auto"):
+        verify_variant(export, variant)
+        self.export = export
+        self._setup(export.variant_file(variant), export.tokenizer_dir, export.max_length, export.labels, variant,
+                    provider, threads, spin, calls)
+        log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads, %s model calls",
+                 export.path, variant, self.model_file.name, self.provider, threads,
+                 "per-text" if self.per_text else "length-grouped")
+
+    @classmethod
+    def from_files(cls, model_file: Path, tokenizer_dir: Path, max_length: int, labels: list[str],
+                   variant: str, provider: str = "cpu", threads: int = 1, calls: str = "auto") -> "OnnxModel":
+        model = cls.__new__(cls)
+        model.export = None
+        model._setup(Path(model_file), Path(tokenizer_dir), max_length, labels, variant, provider, threads, False,
+                     calls)
+        return model
+
+    def _setup(self, model_file: Path, tokenizer_dir: Path, max_length: int, labels: list[str], variant: str,
+               provider: str, threads: int, spin: bool, calls: str) -> None:
         import onnxruntime as ort
 
-        self.export, self.variant = export, variant
-        verify_variant(export, variant)
-        model_file = export.variant_file(variant)
+        self.variant, self.model_file, self._labels, self.threads = variant, model_file, list(labels), threads
         providers = choose_providers(provider, ort.get_available_providers())
         self.session = create_session(model_file, providers, threads, spin)
         self.provider = PROVIDER_LABELS.get(self.session.get_providers()[0], self.session.get_providers()[0])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self.encoder = Encoder(export.tokenizer_dir, export.max_length)
+        self.encoder = Encoder(tokenizer_dir, max_length)
         self.per_text = calls == "per-text" or (calls == "auto" and quantizes_at_run_time(model_file))
-        log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads, %s model calls",
-                 export.path, variant, model_file.name, self.provider, threads,
-                 "per-text" if self.per_text else "length-grouped")
 
     @property
     def labels(self) -> list[str]:
-        return self.export.labels
+        return self._labels
+
+    @property
+    def call_pattern(self) -> str:
+        return "per-text" if self.per_text else "length-grouped"
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         """Logits of one padded model call and the seconds it took."""
@@ -156,18 +179,33 @@ class OnnxModel:
         (logits,) = self.session.run([self.output_name], feed)
         return logits, time.perf_counter() - started
 
-    def infer(self, texts: list[str]) -> BatchOutput:
-        """Logits per text; how texts are grouped into model calls never changes a text's result."""
-        encodings = self.encoder.tokenize(texts)
-        logits: list = [None] * len(texts)
+    def run_encoded(self, encodings: list) -> tuple[list[np.ndarray], float]:
+        """Logits per encoding (rows of its call, unpadded for token tasks), grouped into calls as the
+        service groups them; and the seconds spent in model calls."""
+        logits: list = [None] * len(encodings)
         seconds = 0.0
         for group in plan_calls([len(e.ids) for e in encodings], self.per_text):
             output, took = self.run(self.encoder.pad([encodings[i] for i in group]))
             seconds += took
             for row, index in enumerate(group):
-                logits[index] = output[row]
+                logits[index] = output[row] if output.ndim == 2 else output[row, :len(encodings[index].ids)]
+        return logits, seconds
+
+    def infer(self, texts: list[str]) -> BatchOutput:
+        """Logits per text; how texts are grouped into model calls never changes a text's result."""
+        encodings = self.encoder.tokenize(texts)
+        logits, seconds = self.run_encoded(encodings)
         return BatchOutput(logits, [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings],
                            encodings, seconds)
+
+
+class Features:
+    """Pre-tokenized model inputs (a task's encoded features) in the shape ``run_encoded`` takes."""
+
+    def __init__(self, feature: dict):
+        self.ids = list(feature["input_ids"])
+        self.attention_mask = list(feature.get("attention_mask", [1] * len(self.ids)))
+        self.type_ids = list(feature.get("token_type_ids", [0] * len(self.ids)))
 
 
 def verify_variant(export: ExportInfo, variant: str) -> None:
