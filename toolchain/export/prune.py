@@ -131,4 +131,4 @@ def prune_and_recover(job) -> tuple[object, dict]:
     plan.update(parameters_before=before, parameters_after=parameter_count(student),
                 importance="taylor (Michel et al. 2019), dev split", importance_examples=len(dev))
     plan["recovery"] = recover(job, student)
-    return student.eval(), plan
+    return student.cpu().eval(), plan  # the Trainer may have moved it to the GPU; export and parity run on the CPU

@@ -30,14 +30,32 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return torch.nn.functional.kl_div(log_student, soft_teacher, reduction="batchmean") * temperature ** 2
 
 
+def module_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 class DistillationTrainer(Trainer):
-    """Trainer whose loss mixes the task loss with distillation from a frozen teacher."""
+    """Trainer whose loss mixes the task loss with distillation from a frozen teacher.
+
+    The Trainer places the student (and each batch) on its device, a GPU when there is one; the teacher
+    follows the student there for the training and goes back where it was afterwards (the export
+    pipeline runs it on the CPU next to the ONNX variants).
+    """
 
     def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher, self.temperature, self.alpha = teacher.eval(), temperature, alpha
+        self.teacher_home = module_device(teacher)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.teacher.to(self.teacher_home)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        if module_device(self.teacher) != module_device(model):
+            self.teacher.to(module_device(model))
         outputs = model(**inputs)
         with torch.no_grad():
             teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
