@@ -201,13 +201,68 @@ def build_bento(model, variant: str):
     if not BENTOFILE.is_file():
         raise ConfigError(f"{BENTOFILE} not found: `toolchain build` runs from a source checkout of toolchain")
     labels = {**{k: str(v) for k, v in model.info.labels.items()}, "model": str(model.tag)}
-    previous = os.getcwd()
-    os.chdir(REPO_ROOT)  # bentoml resolves the bentofile's paths against the working directory
+    copy = context_copy(REPO_ROOT, BENTOFILE)
+    context, previous = copy or REPO_ROOT, os.getcwd()
+    os.chdir(context)  # bentoml resolves the bentofile's paths against the working directory
     try:
-        return bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(REPO_ROOT), labels=labels,
+        return bentoml.bentos.build_bentofile(str(context / BENTOFILE.name), build_ctx=str(context), labels=labels,
                                               reload=True, args={"model_tag": str(model.tag), "variant": variant})
     finally:
         os.chdir(previous)
+        if copy:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+def hidden_parts(path: Path) -> list[str]:
+    """Folders of ``path`` whose name starts with '.': BentoML refuses to build from under any of them."""
+    return [part for part in Path(path).resolve().parts if part.startswith(".")]
+
+
+def bentofile_entries(root: Path, bentofile: Path) -> list[Path]:
+    """The top-level entries of ``root`` that the bentofile can reach: its include patterns and the files it
+    names (requirements, Dockerfile template, setup script, conda environment)."""
+    import fnmatch
+
+    import yaml
+
+    spec = yaml.safe_load(bentofile.read_text(encoding="utf-8")) or {}
+    named = [(spec.get(section) or {}).get(key) for section, key in (
+        ("python", "requirements_txt"), ("docker", "dockerfile_template"), ("docker", "setup_script"),
+        ("conda", "environment_yml"))]
+    heads = {str(p).lstrip("/").split("/")[0] for p in [*(spec.get("include") or ["*"]), *filter(None, named)]}
+    return sorted({entry for entry in root.iterdir() if not entry.name.startswith(".")
+                   and any(fnmatch.fnmatch(entry.name, head) or head.startswith("**") for head in heads)})
+
+
+def context_copy(root: Path, bentofile: Path) -> Path | None:
+    """None when BentoML can build from the checkout itself; else, as the checkout's path has a folder starting
+    with '.' (BentoML: "Accessing hidden files is not allowed"), a temporary copy of what the bentofile
+    reaches, at a path without one (the caller removes it)."""
+    import tempfile
+
+    hidden = hidden_parts(root)
+    if not hidden:
+        return None
+    candidates = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path.home()]
+    base = next((d for d in candidates if d.is_dir() and os.access(d, os.W_OK) and not hidden_parts(d)), None)
+    if base is None:
+        raise ConfigError(f"{root}: BentoML will not build from a path with a folder starting with '.' "
+                          f"({', '.join(hidden)}), and no writable temporary folder without one was found; set "
+                          f"TMPDIR to such a folder or move the checkout")
+    copy = Path(tempfile.mkdtemp(prefix="toolchain-build-", dir=base))
+    log.info("build: %s has a hidden folder in its path (%s); building from a copy in %s", root,
+             ", ".join(hidden), copy)
+    try:
+        shutil.copy2(bentofile, copy / bentofile.name)
+        for entry in bentofile_entries(root, bentofile):
+            if entry.is_dir():
+                shutil.copytree(entry, copy / entry.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif entry.resolve() != bentofile.resolve():
+                shutil.copy2(entry, copy / entry.name)
+    except BaseException:
+        shutil.rmtree(copy, ignore_errors=True)
+        raise
+    return copy
 
 
 def print_summary(bento, model) -> None:
