@@ -73,3 +73,23 @@ def test_build_from_a_checkout_under_a_hidden_folder(tmp_path):
     assert (bento / "src" / "toolchain" / "serve" / "requirements").is_dir()
     assert not any(p.name == "checkout" or p.name.startswith(".hidden") for p in (bento / "src").rglob("*"))
     assert not list(scratch.glob("toolchain-build-*")), "the temporary copy is removed after the build"
+
+
+def test_model_files_copied_into_the_bento_are_world_readable(tmp_path):
+    """Export files may be 0600 (temporary files renamed into place); the Bento's container may run under a
+    non-root UID that is not the builder's, so what copy_into writes is 0644 (folders 0755)."""
+    from toolchain.build import copy_into
+
+    source = tmp_path / "export"
+    (source / "onnx" / "int8").mkdir(parents=True)
+    for rel in ("toolchain.yaml", "onnx/int8/model.onnx", "onnx/int8/config.json"):
+        (source / rel).write_text("x")
+        os.chmod(source / rel, 0o600)
+    os.chmod(source / "onnx" / "int8", 0o700)
+    model = tmp_path / "store" / "model"
+    model.mkdir(parents=True)
+    copy_into(source / "toolchain.yaml", model / "toolchain.yaml")
+    copy_into(source / "onnx" / "int8", model / "onnx" / "int8")
+    modes = {str(p.relative_to(model)): oct(p.stat().st_mode & 0o777) for p in model.rglob("*")}
+    assert modes == {"toolchain.yaml": "0o644", "onnx": "0o755", "onnx/int8": "0o755",
+                     "onnx/int8/model.onnx": "0o644", "onnx/int8/config.json": "0o644"}

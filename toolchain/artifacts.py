@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,13 @@ class ArtifactError(ValueError):
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it into place.
+
+    The temporary file is created with mode 0666 less the umask, as a plain ``open`` would (``mkstemp``
+    makes 0600 files, and a renamed 0600 artifact is unreadable to a container under another UID)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -42,6 +46,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def create_temporary(path: Path) -> tuple[int, str]:
+    """An open, new, uniquely named file ``.NAME.XXXXXXXX`` next to ``path`` (mode 0666 & ~umask)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -185,13 +185,24 @@ def register_model(export_dir: Path, variant: str | None):
 
 
 def copy_into(source: Path, target: Path) -> None:
+    """Copy a file or folder of the export into the model store, world-readable (files 0644, folders 0755):
+    the Bento's container may run under a non-root UID other than the builder's, and an export's files
+    can be 0600 (temporary files renamed into place)."""
     if not source.exists():
         return
+    created = [folder for folder in [target.parent, *target.parent.parents] if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    for folder in created:
+        os.chmod(folder, 0o755)
     if source.is_dir():
         shutil.copytree(source, target)
+        for folder, _, files in os.walk(target):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
     else:
         shutil.copy2(source, target)
+        os.chmod(target, 0o644)
 
 
 def build_bento(model, variant: str):
