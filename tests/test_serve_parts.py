@@ -29,7 +29,6 @@ def test_settings_come_from_environment_variables():
                               "TOOLCHAIN_TOPICS": "AAPL, MSFT,", "TOOLCHAIN_WORKERS": "2", "OTHER": "x"})
     assert settings.max_batch_items == 7 and settings.auth is False and settings.workers == 2
     assert settings.topic_allow_list == frozenset({"AAPL", "MSFT"})
-    assert settings.ort_threads(cpu_count=8) == 4 and ServeSettings(threads=3).ort_threads(8) == 3
     assert 1 <= available_cpus() <= os.cpu_count()
     assert load_settings({}) == ServeSettings()
 

@@ -276,6 +276,18 @@ def context_copy(root: Path, bentofile: Path) -> Path | None:
     return copy
 
 
+def packed_variant_line(export_dir: Path, variant: str, pinned: bool) -> str:
+    """Which variant the Bento serves and why: the export's gate and throughput ranking, or a pin."""
+    report_file = export_dir / "report.json"
+    report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
+    selection = report.get("selection") or {}
+    if pinned or selection.get("variant") != variant:
+        return f"variant {variant} (given by --variant)"
+    cpu = report.get("cpu") or {}
+    where = f"{cpu.get('machine')}, {', '.join(cpu.get('features') or []) or 'no vector extensions detected'}"
+    return f"variant {variant} ({selection.get('mode')}, measured on {where}): {selection.get('why')}"
+
+
 def print_summary(bento, model) -> None:
     tag = str(bento.tag)
     print("\n".join([
@@ -310,5 +322,6 @@ def run(args) -> int:
             return 1
         export_dir = stages.export_dir
     model, variant = register_model(export_dir, args.variant)
+    print(packed_variant_line(export_dir, variant, bool(args.variant)), flush=True)
     print_summary(build_bento(model, variant), model)
     return 0

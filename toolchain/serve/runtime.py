@@ -219,8 +219,20 @@ def verify_variant(export: ExportInfo, variant: str) -> None:
     export.verify(only=[entry["dir"].rstrip("/") + "/", "tokenizer/"])
 
 
-def load_model(export_dir: str | Path, variant: str | None, settings) -> OnnxModel:
-    """The variant (default: the manifest's serve_variant) with the provider and threads of ``settings``."""
+def load_model(export_dir: str | Path, variant: str | None, settings, threads: int = 1) -> OnnxModel:
+    """The variant (default: the manifest's serve_variant) with the provider of ``settings`` on ``threads``
+    intra-op threads (the worker layout's, see toolchain.serve.layout)."""
     export = load_export(export_dir)
-    return OnnxModel(export, variant or export.serve_variant, settings.provider, settings.ort_threads(),
-                     settings.spin, settings.model_calls)
+    return OnnxModel(export, variant or export.serve_variant, settings.provider, threads, settings.spin,
+                     settings.model_calls)
+
+
+def wants_gpu(provider: str) -> bool:
+    """The provider setting will put the model on a CUDA GPU (without importing onnxruntime's CUDA libs)."""
+    if provider == "cpu":
+        return False
+    try:
+        import onnxruntime
+        return CUDA in onnxruntime.get_available_providers()
+    except ImportError:
+        return False

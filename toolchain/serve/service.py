@@ -61,14 +61,34 @@ def bento_model():
     return bentoml.models.BentoModel(tag) if tag else None
 
 
+def serving_layout(settings, model):
+    """Workers x threads for this machine and model (decided once, before the workers start)."""
+    from toolchain.serve.layout import export_layout_figures
+    from toolchain.serve.runtime import wants_gpu
+
+    if settings.export_dir:
+        source, variant = settings.export_dir, settings.variant
+    elif model is not None and model.stored is not None:
+        source, variant = model.stored.path, settings.variant or getattr(BENTO_ARGS, "variant", None)
+    else:
+        source, variant = None, None
+    size, measured = export_layout_figures(source, variant)
+    return settings.layout(size, measured, wants_gpu(settings.provider))
+
+
+BENTO_MODEL = bento_model()
+LAYOUT = serving_layout(SETTINGS, BENTO_MODEL)
+log.info("serving layout: %d worker(s) x %d thread(s): %s", LAYOUT.workers, LAYOUT.threads, LAYOUT.why)
+
+
 @bentoml.service(
     name="toolchain-service",
-    workers=SETTINGS.workers,
+    workers=LAYOUT.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
 class ToolchainService:
-    bento_model = bento_model()
+    bento_model = BENTO_MODEL
 
     def __init__(self) -> None:
         from toolchain.serve.runtime import load_model
@@ -79,7 +99,7 @@ class ToolchainService:
         self.metrics.set_ready(False)
         auth.check_configuration(self.settings.auth)
         export_dir, variant = self.model_source()
-        self.model = load_model(export_dir, variant, self.settings)
+        self.model = load_model(export_dir, variant, self.settings, LAYOUT.threads)
         self.task = self.model.export.task
         if self.task not in TASK_ROUTES:
             raise RuntimeError(f"{export_dir}: task {self.task!r} has no route in this service "
@@ -120,7 +140,7 @@ class ToolchainService:
         return self.ready
 
     def predict(self, texts: list[str], observe: bool = True) -> list:
-        output = self.model.infer(texts)
+        output = self.route.infer(self.model, texts)
         result = self.route.results(texts, output.logits, output.encodings, self.model.labels, output.truncated)
         if observe:
             self.metrics.observe_model_call(self.task, output.seconds, output.tokens, sum(output.truncated))

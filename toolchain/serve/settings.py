@@ -9,10 +9,10 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_EXPORT_DIR          | (Bento model)  | export dir to serve; overrides the model packed in the Bento |
 | TOOLCHAIN_VARIANT             | (manifest)     | ONNX variant to load (fp32, optimized, int8, ...) |
 | TOOLCHAIN_PROVIDER            | auto           | auto (CUDA when a GPU and onnxruntime-gpu are present), cpu, cuda |
-| TOOLCHAIN_THREADS             | 0              | ONNX Runtime intra-op threads per worker (0 = CPU cores / workers) |
+| TOOLCHAIN_THREADS             | 0              | ONNX Runtime intra-op threads per worker (0 = auto, see toolchain.serve.layout) |
 | TOOLCHAIN_SPIN                | false          | let idle ONNX Runtime threads spin: a little lower latency on dedicated cores, burnt CPU on shared ones |
 | TOOLCHAIN_MODEL_CALLS         | auto           | auto: one text per model call for dynamically quantized variants (exact, batch-independent scores), texts grouped by length otherwise; per-text; batched |
-| TOOLCHAIN_WORKERS             | 1              | server worker processes |
+| TOOLCHAIN_WORKERS             | 0              | server worker processes (0 = auto: one single-thread worker per CPU for a small model, fewer where memory or the model's measured latency says so) |
 | TOOLCHAIN_BATCHING            | true           | adaptive batching of concurrent requests |
 | TOOLCHAIN_MAX_BATCH_SIZE      | 32             | most texts in one model call (adaptive batching) |
 | TOOLCHAIN_MAX_LATENCY_MS      | 2000           | longest a request may wait in the batching queue before 503 |
@@ -44,11 +44,12 @@ class ServeSettings:
     export_dir: str | None = opt(None, "export dir to serve (overrides the model packed in the Bento)")
     variant: str | None = opt(None, "ONNX variant to load; default: the Bento's, else the manifest's serve_variant")
     provider: str = opt("auto", "ONNX Runtime execution provider", choices=("auto", "cpu", "cuda"))
-    threads: int = opt(0, "ONNX Runtime intra-op threads per worker (0 = CPU cores / workers)", min=0, max=256)
+    threads: int = opt(0, "ONNX Runtime intra-op threads per worker (0 = auto from the export's measured "
+                          "thread scaling)", min=0, max=256)
     spin: bool = opt(False, "let idle ONNX Runtime threads spin (dedicated cores only; burns CPU otherwise)")
     model_calls: str = opt("auto", "how a batch runs: auto (per-text for dynamic int8, else length-grouped), "
                                    "per-text or batched", choices=("auto", "per-text", "batched"))
-    workers: int = opt(1, "server worker processes", min=1, max=64)
+    workers: int = opt(0, "server worker processes (0 = auto from the CPUs, memory and model)", min=0, max=256)
     batching: bool = opt(True, "adaptive batching of concurrent requests into one model call")
     max_batch_size: int = opt(32, "most texts in one model call", min=2, max=4096)
     max_latency_ms: int = opt(2000, "longest wait in the batching queue before a 503", min=1, max=600_000)
@@ -65,11 +66,12 @@ class ServeSettings:
     def topic_allow_list(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.topics.split(",") if t.strip())
 
-    def ort_threads(self, cpu_count: int | None = None) -> int:
-        """Intra-op threads: the setting, or the CPUs this container may use shared among the workers."""
-        if self.threads:
-            return self.threads
-        return max(1, (cpu_count or available_cpus()) // self.workers)
+    def layout(self, model_bytes: int = 0, measured: dict | None = None, gpu: bool = False):
+        """Workers x threads for this machine (toolchain.serve.layout), these settings overriding."""
+        from toolchain.serve.layout import choose_layout, memory_limit_bytes
+
+        return choose_layout(available_cpus(), memory_limit_bytes(), model_bytes, measured, self.workers,
+                             self.threads, gpu)
 
 
 def available_cpus() -> int:
