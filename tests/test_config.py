@@ -109,3 +109,38 @@ def test_train_metric_names_are_the_ones_the_task_reports(task_name):
         labels, logits, gold = ["O", "B-X"], np.array([[[1.0, 0.0], [0.0, 1.0]]]), np.array([[0, 1]])
     reported = task.summary(task.metrics(logits, gold, labels))
     assert set(TASK_METRICS[task_name]) == set(reported) and TASK_METRICS[task_name][0] == task.default_metric
+
+
+# --------------------------------------------------------------------------- `toolchain config` for every kind
+
+def test_config_command_resolves_export_and_pretrain_presets(capsys):
+    """`--list` shows every preset, so `--config` resolves every one, with the loader of its kind."""
+    import yaml
+
+    from toolchain.cli import main
+    from toolchain.config import to_dict
+    from toolchain.export.config import load_export_config
+
+    assert main(["config", "--list"]) == 0
+    assert "export-default" in capsys.readouterr().out
+    assert main(["config", "--config", "export-default", "prune.amount=0.3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == to_dict(load_export_config("export-default", ["prune.amount=0.3"]))
+    assert printed["kind"] == "export" and printed["prune"]["amount"] == 0.3
+    assert main(["config", "--config", "pretrain-fomc"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["kind"] == "pretrain"
+    assert main(["config", "--config", "export-default", "prune.amuont=0.3"]) == 2  # errors name the key
+    assert "prune.amount" in capsys.readouterr().err
+
+
+def test_config_command_lists_the_options_of_each_kind(capsys):
+    from toolchain.cli import main
+
+    assert main(["config"]) == 0  # run options, as before
+    assert "train.metric" in capsys.readouterr().out
+    assert main(["config", "--kind", "export"]) == 0
+    listing = capsys.readouterr().out
+    assert "prune.amount" in listing and "serve_variant" in listing and "train.metric" not in listing
+    assert main(["config", "--config", "export-default", "serve_variant=int8", "--options"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("serve_variant "))
+    assert line.split()[1] == "int8" and "variant the service uses" in line  # the resolved value, with help

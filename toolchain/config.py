@@ -314,12 +314,14 @@ def expand_data_path(value: str | None) -> str | None:
     return value.replace("${data}", str(root))
 
 
-def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every option: the CLI prints these for `toolchain config`."""
-    rows, hints, default = [], get_type_hints(cls), cls()
+def field_help(cls: type = RunConfig, prefix: str = "", values: Any = None) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every option: the CLI prints these for `toolchain config`.
+    With ``values`` (a config of class ``cls``) its values replace the defaults."""
+    rows, hints = [], get_type_hints(cls)
+    values = cls() if values is None else values
     for f in fields(cls):
         if _is_dataclass_type(hints[f.name]):
-            rows += field_help(hints[f.name], prefix + f.name + ".")
+            rows += field_help(hints[f.name], prefix + f.name + ".", getattr(values, f.name))
         else:
-            rows.append((prefix + f.name, getattr(default, f.name), f.metadata.get("help", "")))
+            rows.append((prefix + f.name, getattr(values, f.name), f.metadata.get("help", "")))
     return rows
