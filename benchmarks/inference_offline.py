@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolchain.bench.cli import main  # noqa: E402
+from toolchain.commands.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["offline", *sys.argv[1:]]))

@@ -139,7 +139,7 @@ def test_re_recording_keeps_reviewed_tolerances_and_notes(tmp_path):
 
 
 def test_missing_baseline_is_a_clear_error(tmp_path, capsys):
-    from toolchain.bench.cli import main
+    from toolchain.commands.bench import main
 
     assert main(["gate", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
     assert "toolchain bench update-baseline" in capsys.readouterr().err

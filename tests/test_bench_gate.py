@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from toolchain.bench.cli import main
+from toolchain.commands.bench import main
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ VERBS = {
     "config": ("toolchain.commands.config", "print a preset fully resolved, or every option with its help"),
     "export": ("toolchain.export.cli", "merge, prune, export to ONNX, optimize and quantize a run dir"),
     "build": ("toolchain.build", "train/export as needed, then build a Bento (the main job)"),
-    "serve": ("toolchain.serve.cli", "serve an export dir or a Bento locally"),
+    "serve": ("toolchain.commands.serve", "serve an export dir or a Bento locally"),
     "monitor": ("toolchain.monitor", "stream news items to the service and show sentiment by topic"),
-    "pretrain": ("toolchain.pretrain", "continued masked-LM pre-training on unlabeled domain text"),
-    "bench": ("toolchain.bench.cli", "run benchmarks / the latency regression gate"),
+    "pretrain": ("toolchain.commands.pretrain", "continued masked-LM pre-training on unlabeled domain text"),
+    "bench": ("toolchain.commands.bench", "run benchmarks / the latency regression gate"),
 }
 
 

@@ -7,11 +7,11 @@ The output directory follows the run-dir contract (toolchain.yaml, metrics.json,
 ``--resume``); its ``model/`` folder is a base model that ``toolchain train model.base=OUT/model`` accepts.
 
 Presets carry ``kind: pretrain``; :func:`load_preset_config` picks the config class from that key.
-This module stays light (no torch): the work happens in :mod:`toolchain.pretrain.trainer`.
+This module stays light (no torch): the work happens in :mod:`toolchain.pretrain.trainer`; the CLI
+handler is :mod:`toolchain.commands.pretrain`.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,26 +96,3 @@ def resume_config(out: str | Path) -> PretrainConfig:
     if data.get("status") == "complete":
         raise ArtifactError(f"{out}: this pre-training run is already complete")
     return replace(from_dict(PretrainConfig, data["config"]), output_dir=str(out))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="pretrain preset (kind: pretrain) or YAML file, e.g. pretrain-fomc")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=500 masking.whole_word=true")
-    p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted pre-training from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-
-
-def run(args) -> int:
-    from toolchain.pretrain.trainer import pretrain
-
-    if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("--resume takes the config stored in the output dir; drop --config and overrides")
-        cfg = resume_config(args.resume)
-    else:
-        if not args.config:
-            raise ConfigError("give --config PRESET (e.g. pretrain-fomc) or --resume OUT_DIR")
-        cfg = load_pretrain_config(args.config, args.overrides)
-    out = pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    print(f"pretrain dir: {out}")
-    return 0
