@@ -33,24 +33,31 @@ class StubService:
     """`POST /classify` on 127.0.0.1: scripted failures first, then one prediction per text.
 
     A text containing "fell" is negative, "rose" positive, anything else neutral; a text containing
-    "REJECT" is refused with 422 and ``field: texts[i]`` as the real service does.
+    "REJECT" is refused with 422 and ``field: texts[i]`` as the real service does. A script entry is a
+    status (answered with a JSON error and ``Retry-After: 0.3``) or ``(status, raw body bytes)``.
+    A request carrying an ``Idempotency-Key`` already answered with 200 gets the stored answer again
+    and is not counted twice (what the real service is asked to do; see toolchain/monitor/feeder.py).
     """
 
     def __init__(self, port: int = 0, script: list[int] | None = None, key: str | None = None):
         self.script = list(script or [])
         self.key = key
         self.received: Counter = Counter()       # texts counted, like toolchain_predictions_total
-        self.requests = 0
+        self.requests = self.replays = 0
+        self.answered: dict[str, list] = {}      # Idempotency-Key -> the 200 answer given
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                stub.requests += 1
-                self.reply(*stub.answer(body, self.headers.get("authorization")))
+                with stub.lock:
+                    stub.requests += 1
+                    self.reply(*stub.answer_once(body, self.headers.get("authorization"),
+                                                 self.headers.get("idempotency-key")))
 
             def reply(self, status, payload, headers=()):
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
@@ -66,12 +73,23 @@ class StubService:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def answer_once(self, body: dict, authorization: str | None, key: str | None):
+        if key is not None and key in self.answered and not (self.key and authorization != f"Bearer {self.key}"):
+            self.replays += 1
+            return 200, self.answered[key]
+        answer = self.answer(body, authorization)
+        if key is not None and answer[0] == 200 and not isinstance(answer[1], bytes):   # a proxy's page is not stored
+            self.answered[key] = answer[1]
+        return answer
+
     def answer(self, body: dict, authorization: str | None):
         if self.key and authorization != f"Bearer {self.key}":
             return 401, {"error": "unauthorized", "message": "missing or invalid API key"}
         if self.script:
-            status = self.script.pop(0)
-            return status, {"error": "overloaded", "message": "retry shortly"}, [("retry-after", "0.3")]
+            entry = self.script.pop(0)
+            if isinstance(entry, tuple):
+                return entry
+            return entry, {"error": "overloaded", "message": "retry shortly"}, [("retry-after", "0.3")]
         for i, text in enumerate(body["texts"]):
             if "REJECT" in text:
                 return 422, {"error": "invalid_request", "message": f"texts[{i}] is refused", "field": f"texts[{i}]"}
@@ -101,7 +119,8 @@ def news(path: Path, rows: list, topic: str | None = "markets") -> Path:
 
 
 def monitor(*args: str) -> int:
-    return main(["monitor", *args, "--table-every", "0", "--backoff-max", "0.5", "--flush-seconds", "0.2"])
+    return main(["monitor", "--give-up-after", "60", *args, "--table-every", "0", "--backoff-max", "0.5",
+                 "--flush-seconds", "0.2"])
 
 
 # -- parsing and positions ---------------------------------------------------------------------
@@ -157,12 +176,17 @@ def test_folder_source_picks_up_new_files_and_appended_lines(tmp_path):
 def test_state_survives_a_round_trip_and_bad_files_are_named(tmp_path):
     path = tmp_path / "state.json"
     state = FeedState()
-    state.begin({"/news/a.jsonl": {"offset": 10, "line": 1, "inode": 5}})
-    state.commit(3)
+    state.begin([], {"/news/a.jsonl": {"offset": 10, "line": 1, "inode": 5}}, {}, bad_lines=1)
+    state.pending["acked"].append({"key": state.next_key(), "items": [0, 1, 2], "rows": []})
+    state.commit({})
     state.save(path)
     loaded = FeedState.load(path)
     assert loaded.positions == {"/news/a.jsonl": {"offset": 10, "line": 1, "inode": 5}} and loaded.sent_items == 3
+    assert loaded.bad_lines == 1 and loaded.feed_id == state.feed_id and loaded.batches == 1
     assert not list(tmp_path.glob(".state.json.*"))          # no temp file left behind
+    path.write_text(json.dumps({"version": 1, "positions": {"/n.jsonl": {"offset": 4, "line": 1, "inode": 2}},
+                                "pending": None, "sent_items": 1, "bad_lines": 0, "rejected_items": 0}))
+    assert FeedState.load(path).positions["/n.jsonl"]["offset"] == 4      # a version-1 file is upgraded
     path.write_text("{truncated")
     with pytest.raises(StateError, match=str(path)):
         FeedState.load(path)
@@ -231,7 +255,8 @@ def test_with_a_retry_limit_the_feeder_gives_up_without_losing_its_place(tmp_pat
         service.close()
     assert "gave up" in capsys.readouterr().err and service.requests == 2
     saved = json.loads(state.read_text())
-    assert saved["sent_items"] == 0 and saved["pending"]["attempting"] is None and saved["pending"]["records"] == 2
+    assert saved["sent_items"] == 0 and saved["pending"]["attempting"] is None
+    assert saved["pending"]["ranges"][0]["records"] == 2
 
 
 def test_connection_errors_are_retried_until_the_service_appears(tmp_path):
@@ -292,7 +317,8 @@ def test_a_restart_sends_only_lines_not_acknowledged(stub, tmp_path):
 
 
 def pending_state(path: Path, wire: Path, records: int, sent: list[str], attempting: str | None) -> None:
-    """The state a hard kill leaves while a batch of ``records`` lines is being sent."""
+    """The state (version 1, as the previous feeder wrote it) a hard kill leaves while a batch of
+    ``records`` lines is being sent; a restart upgrades it."""
     end = {"offset": len(b"".join(wire.read_bytes().splitlines(keepends=True)[:records])), "line": records,
            "inode": os.stat(wire).st_ino}
     path.write_text(json.dumps({"version": 1, "positions": {}, "sent_items": 0, "bad_lines": 0, "rejected_items": 0,

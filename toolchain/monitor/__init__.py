@@ -2,9 +2,11 @@
 
 Reads JSONL news items (``text``, optional ``topic``, ``timestamp``, ``id``) from files, folders that
 grow (new files and appended lines are picked up) or stdin (``-``); sends them to the service's
-``/classify`` in batches, one request per topic, with the API key; retries with backoff on
-429/503/connection errors; commits its position durably after each acknowledged batch; prints a
+``/classify`` in batches, one request per topic, with the API key and an Idempotency-Key; retries
+with backoff on 5xx/429/connection errors (up to ``--give-up-after``, then stops with its place kept);
+records each batch's exact lines before sending it and commits its position durably after; prints a
 rolling table of sentiment share by topic. Bad lines are reported with file and line and skipped.
+Nothing is lost or repeated across kills and restarts: see :mod:`toolchain.monitor.feeder`.
 
     toolchain monitor news/ --url https://sentiment.example.com --api-key-file key.txt --state feed.json
     tail -F wire.jsonl | toolchain monitor - --url http://127.0.0.1:3000 --topic wire
@@ -25,7 +27,11 @@ URL_ENV = "TOOLCHAIN_URL"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="JSONL file, folder of *.jsonl files, or - (stdin)")
     p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:3000"),
-                   help=f"service base address (default: ${URL_ENV} or http://127.0.0.1:3000)")
+                   help=f"service base address (default: ${URL_ENV} or http://127.0.0.1:3000); https:// unless "
+                        "the host is loopback")
+    p.add_argument("--allow-insecure-http", action="store_true",
+                   help="allow a plain http:// --url to a host other than loopback (the API key and the news "
+                        "then travel unencrypted)")
     p.add_argument("--api-key-file", type=Path, help=f"file holding the API key (default: ${KEY_ENV})")
     p.add_argument("--state", type=Path, help="state file of the durable position (without it a restart "
                    "starts from the beginning)")
@@ -40,13 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-every", type=float, default=10.0, help="seconds between tables (0: only at the end)")
     p.add_argument("--window", type=int, default=200, help="items per topic in the rolling table")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=0, help="give up after this many attempts (0: never)")
+    p.add_argument("--max-retries", type=int, default=0, help="give up after this many attempts of one request "
+                   "(0: no limit but --give-up-after)")
+    p.add_argument("--give-up-after", type=float, default=600.0,
+                   help="seconds of failed attempts of one request after which the feeder stops, its position "
+                        "kept (0: never)")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest pause between retries, seconds")
     p.add_argument("--uncertain", choices=("resend", "skip"), default="resend",
-                   help="after a hard kill, the group that was in flight: resend (at least once) or skip "
-                        "(at most once)")
-    p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file")
-    p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here")
+                   help="after a hard kill, the request that was in flight: resend it with its Idempotency-Key "
+                        "(exactly once with a service that honours the key, else at least once) or skip it (at "
+                        "most once)")
+    p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file (exactly once; "
+                   "the feeder must be its only writer)")
+    p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here "
+                   "(exactly once)")
 
 
 def run(args) -> int:
@@ -65,14 +78,19 @@ def run(args) -> int:
         print(f"toolchain monitor: error: {exc}", file=sys.stderr)
         return 2
     except GaveUp as exc:
-        print(f"toolchain monitor: gave up: {exc}", file=sys.stderr)
+        where = (f"the position is saved in {args.state}: a restart resumes there" if args.state else
+                 "but without --state a restart reads every source from the start")
+        print(f"toolchain monitor: gave up: {exc}; nothing unacknowledged was committed, {where}", file=sys.stderr)
         return 1
     finally:
         client.close()
         restore()
     state = feeder.state
+    uncertain = f"; {state.uncertain_items} items in doubt not resent" if state.uncertain_items else ""
+    uncertain += f"; {client.replayed} answers replayed by the service (Idempotency-Key)" if client.replayed else ""
     print(f"sent {feeder.sent_this_run} items this run ({state.sent_items} in all); {state.bad_lines} bad lines "
-          f"skipped; {state.rejected_items} items rejected by the service; {client.retries} retries", flush=True)
+          f"skipped; {state.rejected_items} items rejected by the service; {client.retries} retries{uncertain}",
+          flush=True)
     return 0
 
 
@@ -85,15 +103,15 @@ def build(args):
     from toolchain.monitor.table import RollingShare
 
     _check_numbers(args)
-    if not args.url.startswith(("http://", "https://")):
-        raise MonitorError(f"--url must start with http:// or https://, got {args.url!r}")
+    check_url(args.url, args.allow_insecure_http)
     if args.state is None:
         warn("no --state given: the position is not saved, a restart reads every source from the start")
     state = FeedState.load(args.state)
-    sources = [open_source(spec, state.positions, args.pattern, args.follow or (Path(spec).is_dir() and not args.once),
-                           warn) for spec in args.sources]
+    resume = state.resume_positions()
+    sources = [open_source(spec, resume, args.pattern, args.follow or (Path(spec).is_dir() and not args.once), warn)
+               for spec in args.sources]
     stop = threading.Event()
-    backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries)
+    backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries, give_up_after_s=args.give_up_after)
     client = ServiceClient(args.url, read_key(args.api_key_file), args.timeout, backoff, stop, warn)
     options = FeedOptions(args.batch_size, args.flush_seconds, args.poll_seconds, args.table_every, args.uncertain,
                           args.topic)
@@ -109,8 +127,45 @@ def _check_numbers(args) -> None:
     for name in ("flush_seconds", "poll_seconds", "timeout", "backoff_max"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.max_retries < 0 or args.table_every < 0:
-        raise ValueError(f"--max-retries and --table-every must be >= 0, got {args.max_retries}, {args.table_every}")
+    for name in ("max_retries", "table_every", "give_up_after"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("predictions", "bad_lines", "state"):
+        path = getattr(args, name)
+        if path is not None and not path.resolve().parent.is_dir():
+            raise ValueError(f"--{name.replace('_', '-')} {path}: the folder {path.resolve().parent} does not exist")
+    from toolchain.monitor.sources import MAX_TOPIC_CHARS
+
+    if args.topic is not None and len(args.topic) > MAX_TOPIC_CHARS:
+        raise ValueError(f"--topic has {len(args.topic)} characters; the service takes at most {MAX_TOPIC_CHARS}")
+
+
+def check_url(url: str, allow_insecure_http: bool = False) -> None:
+    """https://, or http:// to a loopback host (127.0.0.0/8, ::1, localhost) unless explicitly allowed."""
+    from urllib.parse import urlsplit
+
+    from toolchain.monitor.client import MonitorError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MonitorError(f"--url must be http(s)://HOST[:PORT], got {url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback(parts.hostname):
+        raise MonitorError(f"--url {url} is plain http:// to {parts.hostname}, which is not this machine: the API key "
+                           "and the news would travel unencrypted. Use https://, or pass --allow-insecure-http if "
+                           "the network is trusted")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def read_key(path: Path | None) -> str | None:

@@ -1,16 +1,33 @@
-"""The service's `POST /classify` from the feeder's side: API key, retries with backoff, clear errors.
+"""The service's `POST /classify` from the feeder's side: API key, idempotency key, retries, clear errors.
 
-Retried with exponential backoff (full jitter, ``Retry-After`` honoured): 429, 502, 503, 504 and
-connection errors or timeouts. A 401/403 stops the feeder (the key is wrong). Other 4xx answers
-refuse the request's content: the caller splits the batch to find the item at fault.
+What an answer means to the feeder:
+
+- **200 with one prediction per text**: the request was counted; the answer is returned.
+- **Transient**, retried with the same ``Idempotency-Key`` and exponential backoff (full jitter;
+  ``Retry-After`` honoured, in seconds or as an HTTP date, up to ``--backoff-max``): connection errors
+  and timeouts, 408, 409 (the same key still being processed), 425, 429, every 5xx, and a 200 whose
+  body is not the expected JSON list (a proxy's page, a cut answer). Once ``give_up_after_s`` passed
+  since the first attempt (or ``max_attempts`` were made), :class:`GaveUp`: the feeder stops with its
+  position kept, and nothing unacknowledged is committed.
+- **Refused content** (:class:`Rejected`): 413, and 422 (validation; its ``field`` ``texts[i]`` names
+  the item at fault). Nothing of such a request was counted; the feeder decides what to resend.
+- **Anything else** (401/403: the key; 404: the address; 3xx: a redirect; any other 4xx) is a
+  :class:`MonitorError`: the feeder stops with its position kept; resending cannot help.
 """
 from __future__ import annotations
 
+import json
 import random
 import threading
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
-RETRY_STATUSES = (429, 502, 503, 504)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+RETRY_STATUSES = frozenset({408, 409, 425, 429})      # and every 5xx
+NOT_PROCESSED = frozenset({429, 503})                  # refused before inference: cannot have been counted
+REFUSED_CONTENT = frozenset({413, 422})
 
 
 class MonitorError(Exception):
@@ -22,12 +39,12 @@ class StopRequested(Exception):
 
 
 class GaveUp(Exception):
-    """Every retry failed (only with a retry limit)."""
+    """Retries ran out (``--give-up-after`` or ``--max-retries``); the position is kept."""
 
 
 @dataclass
 class Rejected(Exception):
-    """The service refused the request's content (4xx other than auth): not worth retrying as is."""
+    """The service refused the request's content (413, 422): nothing of it was counted."""
     status: int
     message: str
     field: str | None = None
@@ -37,10 +54,11 @@ class Rejected(Exception):
 class Backoff:
     initial_s: float = 0.5
     max_s: float = 30.0
-    max_attempts: int = 0          # 0: retry until stopped
+    max_attempts: int = 0          # 0: no limit on attempts
+    give_up_after_s: float = 600.0  # stop retrying once this long has passed since the first attempt (0: never)
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Full jitter over an exponential cap; a server's Retry-After is a floor."""
+        """Full jitter over an exponential cap; a server's Retry-After is a floor (up to max_s)."""
         cap = min(self.max_s, self.initial_s * (2 ** (attempt - 1)))
         return max(rng.uniform(0, cap), min(retry_after or 0.0, self.max_s))
 
@@ -52,58 +70,84 @@ class ServiceClient:
 
         self.url = url.rstrip("/") + "/classify"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(headers=headers, timeout=timeout_s)
+        self.http = httpx.Client(headers=headers, timeout=timeout_s, follow_redirects=False)
         self.backoff, self.stop, self.warn = backoff, stop, warn
         self.rng = random.Random(seed)
         self.retries = 0
+        self.replayed = 0         # answers the service replayed for a key it had already answered
         self.reached = False      # whether an attempt of the current request may have been processed
 
-    def classify(self, texts: list[str], topic: str | None) -> list[dict]:
-        """Predictions for ``texts`` (one dict with ``label`` and ``score`` per text, in order)."""
-        body = {"texts": texts} if topic is None else {"texts": texts, "topic": topic}
+    def classify(self, texts: list[str], topic: str | None, key: str | None = None) -> list[dict]:
+        """Predictions for ``texts`` (one dict with ``label`` and ``score`` per text, in order).
+
+        ``key`` goes in the Idempotency-Key header of every attempt: a service that honours it counts
+        the request once however often it is sent."""
+        body = encode({"texts": texts} if topic is None else {"texts": texts, "topic": topic})
+        headers = {"content-type": "application/json", **({IDEMPOTENCY_HEADER: key} if key else {})}
         self.reached = False
-        attempt = 0
+        started, attempt = time.monotonic(), 0
         while True:
             attempt += 1
-            outcome = self._attempt(body)
+            outcome = self._attempt(body, headers, len(texts))
             if isinstance(outcome, list):
                 return outcome
-            self._wait(attempt, outcome, len(texts))
+            self._wait(attempt, outcome, len(texts), time.monotonic() - started)
 
-    def _attempt(self, body: dict):
-        """The predictions, or (why, retry_after) for a retryable failure."""
+    def _attempt(self, body: bytes, headers: dict, count: int):
+        """The predictions, or (why, retry_after) for a transient failure."""
         import httpx
 
         try:
-            response = self.http.post(self.url, json=body)
+            response = self.http.post(self.url, content=body, headers=headers)
         except httpx.TransportError as exc:
             # A refused connection never reached the service; a timeout or a dropped answer may have.
             self.reached |= not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             return f"{type(exc).__name__}: {exc}", None
-        if response.status_code in RETRY_STATUSES:
-            # 429/503 are refusals before inference; a proxy's 502/504 may hide a processed request.
-            self.reached |= response.status_code in (502, 504)
-            return f"HTTP {response.status_code} {_message(response)}", _retry_after(response)
-        return self._result(response, len(body["texts"]))
+        status = response.status_code
+        if status in RETRY_STATUSES or status >= 500:
+            self.reached |= status not in NOT_PROCESSED
+            return f"HTTP {status} {_message(response)}", _retry_after(response)
+        self._refuse(response)
+        self.replayed += response.headers.get(REPLAYED_HEADER, "").lower() == "true"
+        return self._predictions(response, count)
 
-    def _result(self, response, count: int) -> list[dict]:
-        if response.status_code in (401, 403):
-            raise MonitorError(f"the service refused the API key (HTTP {response.status_code}: {_message(response)}); "
+    def _refuse(self, response) -> None:
+        """Raise for an answer that is neither a success nor transient."""
+        status = response.status_code
+        if 300 <= status < 400:
+            raise MonitorError(f"{self.url} redirects (HTTP {status}) to {response.headers.get('location')!r}; "
+                               "give that address as --url (the API key is never sent to a redirect)")
+        if status in (401, 403):
+            raise MonitorError(f"the service refused the API key (HTTP {status}: {_message(response)}); "
                                "set TOOLCHAIN_API_KEY or --api-key-file")
-        if response.status_code == 404:
+        if status == 404:
             raise MonitorError(f"{self.url} answered 404: is --url the service's base address?")
-        if response.status_code >= 400:
-            raise Rejected(response.status_code, _message(response), _field(response))
-        predictions = response.json()
-        if not isinstance(predictions, list) or len(predictions) != count:
-            raise MonitorError(f"{self.url} answered {str(predictions)[:80]!r}, expected {count} predictions")
+        if status in REFUSED_CONTENT:
+            raise Rejected(status, _message(response), _field(response))
+        if status != 200:
+            raise MonitorError(f"{self.url} answered HTTP {status} ({_message(response)}), which the feeder does "
+                               "not know how to handle; nothing of the batch was committed")
+
+    def _predictions(self, response, count: int):
+        """A 200's predictions, or (why, None) when its body is not one prediction per text."""
+        self.reached = True
+        try:
+            predictions = response.json()
+        except ValueError:
+            return f"HTTP 200 whose body is not JSON ({response.text[:80]!r})", None
+        if not (isinstance(predictions, list) and len(predictions) == count
+                and all(isinstance(p, dict) and isinstance(p.get("label"), str) for p in predictions)):
+            return f"HTTP 200 with {str(predictions)[:80]!r}, expected {count} predictions", None
         return predictions
 
-    def _wait(self, attempt: int, outcome: tuple, items: int) -> None:
+    def _wait(self, attempt: int, outcome: tuple, items: int, elapsed: float) -> None:
         why, retry_after = outcome
-        if self.backoff.max_attempts and attempt >= self.backoff.max_attempts:
-            raise GaveUp(f"{self.url}: {attempt} attempts failed, the last with {why}")
+        limit = self.backoff.give_up_after_s
+        if (self.backoff.max_attempts and attempt >= self.backoff.max_attempts) or (limit and elapsed >= limit):
+            raise GaveUp(f"{self.url}: {attempt} attempts over {elapsed:.1f}s failed, the last with {why}")
         delay = self.backoff.delay(attempt, retry_after, self.rng)
+        if limit:
+            delay = min(delay, limit - elapsed)
         self.retries += 1
         self.warn(f"{self.url}: {why}; retrying {items} items in {delay:.1f}s (attempt {attempt + 1})")
         if self.stop.wait(delay):
@@ -111,6 +155,11 @@ class ServiceClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def encode(body: dict) -> bytes:
+    """The request body, byte for byte the same for the same request (a key's resend must match it)."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def _message(response) -> str:
@@ -130,9 +179,13 @@ def _field(response) -> str | None:
 
 
 def _retry_after(response) -> float | None:
-    value = response.headers.get("retry-after", "")
+    """Retry-After in seconds: a number of seconds or an HTTP date."""
+    value = response.headers.get("retry-after", "").strip()
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
         return None
-

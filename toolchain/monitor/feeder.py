@@ -1,28 +1,54 @@
-"""The feeder loop: read a batch, send it by topic, commit the position, show the rolling table.
+"""The feeder loop: read a batch, record it, send it by topic, commit the position, show the table.
 
-Delivery guarantee. The service counts a request's predictions just before it answers, and has no
-request ids, so no client can make delivery exactly-once across every possible crash. What this
-feeder guarantees:
+Delivery protocol. The state file is the write-ahead log: each state change below is written
+atomically (and fsynced) before the action that depends on it.
 
-- A stop by SIGTERM/SIGINT finishes the batch in hand (or, while the service is unreachable, records
-  that nothing of it was delivered) and commits: a restart neither loses nor repeats an item.
-- After a hard kill, a restart resends only the topic group whose request was in flight (the state
-  records it before each request, and each acknowledged group after it). The group is counted twice
-  only if the kill fell after the service counted it and before the state was written; the restart
-  reports that group by file and line. ``--uncertain skip`` drops it instead (at most once).
-- Lines the service never acknowledged are sent; lines it acknowledged are not sent again.
+1. *Begin*: the batch's exact lines (one byte range per file, with a digest; stdin lines stored whole,
+   see :mod:`toolchain.monitor.batch`), the positions after it and the output files' lengths; written
+   with its first request's *attempting* (nothing depends on it before).
+2. Per request (a topic group, or part of one): *attempting*, with a new Idempotency-Key and the
+   items it holds (written together with the previous request's answer); then the request, sent with
+   that key and retried with it until answered (transient failures: see
+   :mod:`toolchain.monitor.client`); its answer is kept as *acked*. A 422 naming ``texts[i]`` (or a
+   413 on a single item) records that item as rejected and the rest is sent as a new request; a 413
+   or a 422 on the whole list splits the request in two. Nothing else is taken for a rejection.
+3. Once every item is settled: the answers are written to the state; only then are the batch's bad
+   lines and predictions appended to ``--bad-lines`` / ``--predictions``, which are fsynced.
+4. *Commit*: the positions become the batch's ends, the output lengths and counters are updated.
+
+A restart with a pending batch replays exactly its recorded lines (however the sources grew or new
+files appeared since), cuts the output files back to their lengths when the batch began, resends
+the request in doubt with *the same* Idempotency-Key and items, sends the items not yet settled,
+and goes on from step 3. Sources read on from the batch's ends.
+
+Guarantee. Assume the sources are append-only (a complete line is never changed; files are not
+replaced or truncated while lines of theirs are pending; stdin is replayed identically), fsync is
+honoured, the feeder is the only writer of its state and output files, and the service honours
+``Idempotency-Key``: a request with a key it has answered with 200 gets that answer again and is not
+counted again, for as long as the feeder may stay down, whichever worker or replica receives it (the
+body of a resend is byte for byte the first one's). Then, for any sequence of kills (SIGKILL or power
+loss at any instant; SIGTERM/SIGINT finish the batch in hand) and restarts, ended by a run that
+drains its sources: every line is, exactly once, either counted by the service (and written to
+``--predictions``), or refused by it by name (422 ``texts[i]``, or 413 alone; reported), or reported
+as a bad line (and written to ``--bad-lines``); the state's counters agree. A transient failure never
+drops an item: after ``--give-up-after`` the feeder stops (exit 1) with the batch pending.
+
+Against a service that ignores the key (or has forgotten it), only the request in flight at a hard
+kill, or one retried after a timeout, can be counted twice; a restart names the former by file and
+line. ``--uncertain skip`` drops that request instead (at most once; counted as uncertain).
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.monitor.batch import describe, replay
 from toolchain.monitor.client import GaveUp, MonitorError, Rejected, StopRequested
-from toolchain.monitor.sources import STDIN, BadLine, NewsItem
+from toolchain.monitor.outputs import Outputs
+from toolchain.monitor.sources import BadLine, NewsItem
 from toolchain.monitor.state import FeedState
 from toolchain.monitor.table import RollingShare
 
@@ -35,7 +61,7 @@ class FeedOptions:
     flush_s: float = 1.0          # send a partial batch once no new line came for this long
     poll_s: float = 1.0           # pause between looks for new lines when following
     table_every_s: float = 10.0   # print the rolling table this often (0: only at the end)
-    uncertain: str = "resend"     # resend | skip: the group in flight when the last run was killed
+    uncertain: str = "resend"     # resend | skip: the request in flight when the last run was killed
     default_topic: str | None = None   # topic of items that carry none
 
 
@@ -45,7 +71,7 @@ class Feeder:
                  bad_lines_path: Path | None = None):
         self.sources, self.client, self.state, self.state_path = sources, client, state, state_path
         self.options, self.table, self.report, self.show, self.stop = options, table, report, show, stop
-        self.predictions_path, self.bad_lines_path = predictions_path, bad_lines_path
+        self.outputs = Outputs({"predictions": predictions_path, "bad_lines": bad_lines_path}, report)
         self.sent_this_run = 0
         self.last_table = time.monotonic()
 
@@ -68,6 +94,8 @@ class Feeder:
         except (GaveUp, MonitorError):
             self.park()
             raise
+        finally:
+            self.outputs.close()
         self.show(self.table.render())
 
     def exhausted(self) -> bool:
@@ -90,110 +118,132 @@ class Feeder:
             records += self.read(self.options.batch_size - len(records))
         return records
 
-    def positions_after(self, records: list) -> dict[str, dict]:
-        inodes = {name: inode for source in self.sources for name, inode in source.inodes().items()}
-        end = {}
-        for record in records:
-            offset = None if record.source == STDIN else record.end
-            end[record.source] = {"offset": offset, "line": record.line, "inode": inodes.get(record.source)}
-        return end
-
     def deliver(self, records: list) -> None:
-        self.state.begin(self.positions_after(records))
-        self.state.pending["records"] = len(records)
-        self.send_batch(records)
-
-    def send_batch(self, records: list) -> None:
-        """Send the groups not yet acknowledged, then commit the whole batch."""
-        bad = [r for r in records if isinstance(r, BadLine)]
-        for line in bad:
-            self.report_bad(line)
-        items = [r for r in records if isinstance(r, NewsItem)]
-        for key, group in group_by_topic(items, self.options.default_topic).items():
-            if key in self.state.pending["sent"]:
-                continue
-            self.state.pending["attempting"] = key
-            self.state.save(self.state_path)
-            answered = self.send_group(group, key or None)
-            self.state.pending["sent"].append(key)
-            self.state.pending["attempting"] = None
-            self.state.save(self.state_path)
-            self.record(answered)
-        self.state.bad_lines += len(bad)
-        self.state.commit(len(items))
-        self.state.save(self.state_path)
-
-    def send_group(self, group: list[NewsItem], topic: str | None) -> list[tuple[NewsItem, dict]]:
-        """Predictions for one topic group; items the service refuses are reported and left out."""
-        try:
-            predictions = self.client.classify([item.text for item in group], topic)
-            return list(zip(group, predictions))
-        except Rejected as exc:
-            match = ITEM_FIELD.match(exc.field or "")
-            if match and int(match.group(1)) < len(group):
-                at = int(match.group(1))
-                self.report_rejected(group[at], exc)
-                rest = group[:at] + group[at + 1:]
-                return self.send_group(rest, topic) if rest else []
-            if len(group) == 1:
-                self.report_rejected(group[0], exc)
-                return []
-            half = len(group) // 2
-            return self.send_group(group[:half], topic) + self.send_group(group[half:], topic)
-
-    def record(self, answered: list[tuple[NewsItem, dict]]) -> None:
-        for item, prediction in answered:
-            self.table.add(item.topic or self.options.default_topic, prediction["label"], item.timestamp)
-        self.sent_this_run += len(answered)
-        if self.predictions_path and answered:
-            with open(self.predictions_path, "a", encoding="utf-8") as out:
-                for item, p in answered:
-                    out.write(json.dumps({"source": item.source, "line": item.line, "id": item.item_id,
-                                          "topic": item.topic or self.options.default_topic, "label": p["label"], "score": p.get("score")}) + "\n")
+        """Send a new batch; its write-ahead reaches the disk with its first request (or at step 3)."""
+        records, ranges, end = describe(records)
+        bad = sum(isinstance(r, BadLine) for r in records)
+        self.state.begin(ranges, end, self.outputs.sizes(), bad)
+        self.finish(records)
 
     def recover(self) -> None:
-        """Finish the batch a previous run left pending, reporting a group that may be counted twice."""
+        """Finish the batch a previous run left pending: exactly its lines, nothing counted twice."""
         pending = self.state.pending
         if not pending:
             return
-        records = self.read(pending["records"])
-        if len(records) < pending["records"]:
-            self.report(f"the pending batch had {pending['records']} lines, only {len(records)} could be "
-                        "read again (a source was replaced or truncated); sending those")
-        uncertain = pending.get("attempting")
-        if uncertain is not None:
-            self.settle_uncertain(uncertain, records)
-        self.send_batch(records)
+        records = replay(pending["ranges"], self.report)
+        if pending["bad_lines"] is None:
+            pending["bad_lines"] = sum(isinstance(r, BadLine) for r in records)
+        self.outputs.rewind(pending["outputs"])
+        if "legacy" in pending:
+            self.settle_legacy(pending.pop("legacy"), records)
+        self.finish(records, in_doubt=pending["attempting"])
 
-    def settle_uncertain(self, key: str, records: list) -> None:
-        items = [r for r in records if isinstance(r, NewsItem)]
-        group = group_by_topic(items, self.options.default_topic).get(key, [])
-        lines = f"{group[0].where} .. {group[-1].where}" if group else "(none)"
-        topic = key or "(none)"
-        if self.options.uncertain == "skip":
-            self.report(f"not resending {len(group)} items of topic {topic} ({lines}): the previous run was "
-                        "stopped while sending them, so the service may or may not have counted them")
-            self.state.pending["sent"].append(key)
-        else:
-            self.report(f"resending {len(group)} items of topic {topic} ({lines}): the previous run was stopped "
-                        "while sending them; if the service had already answered, they are counted twice")
+    def finish(self, records: list, in_doubt: dict | None = None) -> None:
+        """Send what of the pending batch is not settled yet, write its outputs, commit it."""
+        bad = [r for r in records if isinstance(r, BadLine)]
+        for line in bad:
+            self.report(f"{line.where}: skipped bad line: {line.reason}")
+        if in_doubt is not None:
+            self.resend_in_doubt(in_doubt, records)
+        settled = self.state.settled()
+        items = [i for i, r in enumerate(records) if isinstance(r, NewsItem) and i not in settled]
+        for topic, group in group_by_topic(records, items, self.options.default_topic).items():
+            self.send_group(records, group, topic)
+        self.save()
+        self.outputs.append("bad_lines", [{"source": r.source, "line": r.line, "reason": r.reason} for r in bad])
+        for acked in self.state.pending["acked"]:
+            self.record(acked["rows"], [records[i] for i in acked["items"]])
+        self.outputs.sync()
+        self.state.commit(self.outputs.sizes())
+        self.save()
+
+    def send_group(self, records: list, group: list[int], topic: str, key: str | None = None) -> None:
+        """Requests for one topic's items until each is answered or refused by name."""
+        parts = [(group, key)]
+        while parts:
+            part, key = parts.pop(0)
+            try:
+                self.request(records, part, topic, key)
+            except Rejected as exc:
+                self.state.pending["attempting"] = None
+                parts[:0] = [(rest, None) for rest in self.refused(records, part, topic, exc)]
+
+    def request(self, records: list, part: list[int], topic: str, key: str | None) -> None:
+        pending = self.state.pending
+        key = key or self.state.next_key()
+        pending["attempting"] = {"key": key, "items": part, "topic": topic}
+        self.save()
+        predictions = self.client.classify([records[i].text for i in part], topic or None, key)
+        rows = [prediction_row(records[i], p, topic) for i, p in zip(part, predictions)]
+        pending["acked"].append({"key": key, "items": part, "rows": rows})
+        pending["attempting"] = None
+        self.sent_this_run += len(rows)
+
+    def refused(self, records: list, part: list[int], topic: str, exc: Rejected) -> list[list[int]]:
+        """What to send instead of a refused request: without the item it names, or in two halves."""
+        match = ITEM_FIELD.match(exc.field or "")
+        if match and int(match.group(1)) < len(part):
+            at = int(match.group(1))
+            self.reject(records[part[at]], part[at], exc)
+            return [part[:at] + part[at + 1:]] if len(part) > 1 else []
+        if len(part) > 1 and (exc.status == 413 or exc.field == "texts"):
+            half = len(part) // 2
+            return [part[:half], part[half:]]
+        if exc.status == 413:
+            self.reject(records[part[0]], part[0], exc)
+            return []
+        raise MonitorError(f"the service refused {len(part)} items of topic {topic or '(none)'} ({where(records, part)}) "
+                           f"with HTTP {exc.status} ({exc.message}) without naming an item; nothing of the batch "
+                           "was committed: fix the cause and restart")
+
+    def reject(self, item: NewsItem, index: int, exc: Rejected) -> None:
+        self.state.pending["rejected"].append(index)
+        self.report(f"{item.where}: rejected by the service (HTTP {exc.status}): {exc.message}")
+
+    def resend_in_doubt(self, request: dict, records: list) -> None:
+        """The request a hard kill interrupted: resent with its key (or dropped with --uncertain skip)."""
+        part = [i for i in request["items"] if records[i] is not None]
+        topic, count = request["topic"], len(part)
+        lines = f"{where(records, part)}" if part else "(none)"
         self.state.pending["attempting"] = None
+        if not part:
+            return
+        if self.options.uncertain == "skip":
+            self.state.pending["skipped"] += part
+            self.report(f"not resending {count} items of topic {topic or '(none)'} ({lines}): the previous run was "
+                        "stopped while sending them, so the service may or may not have counted them")
+            return
+        key = request["key"] if len(part) == len(request["items"]) else None
+        how = ("with the same Idempotency-Key, so a service that honours it counts them once" if key else
+               "without the Idempotency-Key of the first attempt: if the service had answered, they are counted twice")
+        self.report(f"resending {count} items of topic {topic or '(none)'} ({lines}) {how}: the previous run was "
+                    "stopped while sending them")
+        self.send_group(records, part, topic, key)
+
+    def settle_legacy(self, legacy: dict, records: list) -> None:
+        """A pending batch of a version-1 state: its acknowledged topic groups, its group in doubt."""
+        items = [i for i, r in enumerate(records) if isinstance(r, NewsItem)]
+        groups = group_by_topic(records, items, self.options.default_topic)
+        for topic in legacy["sent"]:
+            self.state.pending["acked"].append({"key": None, "items": groups.get(topic, []), "rows": []})
+        if legacy["attempting"] is not None:
+            self.state.pending["attempting"] = {"key": None, "items": groups.get(legacy["attempting"], []),
+                                                "topic": legacy["attempting"]}
+
+    def record(self, rows: list[dict], items: list) -> None:
+        """Answered predictions: into the rolling table and the predictions file."""
+        for row, item in zip(rows, items):
+            self.table.add(row["topic"], row["label"], item.timestamp if item is not None else None)
+        self.outputs.append("predictions", rows)
 
     def park(self) -> None:
-        """Stopping mid-batch: if no attempt can have reached the service, the group is not in doubt."""
+        """Stopping mid-batch: if no attempt can have reached the service, the request is not in doubt."""
         if self.state.pending and not self.client.reached:
             self.state.pending["attempting"] = None
+        self.save()
+
+    def save(self) -> None:
         self.state.save(self.state_path)
-
-    def report_bad(self, line: BadLine) -> None:
-        self.report(f"{line.where}: skipped bad line: {line.reason}")
-        if self.bad_lines_path:
-            with open(self.bad_lines_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"source": line.source, "line": line.line, "reason": line.reason}) + "\n")
-
-    def report_rejected(self, item: NewsItem, exc: Rejected) -> None:
-        self.state.rejected_items += 1
-        self.report(f"{item.where}: rejected by the service (HTTP {exc.status}): {exc.message}")
 
     def maybe_show_table(self) -> None:
         every = self.options.table_every_s
@@ -202,9 +252,18 @@ class Feeder:
             self.last_table = time.monotonic()
 
 
-def group_by_topic(items: list[NewsItem], default: str | None = None) -> dict[str, list[NewsItem]]:
-    """Items by topic ("" for none), in order of first appearance; one request per group."""
-    groups: dict[str, list[NewsItem]] = {}
-    for item in items:
-        groups.setdefault(item.topic or default or "", []).append(item)
+def prediction_row(item: NewsItem, prediction: dict, topic: str) -> dict:
+    return {"source": item.source, "line": item.line, "id": item.item_id, "topic": topic or None,
+            "label": prediction["label"], "score": prediction.get("score")}
+
+
+def where(records: list, part: list[int]) -> str:
+    return f"{records[part[0]].where} .. {records[part[-1]].where}"
+
+
+def group_by_topic(records: list, items: list[int], default: str | None = None) -> dict[str, list[int]]:
+    """Item indices by topic ("" for none), in order of first appearance; one request per group."""
+    groups: dict[str, list[int]] = {}
+    for i in items:
+        groups.setdefault(records[i].topic or default or "", []).append(i)
     return groups

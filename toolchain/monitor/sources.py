@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 STDIN = "<stdin>"
+MAX_TOPIC_CHARS = 200       # the service's limit (toolchain.serve.validation.check_topic)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class NewsItem:
     topic: str | None = None
     timestamp: float | None = None
     item_id: str | None = None
+    start: int = -1         # byte offset of this line (files)
 
     @property
     def where(self) -> str:
@@ -43,6 +45,7 @@ class BadLine:
     line: int
     end: int
     reason: str
+    start: int = -1
 
     @property
     def where(self) -> str:
@@ -51,8 +54,10 @@ class BadLine:
 
 def parse_line(raw: bytes, source: str, line: int, end: int) -> NewsItem | BadLine | None:
     """One JSONL line -> an item, a bad line naming the problem, or None for a blank line."""
+    start = end - len(raw)
+
     def bad(reason: str) -> BadLine:
-        return BadLine(source, line, end, reason)
+        return BadLine(source, line, end, reason, start)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -65,22 +70,24 @@ def parse_line(raw: bytes, source: str, line: int, end: int) -> NewsItem | BadLi
         return bad(f"not JSON ({exc.msg} at column {exc.colno}): {text.strip()[:60]!r}")
     if not isinstance(data, dict):
         return bad(f"not a JSON object but {type(data).__name__}: {text.strip()[:60]!r}")
-    return _item_from(data, bad, source, line, end)
+    return _item_from(data, bad, source, line, end, start)
 
 
-def _item_from(data: dict, bad, source: str, line: int, end: int) -> NewsItem | BadLine:
+def _item_from(data: dict, bad, source: str, line: int, end: int, start: int) -> NewsItem | BadLine:
     body = data.get("text")
     if not isinstance(body, str) or not body.strip():
         return bad(f"'text' must be a non-blank string, got {body!r:.60}")
     topic = data.get("topic")
     if topic is not None and not isinstance(topic, str):
         return bad(f"'topic' must be a string, got {topic!r:.60}")
+    if topic is not None and len(topic) > MAX_TOPIC_CHARS:
+        return bad(f"'topic' has {len(topic)} characters; the service takes at most {MAX_TOPIC_CHARS}")
     item_id = data.get("id")
     try:
         stamp = parse_timestamp(data.get("timestamp"))
     except ValueError as exc:
         return bad(str(exc))
-    return NewsItem(source, line, end, body, topic or None, stamp, None if item_id is None else str(item_id))
+    return NewsItem(source, line, end, body, topic or None, stamp, None if item_id is None else str(item_id), start)
 
 
 def parse_timestamp(value) -> float | None:
@@ -200,7 +207,7 @@ class StdinSource:
 
     def __init__(self, stream, positions: dict, warn):
         saved = positions.get(STDIN) or {}
-        self.line = self.skip = saved.get("line", 0)
+        self.line, self.skip = 0, saved.get("line", 0)
         if self.skip:
             warn(f"{STDIN}: skipping the first {self.skip} lines, consumed by the previous run")
         self.lines: queue.Queue = queue.Queue(maxsize=10_000)

@@ -1,0 +1,56 @@
+"""The feeder's append-only output files (predictions, bad lines), exactly once under the write-ahead.
+
+The state holds each file's length when the pending batch began. What the batch writes is first
+recorded in the state (a request's predictions, once answered) or derived from the batch's lines (its
+bad lines); a restart cuts each file back to that length and writes the batch's lines again, so a
+crash anywhere leaves every line in the file exactly once. Before a batch is committed the files are
+fsynced, so a committed length never points past data a power loss could take away.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Outputs:
+    def __init__(self, paths: dict[str, Path | None], report):
+        self.paths = {name: Path(path).resolve() for name, path in paths.items() if path is not None}
+        self.report = report
+        self.handles: dict[str, object] = {}
+
+    def sizes(self) -> dict[str, int]:
+        """The current length of each output file, by its path."""
+        return {str(path): path.stat().st_size if path.exists() else 0 for path in self.paths.values()}
+
+    def rewind(self, sizes: dict[str, int]) -> None:
+        """Cut each file back to its length in ``sizes`` (what a pending batch found when it began)."""
+        for path in self.paths.values():
+            size = sizes.get(str(path))
+            if size is None or not path.exists():
+                continue
+            now = path.stat().st_size
+            if now > size:
+                self.close()
+                os.truncate(path, size)
+            elif now < size:
+                self.report(f"{path}: shorter ({now} bytes) than when the pending batch began ({size}); "
+                            "was it rotated? appending to it as it is")
+
+    def append(self, name: str, rows: list[dict]) -> None:
+        if name not in self.paths or not rows:
+            return
+        handle = self.handles.get(name)
+        if handle is None:
+            handle = self.handles[name] = open(self.paths[name], "a", encoding="utf-8")
+        handle.write("".join(json.dumps(row) + "\n" for row in rows))
+        handle.flush()
+
+    def sync(self) -> None:
+        for handle in self.handles.values():
+            os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
