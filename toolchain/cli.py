@@ -18,7 +18,7 @@ VERBS = {
     "export": ("toolchain.export.cli", "merge, prune, export to ONNX, optimize and quantize a run dir"),
     "build": ("toolchain.build", "train/export as needed, then build a Bento (the main job)"),
     "serve": ("toolchain.commands.serve", "serve an export dir or a Bento locally"),
-    "monitor": ("toolchain.monitor", "stream news items to the service and show sentiment by topic"),
+    "monitor": ("toolchain.commands.monitor", "stream news items to the service and show sentiment by topic"),
     "pretrain": ("toolchain.commands.pretrain", "continued masked-LM pre-training on unlabeled domain text"),
     "bench": ("toolchain.commands.bench", "run benchmarks / the latency regression gate"),
 }
