@@ -188,3 +188,112 @@ def test_served_ner_auth_wrong_route_and_metrics(ner_server):
     assert metric_total(metrics, "toolchain_predictions_total", task="token-classification", topic="AAPL") >= 3
     assert metric_total(metrics, "toolchain_inference_seconds_count", task="token-classification") >= 1
     assert metric_total(metrics, "toolchain_rejected_requests_total", reason="auth") >= 1
+
+
+# --------------------------------------------------------------------------- long texts: the training windows
+LONG_TEXT = " ".join([
+    "Maria Garcia joined Silicon Valley Bank in Hong Kong.",
+    "Wei Zhang, who left Acme Corp (Reuters) in New York, joined Nokia in Paris!",
+    "John Smith works for Nordea in London.",
+    "Peter Jones visited the office of Kone Oyj in Tokyo, joined Reuters in Helsinki;",
+    "Olga left Nokia in Paris.",
+    "Anna joined Acme Corp in New York.",
+    "Wei Zhang works for Silicon Valley Bank in London.",
+    "Maria Garcia, who joined Nordea in Tokyo, left Kone Oyj in Hong Kong.",
+    "John Smith left Reuters in Helsinki.",
+    "Peter Jones joined Nokia in New York.",
+    "Anna, who visited the office of Nordea in Helsinki, left Silicon Valley Bank in Tokyo.",
+    "Wei Zhang joined Kone Oyj (Reuters) in Paris.",
+    "John Smith, who works for Nokia in Hong Kong, joined Acme Corp in London.",
+    "Maria Garcia left Reuters in New York.",
+    "Peter Jones works for Kone Oyj in Helsinki.",
+    "Olga, who works for Acme Corp (Nordea) in Paris, visited the office of Reuters in London.",
+])
+LAST_SENTENCE = "Olga, who works for Acme Corp (Nordea) in Paris, visited the office of Reuters in London."
+
+
+def training_window_entities(export_dir, variant: str, text: str) -> tuple[list[tuple[str, int, int]], int]:
+    """The entities training/evaluation would find: the words of ``text`` encoded by the task's own
+    windows (TokenClassification.encode), each window one model call, each word's tag from the window
+    that owns it. Returns (type, start, end) per entity and the number of windows."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from toolchain.artifacts import load_export
+    from toolchain.data.readers import Example
+    from toolchain.serve.ner import word_spans
+    from toolchain.tasks.token_classification import IGNORE, TokenClassification, entity_spans
+
+    export = load_export(export_dir)
+    labels = export.labels
+    tokenizer = AutoTokenizer.from_pretrained(export.tokenizer_dir)
+    spans = word_spans(text)
+    words = [text[start:end] for start, end in spans]
+    dataset = TokenClassification().encode([Example(words, ["O"] * len(words), "long")], tokenizer,
+                                           {label: i for i, label in enumerate(labels)}, export.max_length)
+    session = ort.InferenceSession(str(export.variant_file(variant)), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tags = []
+    for feature in dataset.features:
+        logits = session.run(None, {n: np.array([feature[n]], dtype=np.int64) for n in names})[0][0]
+        tags += [labels[int(logits[i].argmax())] for i, gold in enumerate(feature["labels"]) if gold != IGNORE]
+    assert len(tags) == len(words)
+    return [(kind, spans[first][0], spans[last][1]) for kind, first, last in entity_spans(tags)], len(dataset.features)
+
+
+def test_long_text_is_served_in_the_training_windows(ner_export):
+    """Windows as in training: every word scored once, by the window that owns it; offsets into the text."""
+    from toolchain.artifacts import load_export
+    from toolchain.serve import ner
+    from toolchain.serve.runtime import OnnxModel
+
+    export = load_export(ner_export)
+    model = OnnxModel(export, "fp32")
+    short = list(SENTENCES)
+    output = ner.infer(model, [LONG_TEXT] + short)
+    assert len(output.encodings[0].ids) > max(200, 4 * export.max_length) and output.truncated == [False] * 3
+    (long_result, *short_results) = ner.results([LONG_TEXT] + short, output.logits, output.encodings,
+                                                model.labels, output.truncated)
+    expected, windows = training_window_entities(ner_export, "fp32", LONG_TEXT)
+    assert windows >= 6
+    assert [(e.type, e.start, e.end) for e in long_result.entities] == expected
+    for entity in long_result.entities:
+        assert LONG_TEXT[entity.start:entity.end] == entity.text and 0 < entity.score <= 1
+    # a text that fits is one window: exactly what the model gives it alone, as before
+    plain = model.infer(short)
+    before = ner.results(short, plain.logits, plain.encodings, model.labels, plain.truncated)
+    assert [r.model_dump() for r in short_results] == [r.model_dump() for r in before]
+
+
+def test_windows_cover_every_word_once_and_clip_a_giant_word(ner_export):
+    from toolchain.artifacts import load_export
+    from toolchain.serve import ner
+    from toolchain.serve.runtime import OnnxModel
+
+    model = OnnxModel(load_export(ner_export), "int8")
+    giant = "Nokia " + "x" * 3000 + " joined Reuters in Paris. " * 3
+    output = ner.infer(model, [giant])
+    (result,) = ner.results([giant], output.logits, output.encodings, model.labels, output.truncated)
+    assert output.truncated == [False]
+    for entity in result.entities:
+        assert giant[entity.start:entity.end] == entity.text
+
+
+@pytest.mark.server
+def test_served_ner_finds_entities_after_the_models_max_length(ner_server, ner_export):
+    from toolchain.artifacts import load_export
+
+    export = load_export(ner_export)
+    response = httpx.post(ner_server.url + "/ner", json={"texts": [LONG_TEXT, "Olga joined Nordea in London."]},
+                          headers={"Authorization": f"Bearer {PLAIN_KEY}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    long_result, short_result = response.json()
+    assert long_result["truncated"] is False and short_result["truncated"] is False
+    expected, _ = training_window_entities(ner_export, export.serve_variant, LONG_TEXT)
+    assert [(e["type"], e["start"], e["end"]) for e in long_result["entities"]] == expected
+    for entity in long_result["entities"]:
+        assert LONG_TEXT[entity["start"]:entity["end"]] == entity["text"]
+    tail = LONG_TEXT.index(LAST_SENTENCE)   # far past 128 tokens
+    assert tail > 400
+    found_in_tail = [(e["type"], e["text"]) for e in long_result["entities"] if e["start"] >= tail]
+    assert ("PER", "Olga") in found_in_tail and ("LOC", "London") in found_in_tail, found_in_tail

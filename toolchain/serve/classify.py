@@ -56,6 +56,11 @@ def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) ->
             for row, k, cut in zip(probs, best, truncated)]
 
 
+def infer(model, texts: list[str]):
+    """The model's logits per text (truncated to its max length): ``OnnxModel.infer``."""
+    return model.infer(texts)
+
+
 def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
             truncated: list[bool]) -> list[Prediction]:
     """The route's response for a model output (texts and encodings are not needed here)."""

@@ -9,8 +9,10 @@ text, in input order, with the entities found and their character offsets in the
 ``text[start:end] == entity["text"]`` always holds. Words are found the way the training data
 (CoNLL-style, one token per line) splits them: punctuation stands alone, except in abbreviations
 (``U.S.``, ``Inc.``, ``Mr.``), numbers (``3.5``, ``1,200``) and joined names (``AT&T``, ``Rolls-Royce``, ``O'Neill``); a
-possessive ``'s`` is its own word. Each word takes the prediction of its first sub-token, as in training. A text longer than the
-model's max length is truncated: entities after the cut are not reported and ``truncated`` says so.
+possessive ``'s`` is its own word. Each word takes the prediction of its first sub-token, as in training.
+
+A text longer than the model's max length is not truncated: it is run in the sliding windows training and
+evaluation use (:mod:`toolchain.serve.windows`), every word scored once, so ``truncated`` is always false.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from toolchain.serve.classify import parse_request  # noqa: F401  (the same request shape as /classify)
+from toolchain.serve.windows import infer_windows
 from toolchain.tasks.token_classification import decode_entities
 
 ROUTE = "/ner"
@@ -59,6 +62,11 @@ def token_words(text: str, offsets) -> list[int | None]:
         index = int(np.searchsorted(starts, start, side="right")) - 1
         word_ids.append(index if index >= 0 and start < spans[index][1] else None)
     return word_ids
+
+
+def infer(model, texts: list[str]):
+    """The model's per-token logits for whole texts, long ones in the training windows (a BatchOutput)."""
+    return infer_windows(model, texts, token_words)
 
 
 def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
