@@ -121,17 +121,53 @@ def test_committed_baseline_is_complete_and_names_its_machine():
     assert baseline["command"].startswith("toolchain bench update-baseline")
 
 
+def test_one_baseline_per_cpu_family(tmp_path):
+    """Recording on one family keeps the others'; a family without a baseline gates only portable ratios."""
+    from toolchain.bench.baseline import baseline_document, cpu_family, read_baseline, read_families, write_baseline
+    from toolchain.bench.gate import compare
+
+    avx2 = {"model": "AMD EPYC", "arch": "x86_64", "flags": "avx2,fma,avx"}
+    amx = {"model": "Intel Xeon", "arch": "x86_64", "flags": "avx512f,avx512_vnni,avx512_bf16,amx_int8,amx_bf16,avx2"}
+    assert (cpu_family(avx2), cpu_family(amx)) == ("x86_64-avx2", "x86_64-avx512_vnni-amx")
+    assert cpu_family({"arch": "aarch64", "flags": "asimd,asimddp"}) == "aarch64-dotprod"
+    path = tmp_path / "baseline.json"
+    measured = {"int8_vs_fp32_b32": entry(0.70), "served_vs_offline_b1": entry(1.3)}
+    write_baseline(path, baseline_document(measured, {}, avx2, {}, "update-baseline"))
+    write_baseline(path, baseline_document({"int8_vs_fp32_b32": entry(0.35)}, {}, amx, {}, "update-baseline"))
+    assert set(read_families(path)) == {"x86_64-avx2", "x86_64-avx512_vnni-amx"}
+    assert read_baseline(path, "x86_64-avx2")["ratios"]["int8_vs_fp32_b32"]["value"] == 0.70
+
+    # same family: every ratio gated, a doubled int8/fp32 ratio is a regression
+    same = {r["ratio"]: r["result"] for r in compare({"int8_vs_fp32_b32": entry(1.4)}, read_baseline(path,
+                                                                                                     "x86_64-avx2"))}
+    assert same["int8_vs_fp32_b32"] == "REGRESSION"
+    # an unknown family (ARM): the CPU-specific ratio is far off yet not gated; the portable one still is
+    other = read_baseline(path, "aarch64-dotprod")
+    assert other["same_family"] is False
+    rows = {r["ratio"]: r for r in compare({"int8_vs_fp32_b32": entry(2.0), "served_vs_offline_b1": entry(1.5)},
+                                           {**read_baseline(path, "x86_64-avx2"), "same_family": False,
+                                            "family": "x86_64-avx2"})}
+    assert rows["int8_vs_fp32_b32"]["result"].startswith("not gated")
+    assert rows["served_vs_offline_b1"]["result"] == "pass"
+    slow = compare({"served_vs_offline_b1": entry(5.0)}, {**read_baseline(path, "x86_64-avx2"),
+                                                          "same_family": False, "family": "x86_64-avx2"})
+    assert slow[0]["result"] == "REGRESSION"
+
+
 def test_re_recording_keeps_reviewed_tolerances_and_notes(tmp_path):
     from toolchain.bench.baseline import baseline_document, previous_tolerances, read_baseline, write_baseline
 
+    from toolchain.bench.machine import detect_machine
+
     path = tmp_path / "baseline.json"
-    first = baseline_document({"int8_vs_pytorch_b1": entry(0.3)}, {}, {"model": "cpu"}, {}, "update-baseline")
+    here = detect_machine().to_dict()
+    first = baseline_document({"int8_vs_pytorch_b1": entry(0.3)}, {}, here, {}, "update-baseline")
     assert first["ratios"]["int8_vs_pytorch_b1"]["tolerance"] == SPECS["int8_vs_pytorch_b1"].tolerance
     first["ratios"]["int8_vs_pytorch_b1"]["tolerance"] = 0.5
     write_baseline(path, {**first, "notes": ["widened after review"]})
     kept, notes = previous_tolerances(path)
     assert kept == {"int8_vs_pytorch_b1": 0.5} and notes == ["widened after review"]
-    again = baseline_document({"int8_vs_pytorch_b1": entry(0.28), "int8_vs_fp32_b32": entry(0.7)}, {}, {}, kept, "x")
+    again = baseline_document({"int8_vs_pytorch_b1": entry(0.28), "int8_vs_fp32_b32": entry(0.7)}, {}, here, kept, "x")
     assert again["ratios"]["int8_vs_pytorch_b1"]["tolerance"] == 0.5
     assert again["ratios"]["int8_vs_fp32_b32"]["tolerance"] == SPECS["int8_vs_fp32_b32"].tolerance
     assert read_baseline(path)["notes"] == ["widened after review"]

@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+from toolchain.bench.baseline import read_baseline
 from toolchain.commands.bench import main
 
 
@@ -43,7 +44,7 @@ def test_gate_passes_unmodified_and_fails_on_an_injected_slowdown(quick_export, 
     common = ["--export-dir", str(quick_export), "--baseline", str(baseline), "--parts", "offline", "--repeats", "3"]
     code, out = run_bench(["update-baseline", *common, "--tolerance", "1.0"], capsys)
     assert code == 0 and "baseline written" in out
-    recorded = json.loads(baseline.read_text())
+    recorded = read_baseline(baseline)
     assert set(recorded["ratios"]) == {"int8_vs_pytorch_b1", "int8_vs_pytorch_b32", "int8_vs_fp32_b32"}
     assert recorded["machine"]["flags"] and recorded["settings"]["threads"] == 1
 
@@ -66,7 +67,7 @@ def test_served_ratios_come_from_two_real_servers(quick_export, tmp_path, capsys
     code, out = run_bench(["update-baseline", "--export-dir", str(quick_export), "--baseline", str(baseline),
                            "--parts", "serve", "--serve-repeats", "1", "--seconds", "1.5"], capsys)
     assert code == 0, out
-    ratios = json.loads(baseline.read_text())["ratios"]
+    ratios = read_baseline(baseline)["ratios"]
     assert set(ratios) == {"served_vs_offline_b1", "served_vs_offline_cpu_b1", "batched_vs_unbatched_c64"}
     cpu, batched = ratios["served_vs_offline_cpu_b1"], ratios["batched_vs_unbatched_c64"]
     assert cpu["value"] > 1, "serving a request over HTTP cannot take less CPU than the same model call in process"

@@ -26,7 +26,10 @@ class RatioSpec:
     better: str          # "lower" or "higher"
     tolerance: float     # relative: 0.35 = a regression is more than 35% worse than the baseline
     what: str
+    portable: bool = False   # holds across CPU families (overhead of the service over the same model)
 
+
+CROSS_FAMILY_TOLERANCE = 2.0   # a portable ratio judged against another family's baseline: tolerance x this
 
 RATIOS = (
     RatioSpec("int8_vs_pytorch_b1", "lower", 0.35,
@@ -36,11 +39,11 @@ RATIOS = (
     RatioSpec("int8_vs_fp32_b32", "lower", 0.25,
               "int8 ONNX / fp32 ONNX, median latency at batch 32 (quantization at work)"),
     RatioSpec("served_vs_offline_b1", "lower", 0.60,
-              "served p50 (1 client, no batching) / offline int8 p50, same sentence"),
+              "served p50 (1 client, no batching) / offline int8 p50, same sentence", portable=True),
     RatioSpec("served_vs_offline_cpu_b1", "lower", 0.35,
-              "server CPU per request (1 client, no batching) / offline int8 CPU per call"),
+              "server CPU per request (1 client, no batching) / offline int8 CPU per call", portable=True),
     RatioSpec("batched_vs_unbatched_c64", "higher", 0.35,
-              "server throughput at 64 clients, adaptive batching on / off"),
+              "server throughput at 64 clients, adaptive batching on / off", portable=True),
 )
 SPECS = {spec.name: spec for spec in RATIOS}
 OFFLINE_RATIOS = {"int8_vs_pytorch_b1": ("int8", "pytorch", 1), "int8_vs_pytorch_b32": ("int8", "pytorch", 32),
@@ -85,13 +88,19 @@ def limit_for(spec: RatioSpec, baseline: float, tolerance: float) -> float:
     return baseline * (1 + tolerance) if spec.better == "lower" else baseline * (1 - tolerance)
 
 
-def judge(name: str, measured: dict, baseline: dict | None) -> dict:
-    """One row of the verdict: measured vs baseline within tolerance, in the ratio's bad direction."""
+def judge(name: str, measured: dict, baseline: dict | None, other_family: str | None = None) -> dict:
+    """One row of the verdict: measured vs baseline within tolerance, in the ratio's bad direction.
+
+    ``other_family`` names the CPU family of a baseline recorded on a different family: then only a
+    portable ratio is judged (with a wider tolerance); the others are shown, not gated."""
     spec = SPECS[name]
-    if baseline is None:
-        return {"ratio": name, "measured": measured["value"], "baseline": None, "tolerance": spec.tolerance,
-                "limit": None, "change": None, "result": "new (no baseline)"}
+    if baseline is None or (other_family and not spec.portable):
+        why = "new (no baseline)" if baseline is None else f"not gated (CPU-specific; baseline from {other_family})"
+        return {"ratio": name, "measured": measured["value"], "baseline": baseline and baseline["value"],
+                "tolerance": spec.tolerance, "limit": None, "change": None, "result": why}
     base, tolerance = baseline["value"], baseline.get("tolerance", spec.tolerance)
+    if other_family:
+        tolerance *= CROSS_FAMILY_TOLERANCE
     limit = limit_for(spec, base, tolerance)
     value = measured["value"]
     regressed = value > limit if spec.better == "lower" else value < limit
@@ -102,7 +111,8 @@ def judge(name: str, measured: dict, baseline: dict | None) -> dict:
 
 
 def compare(measured: dict, baseline: dict) -> list[dict]:
-    return [judge(name, entry, baseline.get("ratios", {}).get(name)) for name, entry in measured.items()]
+    other = None if baseline.get("same_family", True) else baseline.get("family", "another CPU family")
+    return [judge(name, entry, baseline.get("ratios", {}).get(name), other) for name, entry in measured.items()]
 
 
 def verdict_table(rows: list[dict]) -> str:

@@ -113,8 +113,15 @@ def report_verdict(args, measured: dict, baseline: dict, machine: dict, conditio
     from toolchain.bench.gate import compare, regression_lines, verdict_table
 
     rows = compare(measured, baseline)
-    print(f"\nlatency regression gate vs {args.baseline} (recorded {baseline['recorded']} on "
-          f"{baseline['machine']['model']})")
+    from toolchain.bench.baseline import cpu_family
+
+    here = cpu_family(machine)
+    print(f"\nlatency regression gate vs {args.baseline}, CPU family {baseline['family']} (recorded "
+          f"{baseline['recorded']} on {baseline['machine']['model']}); this machine: {here}")
+    if not baseline["same_family"]:
+        print(f"note: no baseline for CPU family {here}: CPU-specific ratios are shown, not gated; ratios that hold "
+              "across CPUs are judged with a doubled tolerance. Record this family's with: toolchain bench "
+              "update-baseline")
     for note in machine_differences(baseline["machine"], machine):
         print(f"note: machine differs from the baseline's: {note}")
     load_now, load_then = os.getloadavg()[0], baseline.get("load_average_1min", 0.0)

@@ -45,7 +45,8 @@ class Machine:
     versions: dict = field(default_factory=dict)
 
     def isa_summary(self) -> str:
-        wanted = ("avx512f", "avx512_vnni", "avx_vnni", "avx512bw", "avx2", "fma", "avx", "asimd", "asimddp")
+        wanted = ("avx512f", "avx512_vnni", "avx_vnni", "avx512bw", "avx512_bf16", "amx_int8", "amx_bf16", "avx2",
+                  "fma", "avx", "asimd", "asimddp")
         return ",".join(f for f in wanted if f in self.flags) or "none of avx/avx2/avx512/neon"
 
     def to_dict(self) -> dict:
