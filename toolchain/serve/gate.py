@@ -1,13 +1,23 @@
 """The request gate: ASGI middleware in front of every inference route.
 
 In order, for each inference request: API key (401), bounded concurrency per worker (fast 503),
-media type (415), body cap (413, without reading an over-long body), the route's own validation
-(400/422). Only then does the request reach BentoML's API and its adaptive batching. The gate also
-counts rejections by reason, requests by status, and predictions by label and topic. Health probes
-pass untouched; ``/metrics`` needs a key only when ``TOOLCHAIN_METRICS_AUTH`` is on.
+media type (415), body cap (413, without reading an over-long body), ``Idempotency-Key`` replay
+(see :mod:`toolchain.serve.idempotency`), the route's own validation (400/422). Only then does the
+request reach BentoML's API and its adaptive batching. The gate also counts rejections by reason,
+predictions by label and topic, and every response of an inference route by status, whatever
+produced it: the gate, BentoML, the model, a timeout (504), an exception in the gate itself (500).
+Health probes pass untouched; ``/metrics`` needs a key only when ``TOOLCHAIN_METRICS_AUTH`` is on.
+
+Where BentoML puts things (``_bentoml_impl/server/app.py``, ``ServiceAppFactory.middlewares``): its
+``TimeoutMiddleware`` (``traffic.timeout``) wraps this gate from outside. On expiry it cancels the
+request's task and sends its own 504, so the gate would never see that response. The gate therefore
+keeps its own deadline, slightly shorter (:func:`gate_deadline`): it answers 504 (or 408 while the body
+is still arriving) itself and counts it; a cancellation from outside is still counted as 504.
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -16,13 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolchain.serve import auth
-from toolchain.serve.metrics import service_metrics, topic_label
+from toolchain.serve.idempotency import REPLAYED_HEADER, IdempotencyStore, request_key
+from toolchain.serve.metrics import REJECT_REASONS, service_metrics, topic_label
 from toolchain.serve.settings import ServeSettings, load_settings
-from toolchain.serve.validation import Limits, RequestRejected
+from toolchain.serve.validation import Limits, RequestRejected, without_bom
 
 log = logging.getLogger("toolchain.serve")
 METRICS_PATH = "/metrics"
 JSON_TYPES = ("application/json", "text/json")
+BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"   # where BentoML logs an API's exception
+BATCHER_OVERLOADED = "process is overloaded"                 # its adaptive batcher's refusal (ServiceUnavailable)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,11 @@ def too_large(size: int | str, cap: int) -> RequestRejected:
                            "(TOOLCHAIN_MAX_BODY_BYTES)", reason="size")
 
 
+def gate_deadline(timeout_s: float) -> float:
+    """The gate's own deadline: a little before BentoML's TimeoutMiddleware, so the gate answers first."""
+    return timeout_s - min(0.5, 0.1 * timeout_s)
+
+
 async def send_json(send, status: int, payload: dict, extra_headers: list | None = None) -> None:
     body = json.dumps(payload).encode("utf-8")
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -60,8 +78,8 @@ async def send_json(send, status: int, payload: dict, extra_headers: list | None
 
 
 async def send_rejection(send, rejected: RequestRejected) -> None:
-    extra = {401: [(b"www-authenticate", b"Bearer")], 503: [(b"retry-after", b"1")],
-             413: [(b"connection", b"close")]}.get(rejected.status)
+    extra = {401: [(b"www-authenticate", b"Bearer")], 503: [(b"retry-after", b"1")], 409: [(b"retry-after", b"1")],
+             413: [(b"connection", b"close")], 408: [(b"connection", b"close")]}.get(rejected.status)
     await send_json(send, rejected.status, rejected.body(), extra)
 
 
@@ -113,13 +131,75 @@ class ResponseRecorder:
         return self.start["status"] if self.start else 500
 
     @property
+    def headers(self) -> list:
+        return list(self.start.get("headers", [])) if self.start else []
+
+    @property
     def body(self) -> bytes:
         return b"".join(self.chunks)
 
-    async def forward(self, send) -> None:
-        await send(self.start)
+    async def forward(self, send, extra_headers: list | None = None) -> None:
+        await send({**self.start, "headers": self.headers + (extra_headers or [])})
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
+
+class StatusTracker:
+    """Passes messages on to ``send`` and remembers the status of the response that went out."""
+
+    def __init__(self, send):
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
+# --------------------------------------------------------------------------- the exception behind a response
+
+@dataclass
+class RequestNote:
+    exception: BaseException | None = None
+
+
+CURRENT_REQUEST: contextvars.ContextVar[RequestNote] = contextvars.ContextVar("toolchain_request")
+
+
+class ExceptionNotes(logging.Handler):
+    """Keeps the exception BentoML logs for a request (its 5xx bodies are generic) on the request's note."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        note = CURRENT_REQUEST.get(None)
+        if note is not None and record.exc_info and record.exc_info[1] is not None:
+            note.exception = record.exc_info[1]
+
+
+def watch_bentoml_errors() -> None:
+    logger = logging.getLogger(BENTOML_ERROR_LOGGER)
+    if not any(isinstance(h, ExceptionNotes) for h in logger.handlers):
+        logger.addHandler(ExceptionNotes(logging.ERROR))
+
+
+def describe(exception: BaseException | None) -> str:
+    if exception is None:
+        return "no exception recorded"
+    return f"{type(exception).__name__}: {str(exception)[:300]}"
+
+
+def unavailable(note: RequestNote, max_latency_ms: int) -> RequestRejected:
+    """What a 503 from the app really was: the batching queue refusing, or something else (named)."""
+    exception = note.exception
+    if exception is not None and str(exception) == BATCHER_OVERLOADED:
+        return RequestRejected(503, "overloaded", "the batching queue is full: this request would have waited "
+                               f"longer than TOOLCHAIN_MAX_LATENCY_MS ({max_latency_ms} ms) for the model; "
+                               "retry shortly", reason="overload")
+    cause = str(exception)[:300] if exception is not None else "no cause was recorded (see the server log)"
+    return RequestRejected(503, "unavailable", f"the service is unavailable: {cause}; retry shortly",
+                           reason="unavailable")
+
+
+# --------------------------------------------------------------------------- the gate
 
 class RequestGate:
     """ASGI middleware; BentoML adds it with ``Service.add_asgi_middleware(RequestGate, routes=...)``."""
@@ -130,10 +210,13 @@ class RequestGate:
         self.routes = routes
         self.served_task = served_task
         self.settings = settings or load_settings()
-        self.keys = auth.load_keys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
+        self.keys = auth.ReloadingKeys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
         self.topics = self.settings.topic_allow_list
+        self.deadline_s = gate_deadline(self.settings.timeout_s)
+        self.idempotency = IdempotencyStore()
         self.in_flight = 0
+        watch_bentoml_errors()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -143,34 +226,83 @@ class RequestGate:
             service_metrics().reject("auth")
             return await send_rejection(send, unauthorized())
         route = self.routes.get(path)
-        if route is None or scope["method"] != "POST":
+        if route is None:
             return await self.app(scope, receive, send)
+        await self.counted(route, scope, receive, StatusTracker(send))
+
+    async def counted(self, route: Route, scope, receive, send: StatusTracker) -> None:
+        """Serve one request of an inference route and count its response, whatever produced it."""
         started = time.perf_counter()
-        status = await self.handle(route, scope, receive, send)
-        if status:
-            service_metrics().observe_request(path, status, time.perf_counter() - started)
+        try:
+            if scope["method"] == "POST":
+                await self.handle(route, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        except asyncio.CancelledError:  # BentoML's TimeoutMiddleware cancels us, then answers 504 itself
+            if send.status is None and time.perf_counter() - started >= self.deadline_s:
+                send.status = 504
+            raise
+        except Exception:
+            log.exception("the request gate failed on %s %s", scope["method"], scope["path"])
+            if send.status is None:
+                await send_json(send, 500, {"error": "internal_error", "message": "the server failed on this "
+                                            "request; the error is in the server log"})
+        finally:
+            if send.status is not None:
+                service_metrics().observe_request(scope["path"], send.status, time.perf_counter() - started)
 
     def authorized(self, scope) -> bool:
-        return self.keys.check(auth.presented_key(dict(scope["headers"])))
+        return self.keys.check(auth.presented_key(scope["headers"]))
 
-    async def handle(self, route: Route, scope, receive, send) -> int | None:
-        """Gate one inference request; returns the status sent (None if the client went away)."""
+    async def handle(self, route: Route, scope, receive, send) -> None:
+        """Gate one inference request within the deadline."""
         try:
             self.admit(scope)
             self.check_task(route)
         except RequestRejected as rejected:
             return await self.refuse(send, rejected)
+        deadline = time.perf_counter() + self.deadline_s
         self.in_flight += 1
         try:
-            body = await read_body(receive, self.settings.max_body_bytes)
-            request = route.parse(body, self.limits)
-            return await self.forward(route, request, scope, replay(body, receive), send)
+            body = without_bom(await self.read_within(receive, deadline))
+            await self.answer(route, scope, body, replay(body, receive), send, deadline)
         except RequestRejected as rejected:
-            return await self.refuse(send, rejected)
+            await self.refuse(send, rejected)
         except ClientDisconnected:
-            return None
+            pass
         finally:
             self.in_flight -= 1
+
+    async def read_within(self, receive, deadline: float) -> bytes:
+        try:
+            return await asyncio.wait_for(read_body(receive, self.settings.max_body_bytes),
+                                          max(0.0, deadline - time.perf_counter()))
+        except asyncio.TimeoutError:
+            raise RequestRejected(408, "request_timeout", "the request body did not arrive within "
+                                  f"{self.deadline_s:g} s (TOOLCHAIN_TIMEOUT_S)", reason="timeout") from None
+
+    async def answer(self, route: Route, scope, body: bytes, receive, send, deadline: float) -> None:
+        """The API's response, or the stored one for a repeated ``Idempotency-Key``."""
+        headers = dict(scope["headers"])
+        key = request_key(headers)
+        if key is None:
+            await self.forward(route, route.parse(body, self.limits), scope, receive, send, deadline)
+            return
+        scope_key = self.idempotency.scope(auth.presented_key(headers), scope["path"], key)
+        stored = self.idempotency.begin(scope_key, body)
+        if stored is not None:
+            await send({"type": "http.response.start", "status": stored.status,
+                        "headers": [*stored.headers, REPLAYED_HEADER]})
+            await send({"type": "http.response.body", "body": stored.body, "more_body": False})
+            return
+        recorder = None
+        try:
+            recorder = await self.forward(route, route.parse(body, self.limits), scope, receive, send, deadline)
+        finally:
+            if recorder is not None and recorder.start is not None:
+                self.idempotency.finish(scope_key, recorder.status, recorder.headers, recorder.body)
+            else:
+                self.idempotency.abandon(scope_key)
 
     def admit(self, scope) -> None:
         """Checks that need only the headers: key, concurrency, media type, declared length."""
@@ -196,26 +328,46 @@ class RequestGate:
         raise RequestRejected(404, "wrong_task", f"this deployment serves a {served} model; it has no "
                               f"{route.task} route" + (f": use POST {others[0]}" if others else ""))
 
-    async def refuse(self, send, rejected: RequestRejected) -> int:
-        service_metrics().reject(rejected.reason)
+    async def refuse(self, send, rejected: RequestRejected) -> None:
+        if rejected.reason in REJECT_REASONS:
+            service_metrics().reject(rejected.reason)
         await send_rejection(send, rejected)
-        return rejected.status
 
-    async def forward(self, route: Route, request, scope, receive, send) -> int:
-        """Run the API; count its predictions; turn a batching-queue 503 into a clear overload error."""
-        recorder = ResponseRecorder()
-        await self.app(scope, receive, recorder)
+    async def forward(self, route: Route, request, scope, receive, send, deadline: float) -> ResponseRecorder:
+        """Run the API within the deadline (else 504); count its predictions; say what a 503 really was."""
+        recorder, note = ResponseRecorder(), RequestNote()
+        token = CURRENT_REQUEST.set(note)
+        try:
+            await self.run_app(scope, receive, recorder, deadline)
+        finally:
+            CURRENT_REQUEST.reset(token)
         status = recorder.status
         if status == 200:
             self.count_predictions(route, request, recorder.body)
         elif status == 503:
-            return await self.refuse(send, RequestRejected(
-                503, "overloaded", "the batching queue is full (a request would wait longer than "
-                "TOOLCHAIN_MAX_LATENCY_MS); retry shortly", reason="overload"))
+            await self.refuse(send, unavailable(note, self.settings.max_latency_ms))
+            return recorder
         elif status >= 500:
-            log.error("inference route %s answered %d: %s", scope["path"], status, recorder.body[:500])
+            log.error("inference route %s answered %d (%s): %s", scope["path"], status, describe(note.exception),
+                      recorder.body[:500])
         await recorder.forward(send)
-        return status
+        return recorder
+
+    async def run_app(self, scope, receive, recorder: ResponseRecorder, deadline: float) -> None:
+        """The API, in a task of its own so that the deadline does not depend on how it handles cancellation
+        (BentoML's batcher turns a cancelled wait into a 503)."""
+        task = asyncio.ensure_future(self.app(scope, receive, recorder))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.perf_counter()))
+        except BaseException:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its late answer is dropped
+        raise RequestRejected(504, "timeout", f"no answer within {self.deadline_s:g} s (TOOLCHAIN_TIMEOUT_S): the "
+                              "model is too slow or overloaded; retry later or send fewer texts", reason="timeout")
 
     def count_predictions(self, route: Route, request, body: bytes) -> None:
         try:

@@ -40,8 +40,58 @@ def preview(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[:width] + "..."
 
 
+MAX_INT_DIGITS = 100   # JSON numbers are never needed here; a long one is refused before int() sees it
+BOM = "\ufeff"
+
+
+class MalformedJson(ValueError):
+    """Raised from inside the JSON parser's hooks: the body is not strict JSON."""
+
+
+def strict_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise MalformedJson(f"a number with {len(digits.lstrip('-'))} digits; at most {MAX_INT_DIGITS}")
+    return int(digits)
+
+
+def no_constant(name: str):
+    raise MalformedJson(f"{name} is not JSON (JSON numbers are finite)")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise MalformedJson(f"duplicate key {preview(duplicate)} in an object")
+    return data
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: no NaN/Infinity, no duplicate keys, no numbers longer than MAX_INT_DIGITS digits."""
+    try:
+        return json.loads(text, parse_int=strict_int, parse_constant=no_constant, object_pairs_hook=unique_keys)
+    except MalformedJson as exc:
+        raise RequestRejected(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestRejected(400, "invalid_json", "the body is not valid JSON for this API: arrays or objects "
+                              "nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and any other parse failure (never a 500)
+        raise RequestRejected(400, "invalid_json", f"the body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def without_bom(body: bytes) -> bytes:
+    """The body without a leading UTF-8 byte-order mark (RFC 8259 section 8.1 lets a parser ignore it);
+    the gate hands this to BentoML too, whose own JSON parsing would refuse the mark."""
+    return body[3:] if body.startswith(BOM.encode("utf-8")) else body
+
+
 def decode_json_object(body: bytes) -> dict:
-    """The body as a JSON object: 400 for non-UTF-8 or malformed JSON, 422 for another JSON type."""
+    """The body as a JSON object: 400 for non-UTF-8 or malformed JSON, 422 for another JSON type.
+
+    A leading UTF-8 byte-order mark is ignored (RFC 8259 section 8.1 allows it).
+    """
+    body = without_bom(body)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -49,10 +99,7 @@ def decode_json_object(body: bytes) -> dict:
                               f"{body[exc.start:exc.start + 1]!r}); send JSON encoded as UTF-8") from None
     if not text.strip():
         raise RequestRejected(400, "invalid_json", 'the body is empty; send a JSON object like {"texts": ["..."]}')
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise RequestRejected(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    data = parse_json(text)
     if not isinstance(data, dict):
         raise invalid(f'the body must be a JSON object like {{"texts": ["..."]}}, got {type(data).__name__}')
     return data
