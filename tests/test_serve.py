@@ -145,8 +145,15 @@ def test_oversize_bodies_get_a_fast_413(server, client):
 
 # --------------------------------------------------------------------------- predictions
 
+def served_variant(export_dir) -> str:
+    """The variant the Bento packs and serves: the export's serve_variant (its own auto choice on this machine)."""
+    from toolchain.artifacts import load_export
+
+    return load_export(export_dir).serve_variant
+
+
 def offline_scores(export_dir, texts):
-    """The export dir's int8 model run offline: transformers tokenizer + onnxruntime, one text per call."""
+    """The export dir's served variant run offline: transformers tokenizer + onnxruntime, one text per call."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
@@ -154,7 +161,7 @@ def offline_scores(export_dir, texts):
 
     export = load_export(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export.tokenizer_dir)
-    session = ort.InferenceSession(str(export.variant_file("int8")), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(export.variant_file(served_variant(export_dir))), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     rows = []
     for text in texts:
@@ -246,7 +253,7 @@ def test_model_info_and_readiness_gauges(server, built):
 
     text = scrape(server)
     (info,) = [dict(k) for k, v in metric_samples(text, "toolchain_model_info").items() if v == 1]
-    assert info["variant"] == "int8" and info["provider"] == "cpu"
+    assert info["variant"] == served_variant(built.export_dir) and info["provider"] == "cpu"
     assert info["config_hash"] == load_export(built.export_dir).manifest["run_config_hash"]
     assert metric_total(text, "toolchain_model_ready") == 1
 
@@ -310,7 +317,7 @@ def test_tampered_model_file_stops_startup_loudly(built, tmp_path):
 
     copy = tmp_path / "export"
     shutil.copytree(built.export_dir, copy)
-    model_file = load_export(copy).variant_file("int8")
+    model_file = load_export(copy).variant_file(served_variant(copy))
     with open(model_file, "r+b") as handle:  # flip one byte in the middle of the weights
         handle.seek(model_file.stat().st_size // 2)
         byte = handle.read(1)
@@ -326,4 +333,4 @@ def test_tampered_model_file_stops_startup_loudly(built, tmp_path):
     code = running.stop()
     assert not ever_ready and code != 0
     output = running.output()
-    assert "model_quantized.onnx: sha256" in output and "does not match the manifest" in output
+    assert f"{model_file.name}: sha256" in output and "does not match the manifest" in output
