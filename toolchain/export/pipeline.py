@@ -324,7 +324,8 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     if not passing:
         raise GateError(closest_failure(verdicts))
     texts = served_texts(job.task, job.splits.test)
-    rates = served_rates({name: served_model(job, name) for name in passing}, texts, (1, 32), job.cfg.rank_rounds)
+    # every variant is timed (the report shows what each would serve here); only passing ones are ranked
+    rates = served_rates({name: served_model(job, name) for name in verdicts}, texts, (1, 32), job.cfg.rank_rounds)
     ranked = sorted(passing, key=lambda name: -rates[name][32]["texts_per_s"])
     best = ranked[0]
     failed = {name: verdict["problems"] for name, verdict in verdicts.items() if not verdict["passed"]}
