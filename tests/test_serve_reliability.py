@@ -210,6 +210,44 @@ def test_idempotency_store_replays_expires_and_stays_bounded():
     assert store.begin(store.scope("client", "/classify", "many-0"), b"b") is None   # evicted
 
 
+def test_shared_idempotency_store_spans_the_workers_of_a_server(tmp_path, monkeypatch):
+    """Two workers (two stores on one file): a key run by one is in flight, then replayed, for the other."""
+    from toolchain.serve.idempotency import IdempotencyStore, SharedIdempotencyStore, store_for_workers
+
+    clock = Clock()
+    path = str(tmp_path / "idem.sqlite")
+    first, second = (SharedIdempotencyStore(path, ttl_s=60, max_entries=3, max_bytes=10_000, clock=clock)
+                     for _ in range(2))
+    scope = first.scope("client", "/classify", "k1")
+    assert first.begin(scope, b"body") is None
+    with pytest.raises(RequestRejected) as in_flight:
+        second.begin(scope, b"body")
+    assert in_flight.value.status == 409
+    first.finish(scope, 200, [(b"content-type", b"application/json")], b"[1]")
+    replay = second.begin(scope, b"body")
+    assert replay.body == b"[1]" and replay.headers == ((b"content-type", b"application/json"),)
+    with pytest.raises(RequestRejected) as reused:
+        second.begin(scope, b"another body")
+    assert reused.value.status == 422
+    clock.now += 61
+    assert second.begin(scope, b"another body") is None       # expired: a new request
+    second.finish(scope, 503, [], b"busy")                      # errors are not stored
+    assert first.begin(scope, b"another body") is None
+    first.abandon(scope)
+    for i in range(10):
+        key = first.scope("client", "/classify", f"many-{i}")
+        first.begin(key, b"b")
+        first.finish(key, 200, [], b"x" * 3000)
+    count, size = first.db.execute("SELECT COUNT(*), SUM(LENGTH(body)) FROM responses").fetchone()
+    assert count <= 3 and size <= 10_000
+    assert second.begin(first.scope("client", "/classify", "many-9"), b"b").body == b"x" * 3000
+    # the server's workers share one file in BentoML's multiprocess folder; without it, a per-process LRU
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert isinstance(store_for_workers(), SharedIdempotencyStore)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert type(store_for_workers()) is IdempotencyStore
+
+
 # --------------------------------------------------------------------------- a real server with faults on request
 
 FAULTY_SERVICE = '''

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolchain.serve import auth
-from toolchain.serve.idempotency import REPLAYED_HEADER, IdempotencyStore, request_key
+from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
 from toolchain.serve.metrics import REJECT_REASONS, service_metrics, topic_label
 from toolchain.serve.settings import ServeSettings, load_settings
 from toolchain.serve.validation import Limits, RequestRejected, without_bom
@@ -214,7 +214,7 @@ class RequestGate:
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
         self.topics = self.settings.topic_allow_list
         self.deadline_s = gate_deadline(self.settings.timeout_s)
-        self.idempotency = IdempotencyStore()
+        self.idempotency = store_for_workers()
         self.in_flight = 0
         watch_bentoml_errors()
 

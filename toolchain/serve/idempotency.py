@@ -9,13 +9,20 @@ predictions again. Keys are scoped by API key and route, so two clients never sh
 - The same key with a different body: 422 ``idempotency_key_reused``.
 - The same key while the first request is still running: 409 ``idempotency_key_in_flight`` (retry).
 
-The store is an LRU in the worker's memory, bounded by :data:`MAX_ENTRIES` and :data:`MAX_BYTES`:
-with several workers (``TOOLCHAIN_WORKERS``) each has its own, so a retry that lands on another worker
-is run again. Nothing survives a restart.
+The store is shared by the workers of one server (:class:`SharedIdempotencyStore`, an SQLite file in
+the server's Prometheus multiprocess folder, named by the server's process id), so a retry that lands
+on another worker is answered from it too; where that folder is not set (a test harness, a single
+process) it is an LRU in the worker's memory (:class:`IdempotencyStore`). Both are bounded by
+:data:`MAX_ENTRIES` and :data:`MAX_BYTES`. Nothing survives a restart of the server, and replicas do
+not share it: route by the key (e.g. ingress-nginx ``upstream-hash-by: "$http_idempotency_key"``).
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -123,3 +130,86 @@ class IdempotencyStore:
         while self.entries and (len(self.entries) > self.max_entries or self.bytes > self.max_bytes):
             oldest = next(iter(self.entries))
             self.drop(oldest)
+
+
+IN_FLIGHT_STALE_S = 120.0   # an in-flight mark older than this belongs to a worker that died mid-request
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
+    scope BLOB PRIMARY KEY, fingerprint BLOB NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+    status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL)"""
+
+
+class SharedIdempotencyStore(IdempotencyStore):
+    """The same contract as :class:`IdempotencyStore`, in an SQLite file every worker of the server opens.
+
+    The in-flight mark is the row itself (inserted only if absent, so two workers cannot both run a
+    key); wall-clock times, since the workers do not share a monotonic clock.
+    """
+
+    def __init__(self, path: str, ttl_s: float = TTL_S, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 clock: Callable[[], float] = time.time):
+        super().__init__(ttl_s, max_entries, max_bytes, clock)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")   # the store does not outlive the server anyway
+        self.db.execute(SCHEMA)
+
+    def begin(self, scope: bytes, body: bytes) -> Stored | None:
+        fingerprint, now = self.fingerprint(body), self.clock()
+        with self.db:
+            self.db.execute("DELETE FROM responses WHERE scope = ? AND (expires <= ? OR (status = 0 AND created <= ?))",
+                            (scope, now, now - IN_FLIGHT_STALE_S))
+            inserted = self.db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, 0, '[]', x'')",
+                                       (scope, fingerprint, now, now + self.ttl_s)).rowcount
+        if inserted:
+            return None
+        row = self.db.execute("SELECT fingerprint, expires, status, headers, body FROM responses WHERE scope = ?",
+                              (scope,)).fetchone()
+        if row is None:     # removed meanwhile by its worker (an error): this request may run
+            return self.begin(scope, body)
+        entry = Stored(row[0], row[1], row[2], tuple((bytes.fromhex(k), bytes.fromhex(v))
+                                                     for k, v in json.loads(row[3])), row[4])
+        if entry.fingerprint != fingerprint:
+            raise RequestRejected(422, "idempotency_key_reused", "this Idempotency-Key was used with a different "
+                                  "request body; use a new key for a new request")
+        if entry.in_flight:
+            raise RequestRejected(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still "
+                                  "being processed; retry shortly", reason="conflict")
+        return entry
+
+    def finish(self, scope: bytes, status: int, headers: list, body: bytes) -> None:
+        if not 200 <= status < 300:
+            self.abandon(scope)
+            return
+        encoded = json.dumps([[k.hex(), v.hex()] for k, v in headers])
+        self.db.execute("UPDATE responses SET status = ?, headers = ?, body = ? WHERE scope = ? AND status = 0",
+                        (status, encoded, body, scope))
+        self.evict()
+
+    def abandon(self, scope: bytes) -> None:
+        self.db.execute("DELETE FROM responses WHERE scope = ? AND status = 0", (scope,))
+
+    def evict(self) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM responses WHERE expires <= ?", (self.clock(),))
+            count, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM responses").fetchone()
+            while count > self.max_entries or size > self.max_bytes:
+                oldest = self.db.execute("SELECT scope, LENGTH(body) FROM responses ORDER BY created LIMIT 1").fetchone()
+                if oldest is None:
+                    break
+                self.db.execute("DELETE FROM responses WHERE scope = ?", (oldest[0],))
+                count, size = count - 1, size - oldest[1]
+
+
+def store_for_workers() -> IdempotencyStore:
+    """The store shared by this server's workers, or a per-process one where no shared folder is set."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder or not os.path.isdir(folder):
+        return IdempotencyStore()
+    path = os.path.join(folder, f"toolchain-idempotency-{os.getppid()}.sqlite")
+    try:
+        return SharedIdempotencyStore(path)
+    except sqlite3.Error as exc:
+        logging.getLogger("toolchain.serve").error("idempotency store %s unusable (%s): per-worker store", path, exc)
+        return IdempotencyStore()
