@@ -67,6 +67,16 @@ def request_key(headers: dict[bytes, bytes]) -> str | None:
     return key
 
 
+def check_replayable(entry: Stored, fingerprint: bytes) -> None:
+    """422 for the key reused with another body, 409 while its first request is still running."""
+    if entry.fingerprint != fingerprint:
+        raise RequestRejected(422, "idempotency_key_reused", "this Idempotency-Key was used with a different "
+                              "request body; use a new key for a new request")
+    if entry.in_flight:
+        raise RequestRejected(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still "
+                              "being processed; retry shortly", reason="conflict")
+
+
 class IdempotencyStore:
     """Responses by (client, route, key): an LRU bounded in entries and bytes, entries expiring after ``ttl_s``."""
 
@@ -95,12 +105,7 @@ class IdempotencyStore:
             self.entries[scope] = Stored(fingerprint, self.clock() + self.ttl_s)
             self.evict()
             return None
-        if entry.fingerprint != fingerprint:
-            raise RequestRejected(422, "idempotency_key_reused", "this Idempotency-Key was used with a different "
-                                  "request body; use a new key for a new request")
-        if entry.in_flight:
-            raise RequestRejected(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still "
-                                  "being processed; retry shortly", reason="conflict")
+        check_replayable(entry, fingerprint)
         self.entries.move_to_end(scope)
         return entry
 
@@ -170,12 +175,7 @@ class SharedIdempotencyStore(IdempotencyStore):
             return self.begin(scope, body)
         entry = Stored(row[0], row[1], row[2], tuple((bytes.fromhex(k), bytes.fromhex(v))
                                                      for k, v in json.loads(row[3])), row[4])
-        if entry.fingerprint != fingerprint:
-            raise RequestRejected(422, "idempotency_key_reused", "this Idempotency-Key was used with a different "
-                                  "request body; use a new key for a new request")
-        if entry.in_flight:
-            raise RequestRejected(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still "
-                                  "being processed; retry shortly", reason="conflict")
+        check_replayable(entry, fingerprint)
         return entry
 
     def finish(self, scope: bytes, status: int, headers: list, body: bytes) -> None:
