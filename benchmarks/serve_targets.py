@@ -7,7 +7,7 @@
    (the ceiling is the best of these x the usable CPUs) and 32-text calls on all CPUs.
 2. The service with default settings (its own worker layout) on 127.0.0.1, loaded with Debian's
    ``wrk`` (keep-alive; each request one real sentence, rotating): 64 clients, 1 client, and
-   32-text requests from 8 clients.
+   32-text requests from 2 clients.
 3. The peer (benchmarks/peer/service.py: Optimum ORTModel + transformers pipeline behind a batchable
    BentoML API, library defaults) on the same variant, the same phases.
 
@@ -24,7 +24,6 @@ import re
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -89,10 +88,12 @@ def drive(port: int, script: Path, clients: int, seconds: float) -> dict:
 
 def phases(port: int, work: Path, texts: list[str], key: str | None, seconds: float) -> dict:
     one, many = lua_script(work / "one.lua", texts, 1, key), lua_script(work / "many.lua", texts, 32, key)
-    drive(port, one, 8, 2)  # warm-up, not recorded
-    results = {"c64": drive(port, one, 64, seconds), "c1": drive(port, one, 1, seconds),
-               "b32_c8": drive(port, many, 8, seconds)}
-    results["b32_c8"]["texts_per_s"] = results["b32_c8"]["rps"] * 32
+    drive(port, one, 1, 2)  # warm-up, not recorded
+    # the lone client first: after a burst, BentoML's adaptive batcher has learned to wait for company
+    results = {"c1": drive(port, one, 1, seconds), "c64": drive(port, one, 64, seconds)}
+    # 32-text requests from 2 clients: two requests in flight per worker pair, no queueing past the cap
+    results["b32_c2"] = drive(port, many, 2, seconds)
+    results["b32_c2"]["texts_per_s"] = results["b32_c2"]["rps"] * 32
     return results
 
 
@@ -113,8 +114,9 @@ def run_ours(export_dir: Path, work: Path, texts: list[str], seconds: float) -> 
 
 
 def run_peer(export, variant: str, work: Path, texts: list[str], seconds: float) -> dict:
-    env = dict(os.environ, PEER_MODEL_DIR=str(export.variant_dir(variant)), BENTOML_DO_NOT_TRACK="true",
-               PEER_FILE_NAME=export.variant_file(variant).name, PEER_TOKENIZER_DIR=str(export.tokenizer_dir))
+    env = dict(os.environ, PEER_MODEL_DIR=str(export.variant_dir(variant).resolve()), BENTOML_DO_NOT_TRACK="true",
+               PEER_FILE_NAME=export.variant_file(variant).name,
+               PEER_TOKENIZER_DIR=str(export.tokenizer_dir.resolve()))
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "service:PeerService", "--host", "127.0.0.1",
                "--port", str(port), "--working-dir", str(REPO / "benchmarks" / "peer")]
@@ -145,7 +147,7 @@ def wait_ready(port: int, server, log: Path) -> None:
 def targets(model: dict, ours: dict, peer: dict) -> list[dict]:
     def row(name, value, target, ok, note):
         return {"target": name, "measured": value, "target_value": target, "met": bool(ok), "note": note}
-    c64, c1, b32 = ours["c64"], ours["c1"], ours["b32_c8"]
+    c64, c1, b32 = ours["c64"], ours["c1"], ours["b32_c2"]
     return [
         row("64 clients / model-only ceiling", c64["rps"] / model["ceiling_rps"], 0.75,
             c64["rps"] >= 0.75 * model["ceiling_rps"] and c64["errors"] == 0,
@@ -172,7 +174,7 @@ def markdown(result: dict) -> str:
                      f"{'yes' if r['met'] else 'NO'} | {r['note']} |")
     lines += ["", "| server | phase | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for who in ("ours", "peer"):
-        for phase in ("c64", "c1", "b32_c8"):
+        for phase in ("c1", "c64", "b32_c2"):
             f = result[who][phase]
             lines.append(f"| {who} | {phase} | {f['rps']:.0f} | {f['p50_ms'] or 0:.2f} | {f['p99_ms'] or 0:.2f} | "
                          f"{f['errors']} |")
@@ -199,12 +201,12 @@ def main() -> int:
     machine = detect_machine()
     model = model_only(export, texts, available_cpus())
     print(f"model only: {json.dumps(model)}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="serve-targets-") as tmp:
-        work = Path(tmp)
-        ours = run_ours(export.path.resolve(), work, texts, args.seconds)
-        print(f"ours: {json.dumps(ours)}", flush=True)
-        peer = run_peer(export, export.serve_variant, work, texts, args.seconds)
-        print(f"peer: {json.dumps(peer)}", flush=True)
+    work = REPO / "benchmarks" / "out" / "serve-targets"   # server logs kept for inspection (ignored by git)
+    work.mkdir(parents=True, exist_ok=True)
+    ours = run_ours(export.path.resolve(), work, texts, args.seconds)
+    print(f"ours: {json.dumps(ours)}", flush=True)
+    peer = run_peer(export, export.serve_variant, work, texts, args.seconds)
+    print(f"peer: {json.dumps(peer)}", flush=True)
     result = {"machine": f"{machine.model}, {machine.isa_summary()}, {machine.cores:g} CPUs",
               "command": "python benchmarks/serve_targets.py " + " ".join(sys.argv[1:]),
               "served_variant": export.serve_variant, "model_only": model, "ours": ours, "peer": peer,
