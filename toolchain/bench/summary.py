@@ -310,6 +310,15 @@ def gate_section(baseline: dict | None) -> list[str]:
                   f"{baseline['load_average_1min']}.", ""] + [f"Note: {n}" for n in baseline.get("notes", [])] + [""]
 
 
+def targets_section(page: Path) -> list[str]:
+    """The serving-targets run (benchmarks/serve_targets.py writes its own page), one level down."""
+    if not page.is_file():
+        return ["## Serving targets", "", "_Not measured yet: run `python benchmarks/serve_targets.py "
+                "--export-dir EXPORT_DIR`._", ""]
+    text = page.read_text(encoding="utf-8").replace("# Serving targets", "## Serving targets", 1)
+    return [text.rstrip(), ""]
+
+
 def render_results(repo: Path, results: Path) -> Path:
     """Write RESULTS.md next to the results folder (benchmarks/RESULTS.md by default), and the plots when
     offline results exist, from what is on disk."""
@@ -330,6 +339,7 @@ def render_results(repo: Path, results: Path) -> Path:
     else:
         lines += ["## Inference, offline", "", "_Not measured yet: run `toolchain bench offline`._", ""]
     lines += serving_section(read_json(results / "serve.json"))
+    lines += targets_section(results / "serve_targets.md")
     lines += training_section(repo, read_json(results / "train_throughput.json"))
     lines += export_section(repo)
     lines += gate_section(committed_baseline(repo / "benchmarks" / "baseline.json"))
