@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from toolchain.artifacts import load_export
+
 from test_serve_support import REPO, built, toolchain_env  # noqa: F401  (session fixture)
 
 
@@ -24,6 +26,8 @@ def bento_info(pipeline) -> dict:
 
 def test_build_runs_the_missing_stages_and_prints_how_to_serve(built):
     out = built.output
+    packed = load_export(built.export_dir).serve_variant
+    assert f"variant {packed} (auto, measured on " in out and "passed the gate and serves the most" in out
     assert f"train   train         {built.run_dir}" in out
     assert f"export  export        {built.export_dir}" in out
     assert built.run_dir.name.startswith("tiny-") and built.export_dir.name.startswith(built.run_dir.name + "-export-")
@@ -51,9 +55,10 @@ def test_bento_is_labelled_with_metrics_and_config_hash(built):
     labels = info["labels"]
     assert labels["config_hash"] == manifest["run_config_hash"]
     assert labels["export_config_hash"] == manifest["export_config_hash"]
-    assert labels["task"] == "sequence-classification" and labels["variant"] == "int8"
+    packed = manifest["serve_variant"]      # chosen by the export's gate and throughput ranking
+    assert labels["task"] == "sequence-classification" and labels["variant"] == packed
     assert 0.0 <= float(labels["test_accuracy"]) <= 1.0 and 0.0 <= float(labels["test_macro_f1"]) <= 1.0
-    assert info["args"] == {"model_tag": labels["model"], "variant": "int8"}
+    assert info["args"] == {"model_tag": labels["model"], "variant": packed}
     assert info["services"][0]["models"][0]["tag"] == labels["model"]
 
 
@@ -61,9 +66,13 @@ def test_model_in_store_holds_the_variant_tokenizer_and_manifest(built):
     info = bento_info(built)
     name, version = info["args"]["model_tag"].split(":")
     model = built.home / "models" / name / version
-    for rel in ("toolchain.yaml", "tokenizer/tokenizer.json", "onnx/int8/model_quantized.onnx"):
+    export = load_export(built.export_dir)
+    packed = export.variant_file().relative_to(export.path).as_posix()
+    for rel in ("toolchain.yaml", "tokenizer/tokenizer.json", packed):
         assert (model / rel).is_file(), rel
-    assert not (model / "onnx" / "fp32").exists() and not (model / "merged").exists()
+    others = [name for name in export.variant_names() if name != export.serve_variant]
+    assert others and not any((model / "onnx" / name).exists() for name in others)   # only the packed variant
+    assert not (model / "merged").exists()
 
 
 def test_bento_has_dockerfile_with_cpu_and_gpu_runtimes(built):
@@ -95,7 +104,9 @@ def test_exported_bento_archive_contains_the_model(built, tmp_path):
                    capture_output=True, timeout=120)
     with tarfile.open(archive) as tar:
         names = [n.removeprefix("./") for n in tar.getnames()]
-    assert any(n.endswith("onnx/int8/model_quantized.onnx") and n.startswith("models/") for n in names)
+    export = load_export(built.export_dir)
+    packed = export.variant_file().relative_to(export.path).as_posix()
+    assert any(n.endswith(packed) and n.startswith("models/") for n in names)
     assert "env/docker/Dockerfile" in names
 
 

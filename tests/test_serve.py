@@ -195,6 +195,30 @@ def test_served_predictions_equal_offline_predictions(client, built):
         assert np.allclose([item["scores"][name] for name in labels], probs, atol=1e-6, rtol=0), text
 
 
+def test_export_gate_scores_are_the_served_scores(client, built):
+    """The accuracy gate scores a variant with the export's own path (toolchain.export.pipeline.served_logits);
+    the running Bento must answer exactly those scores for the same texts, alone and in one request."""
+    from types import SimpleNamespace
+
+    from toolchain.artifacts import load_export
+    from toolchain.export.pipeline import served_logits
+    from toolchain.serve.runtime import OnnxModel
+    from toolchain.tasks import get_task
+
+    export = load_export(built.export_dir)
+    texts = TEXTS + ["word " * 300]
+    gate_model = OnnxModel.from_files(export.variant_file(), export.tokenizer_dir, export.max_length, export.labels,
+                                      export.serve_variant, threads=1)
+    logits = served_logits(gate_model, get_task(export.task), [SimpleNamespace(text=t) for t in texts], None,
+                           export.max_length)
+    gate = np.exp(logits - logits.max(axis=1, keepdims=True))
+    gate /= gate.sum(axis=1, keepdims=True)
+    for served in ([classify(client, [text])[0] for text in texts], classify(client, texts)):
+        got = np.array([[item["scores"][name] for name in export.labels] for item in served])
+        assert np.allclose(got, gate, atol=1e-6, rtol=0)
+        assert [item["label"] for item in served] == [export.labels[i] for i in gate.argmax(axis=1)]
+
+
 def test_predictions_do_not_depend_on_batching(server, client):
     """Alone, in one request, or as concurrent requests that adaptive batching merges: same output."""
     texts = TEXTS + ["word " * 300]
