@@ -67,8 +67,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(target: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+def start_server(target: str, env: dict[str, str], port: int, log: Path, extra: tuple = ()) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port), *extra]
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     deadline = time.time() + 180

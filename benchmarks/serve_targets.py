@@ -24,7 +24,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,30 +117,12 @@ def run_peer(export, variant: str, work: Path, texts: list[str], seconds: float)
                PEER_FILE_NAME=export.variant_file(variant).name,
                PEER_TOKENIZER_DIR=str(export.tokenizer_dir.resolve()))
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "service:PeerService", "--host", "127.0.0.1",
-               "--port", str(port), "--working-dir", str(REPO / "benchmarks" / "peer")]
-    log = open(work / "peer.log", "wb")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = start_server("service:PeerService", env, port, work / "peer.log",
+                          ("--working-dir", str(REPO / "benchmarks" / "peer")))
     try:
-        wait_ready(port, server, work / "peer.log")
         return phases(port, work, texts, None, seconds)
     finally:
         stop_server(server)
-
-
-def wait_ready(port: int, server, log: Path) -> None:
-    import urllib.request
-
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"peer exited with {server.returncode}; see {log}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"peer not ready after 180 s; see {log}")
 
 
 def targets(model: dict, ours: dict, peer: dict) -> list[dict]:
