@@ -43,6 +43,7 @@ class ExportJob:
     extra: dict = field(default_factory=dict)      # manifest/report sections (merge, pruning)
     logits: dict = field(default_factory=dict)     # (model or variant, split) -> logits
     serve_variant: str | None = None               # chosen by the gate and the throughput ranking
+    served: dict = field(default_factory=dict)     # (variant, threads) -> serving-runtime model, loaded once
 
     def onnx_dir(self, name: str) -> Path:
         return self.out / "onnx" / name
@@ -168,12 +169,16 @@ def variant_logits(job: ExportJob, name: str, split: str) -> np.ndarray:
 
 
 def served_model(job: ExportJob, name: str, threads: int | None = None):
-    """The serving runtime's model for a variant of the export being built."""
+    """The serving runtime's model for a variant of the export being built (one session per variant and
+    thread count, shared by scoring, ranking and the layout measurement)."""
     from toolchain.serve.runtime import OnnxModel
 
-    rel_dir, file_name = job.variants[name]
-    return OnnxModel.from_files(job.out / rel_dir / file_name, job.out / "tokenizer", job.run.max_length,
-                                job.run.labels, name, threads=threads or job.cfg.serve_threads)
+    threads = threads or job.cfg.serve_threads
+    if (name, threads) not in job.served:
+        rel_dir, file_name = job.variants[name]
+        job.served[name, threads] = OnnxModel.from_files(job.out / rel_dir / file_name, job.out / "tokenizer",
+                                                         job.run.max_length, job.run.labels, name, threads=threads)
+    return job.served[name, threads]
 
 
 def served_logits(model, task, examples, tokenizer, max_length: int) -> np.ndarray:
@@ -269,10 +274,9 @@ def evaluate_variants(job: ExportJob) -> dict:
     from toolchain.export.scoring import gold_ids, headline_metric, score
 
     run, task, cfg = job.run, job.task, job.cfg
-    rows, test_gold = {}, None
-    for split in ("dev", "test"):
+    rows = {}
+    for split in ("dev", "test"):  # test last: its gold labels are the gate's
         gold = gold_ids(task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
-        test_gold = gold
         reference = torch_logits(job, "pytorch", split)
         rows.setdefault("pytorch", {})[split] = score(task, reference, gold, run.labels, None)
         for name in job.variants:
@@ -283,7 +287,7 @@ def evaluate_variants(job: ExportJob) -> dict:
         rows[name]["bytes"] = (job.out / rel_dir / file_name).stat().st_size
     metric = headline_metric(task, cfg.gate.metric, rows["pytorch"]["test"])
     report = base_report(job, rows, metric)
-    report["gates"] = gate_variants(job, rows, metric, test_gold)
+    report["gates"] = gate_variants(job, rows, metric, gold)
     report["latency"], report["latency_conditions"] = measure_latency(job)
     report["summary"] = summary(report, metric)
     print(cpu_line(report["cpu"]))
