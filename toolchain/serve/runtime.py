@@ -139,8 +139,7 @@ class OnnxModel:
         self._setup(export.variant_file(variant), export.tokenizer_dir, export.max_length, export.labels, variant,
                     provider, threads, spin, calls)
         log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads, %s model calls",
-                 export.path, variant, self.model_file.name, self.provider, threads,
-                 "per-text" if self.per_text else "length-grouped")
+                 export.path, variant, self.model_file.name, self.provider, threads, self.call_pattern)
 
     @classmethod
     def from_files(cls, model_file: Path, tokenizer_dir: Path, max_length: int, labels: list[str],
