@@ -28,6 +28,9 @@ def load_render_rules():
 
 
 rr = load_render_rules()
+# Recording: items and negative share over two windows for three scopes (overall, predicted topic,
+# source) = 12, plus p95 latency and error ratio; alerts: the surge per scope (3) and 5 service alerts.
+RULE_COUNT = 12 + 2 + 3 + 5
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -57,33 +60,65 @@ def test_promtool_accepts_both_rule_files(tmp_path):
     for path in (PROM / "rules" / "toolchain.rules.yml", extracted):
         result = promtool("check", "rules", str(path))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 17 rules found" in result.stdout
+        assert f"SUCCESS: {RULE_COUNT} rules found" in result.stdout
 
 
 @needs_promtool
 def test_alert_unit_tests_pass():
-    """Each alert fires when it should; silent on normal traffic, low volume and a steadily negative topic."""
+    """Each alert fires when it should (overall, per source, per predicted topic: an Earnings burst fires
+    Earnings only); silent on ordinary mixed news, low volume and a steadily negative topic."""
     result = promtool("test", "rules", "alerts_test.yml", cwd=PROM / "tests")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-@needs_promtool
-def test_unit_tests_catch_a_broken_threshold(tmp_path):
-    """The promtool tests are sensitive: with the volume minimum removed, the low-volume test fails."""
-    settings = rr.load_settings(overrides={"surge_min_items": 0, "topic_min_items": 0})
+def promtool_tests_with(tmp_path: Path, overrides: dict) -> str:
+    """The shipped promtool tests run against rules rendered with ``overrides``: their output."""
+    settings = rr.load_settings(overrides=overrides)
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "toolchain.rules.yml").write_text(rr.plain_rule_file(settings))
     (tmp_path / "tests").mkdir()
     shutil.copy(PROM / "tests" / "alerts_test.yml", tmp_path / "tests")
     result = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path / "tests")
-    assert result.returncode != 0
-    assert "low volume cannot fire" in result.stdout + result.stderr
+    assert result.returncode != 0, f"the promtool tests pass with {overrides}: they do not test it"
+    return result.stdout + result.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize("overrides, failing", [
+    ({"surge_min_items": 0, "source_min_items": 0}, "low volume cannot fire"),
+    ({"topic_min_items": 0}, "topic below the volume minimum cannot fire"),
+    ({"surge_floor": 0.1, "surge_factor": 1.2}, "ordinary mixed news fires nothing"),
+])
+def test_unit_tests_catch_a_broken_threshold(tmp_path, overrides, failing):
+    """The promtool tests are sensitive: with a volume minimum removed, or a bar that ordinary news
+    crosses, the test guarding it fails."""
+    assert failing in promtool_tests_with(tmp_path, overrides)
+
+
+def test_topic_rules_skip_models_without_a_topic_head_and_source_rules_are_by_caller_field():
+    groups = rr.rule_groups(rr.load_settings())
+    records = {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
+    topic = [e for name, e in records.items() if name.startswith("job_topic:")]
+    source = [e for name, e in records.items() if name.startswith("job_source:")]
+    assert len(topic) == len(source) == 4
+    assert all('topic!="none"' in e and "sum by (job, topic)" in e for e in topic)
+    assert all("sum by (job, source)" in e and "topic" not in e for e in source)
+    assert {"job_topic:toolchain_negative_share:ratio_rate10m", "job_topic:toolchain_negative_share:ratio_rate1h",
+            "job_source:toolchain_negative_share:ratio_rate5m"} <= set(records)
+    surge = {r["labels"]["scope"]: r for g in groups for r in g["rules"] if r.get("alert") == "NegativeSentimentSurge"}
+    assert set(surge) == {"overall", "topic", "source"}
+    assert '"{{ $labels.topic }}"' in surge["topic"]["annotations"]["summary"]
+    assert '"{{ $labels.source }}"' in surge["source"]["annotations"]["summary"]
+    assert "job_topic:toolchain_predictions:rate10m * 600 >= 20" in surge["topic"]["expr"]
+    assert "and on (job, topic)" in surge["topic"]["expr"]
+    assert "job_source:toolchain_predictions:rate5m * 300 >= 20" in surge["source"]["expr"]
 
 
 def test_surge_expression_uses_the_settings():
-    settings = rr.AlertSettings(short_window="30s", baseline_window="10m", surge_factor=3.0, surge_floor=0.4,
-                                surge_min_items=12, surge_for="15s", evaluation_interval="1s")
+    settings = rr.AlertSettings(short_window="30s", baseline_window="10m", topic_window="2m", surge_factor=3.0,
+                                surge_floor=0.4, surge_min_items=12, topic_min_items=7, source_min_items=5,
+                                surge_for="15s", evaluation_interval="1s")
     groups = rr.rule_groups(settings)
     surge = [r for g in groups for r in g["rules"] if r.get("alert") == "NegativeSentimentSurge"]
     overall = next(r for r in surge if r["labels"]["scope"] == "overall")
@@ -91,12 +126,22 @@ def test_surge_expression_uses_the_settings():
     assert "clamp_min(job:toolchain_negative_share:ratio_rate10m * 3.0, 0.4)" in overall["expr"]
     assert "job:toolchain_predictions:rate30s * 30 >= 12" in overall["expr"]
     assert overall["for"] == "15s"
+    topic = next(r for r in surge if r["labels"]["scope"] == "topic")
+    assert topic["expr"].startswith("job_topic:toolchain_negative_share:ratio_rate2m\n"
+                                    "  > clamp_min(job_topic:toolchain_negative_share:ratio_rate10m * 3.0, 0.4)")
+    assert "job_topic:toolchain_predictions:rate2m * 120 >= 7" in topic["expr"] and topic["for"] == "15s"
+    source = next(r for r in surge if r["labels"]["scope"] == "source")
+    assert "job_source:toolchain_predictions:rate30s * 30 >= 5" in source["expr"]
     assert all(g["interval"] == "1s" for g in groups)
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"short_window": "5 minutes"}, "short_window must be a Prometheus duration"),
     ({"short_window": "2h"}, "must be shorter than baseline_window"),
+    ({"topic_window": "2h"}, "topic_window '2h' must be shorter than baseline_window '1h'"),
+    ({"topic_window": 10}, "topic_window must be a Prometheus duration"),
+    ({"topic_min_items": -1}, "topic_min_items must be a number of items >= 0, got -1"),
+    ({"source_min_items": "many"}, "source_min_items must be a number of items >= 0, got 'many'"),
     ({"surge_floor": 1.5}, "surge_floor must be a share"),
     ({"surge_factor": 0}, "surge_factor must be > 0"),
     ({"surge_facter": 2}, "unknown alert setting(s) ['surge_facter']"),
@@ -133,3 +178,21 @@ def test_rules_use_only_contract_metrics():
     text = (PROM / "rules" / "toolchain.rules.yml").read_text()
     assert not unknown_metrics(text, contract)
     assert unknown_metrics("toolchain_prediction_total", contract) == {"toolchain_prediction_total"}
+
+
+def test_dashboard_surge_bars_use_the_shipped_settings():
+    """The dashboard draws the bars the alerts use: same windows, factor, floor and topic volume minimum."""
+    import json
+
+    settings = rr.load_settings()
+    board = json.loads((REPO / "deploy" / "grafana" / "toolchain-sentiment.json").read_text())
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in board["panels"] if p.get("targets")}
+    bar = f"* {settings.surge_factor:g}, {settings.surge_floor:g})"
+    overall = " ".join(exprs["Negative share vs the surge bar (all news)"])
+    assert f"job:toolchain_negative_share:ratio_rate{settings.short_window}" in overall
+    assert f"clamp_min(job:toolchain_negative_share:ratio_rate{settings.baseline_window}" in overall and bar in overall
+    topic = " ".join(exprs["Negative share vs the surge bar: $topic"])
+    assert f"job_topic:toolchain_negative_share:ratio_rate{settings.topic_window}" in topic
+    assert f"clamp_min(job_topic:toolchain_negative_share:ratio_rate{settings.baseline_window}" in topic and bar in topic
+    assert f"job_topic:toolchain_predictions:rate{settings.topic_window}" in topic
+    assert f"* {rr.seconds(settings.topic_window):g}" in topic

@@ -221,7 +221,7 @@ def test_plain_prometheus_config_is_valid(tmp_path):
     out = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 17 rules found" in out.stdout
+    assert "SUCCESS: 22 rules found" in out.stdout
 
 
 def dashboard_exprs() -> list[str]:
@@ -232,9 +232,15 @@ def dashboard_exprs() -> list[str]:
 def test_dashboard_covers_sentiment_volume_latency_batching_and_rejections():
     board = json.loads((DEPLOY / "grafana" / "toolchain-sentiment.json").read_text())
     titles = " | ".join(p["title"].lower() for p in board["panels"])
-    for topic in ("negative share by topic", "per second by topic", "latency", "batch size", "rejected"):
+    for topic in ("negative share by topic", "per second by topic", "negative share by source", "per second by source",
+                  "latency", "batch size", "rejected"):
         assert topic in titles, topic
-    assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "topic"}
+    assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "topic", "source"}
+    repeated = [p for p in board["panels"] if p.get("repeat")]
+    assert [p["repeat"] for p in repeated] == ["topic"] and "$topic" in repeated[0]["title"]
+    assert all('topic=~"$topic"' in t["expr"] for t in repeated[0]["targets"])
+    by_topic = next(p for p in board["panels"] if p["title"] == "Negative share by topic")
+    assert all('topic!="none"' in t["expr"] for t in by_topic["targets"])   # models without a topic head
     for panel in board["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
@@ -250,5 +256,5 @@ def test_dashboard_reads_only_contract_metrics_and_shipped_rules():
     for expr in dashboard_exprs():
         for name in re.findall(r"(?<![:\w])(toolchain_[a-z_]+)\b", expr):
             assert name in contract or re.sub(r"_(bucket|sum|count)$", "", name) in contract, name
-        for name in re.findall(r"\b(job(?:_topic)?:[a-z_:0-9]+)", expr):
+        for name in re.findall(r"\b(job(?:_topic|_source)?:[a-z_:0-9]+)", expr):
             assert name in recorded, name

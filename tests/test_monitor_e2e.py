@@ -38,7 +38,8 @@ KEY = "e2e-feeder-key"
 TOPICS = "markets,macro,restart,graceful"
 # Test-sized windows: the shipped rules (5m / 1h / for 5m) scaled down about 30x.
 TEST_ALERTS = {"short_window": "10s", "baseline_window": "90s", "surge_factor": 2.0, "surge_floor": 0.35,
-               "surge_min_items": 30, "topic_min_items": 20, "surge_for": "3s", "not_ready_for": "10s",
+               "surge_min_items": 30, "topic_window": "20s", "topic_min_items": 20, "source_min_items": 20,
+               "surge_for": "3s", "not_ready_for": "10s",
                "evaluation_interval": "1s"}
 RATE = 6.0                 # items per second written to the wire
 NORMAL_SECONDS = 45

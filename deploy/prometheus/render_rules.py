@@ -40,7 +40,9 @@ class AlertSettings:
     surge_factor: float = 2.0
     surge_floor: float = 0.30
     surge_min_items: int = 50
+    topic_window: str = "10m"
     topic_min_items: int = 20
+    source_min_items: int = 20
     surge_for: str = "5m"
     latency_route: str = "/classify"
     latency_p95_seconds: float = 1.0
@@ -51,7 +53,8 @@ class AlertSettings:
     evaluation_interval: str | None = None
 
     def __post_init__(self):
-        for name in ("short_window", "baseline_window", "surge_for", "latency_for", "errors_for", "not_ready_for"):
+        for name in ("short_window", "baseline_window", "topic_window", "surge_for", "latency_for", "errors_for",
+                     "not_ready_for"):
             _check_duration(name, getattr(self, name))
         if self.evaluation_interval is not None:
             _check_duration("evaluation_interval", self.evaluation_interval)
@@ -61,9 +64,14 @@ class AlertSettings:
         for name in ("surge_floor", "error_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a share in [0, 1), got {getattr(self, name)!r}")
-        if seconds(self.short_window) >= seconds(self.baseline_window):
-            raise ValueError(f"short_window {self.short_window!r} must be shorter than "
-                             f"baseline_window {self.baseline_window!r}")
+        for name in ("surge_min_items", "topic_min_items", "source_min_items"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number of items >= 0, got {value!r}")
+        for name in ("short_window", "topic_window"):
+            if seconds(getattr(self, name)) >= seconds(self.baseline_window):
+                raise ValueError(f"{name} {getattr(self, name)!r} must be shorter than "
+                                 f"baseline_window {self.baseline_window!r}")
 
 
 def _check_duration(name: str, value) -> None:
@@ -86,16 +94,37 @@ def load_settings(path: Path = SETTINGS_FILE, overrides: dict | None = None) -> 
     return AlertSettings(**data)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """One level of the negative-share rules and of its surge alert."""
+    name: str           # the alert's `scope` label
+    level: str          # recording-rule prefix
+    by: str             # the `sum by` labels
+    window: str         # the "now" window
+    minimum: float      # items in `window` before the alert may fire
+    selector: str = ""  # extra series matchers
+    label: str | None = None   # the label naming the scope's member (topic, source)
+
+
+def scopes(s: AlertSettings) -> list[Scope]:
+    """Overall; per predicted topic (a model with a topic head; `none` marks a model without one);
+    per source (the caller's free-text field, allow-listed by the service)."""
+    return [Scope("overall", "job", "job", s.short_window, s.surge_min_items),
+            Scope("topic", "job_topic", "job, topic", s.topic_window, s.topic_min_items, ', topic!="none"', "topic"),
+            Scope("source", "job_source", "job, source", s.short_window, s.source_min_items, "", "source")]
+
+
 def share_rules(s: AlertSettings) -> list[dict]:
-    """Item rate and negative share over the short and the baseline window, overall and by topic."""
+    """Item rate and negative share over each scope's window and the baseline window."""
     rules = []
-    for level, by in (("job", "job"), ("job_topic", "job, topic")):
-        for window in (s.short_window, s.baseline_window):
-            total = f'sum by ({by}) (rate(toolchain_predictions_total{{job="{s.job}"}}[{window}]))'
-            negative = f'sum by ({by}) (rate(toolchain_predictions_total{{job="{s.job}", label="negative"}}[{window}]))'
-            rules.append({"record": f"{level}:toolchain_predictions:rate{window}", "expr": total})
+    for scope in scopes(s):
+        for window in (scope.window, s.baseline_window):
+            selector = f'job="{s.job}"{scope.selector}'
+            total = f'sum by ({scope.by}) (rate(toolchain_predictions_total{{{selector}}}[{window}]))'
+            negative = f'sum by ({scope.by}) (rate(toolchain_predictions_total{{{selector}, label="negative"}}[{window}]))'
+            rules.append({"record": f"{scope.level}:toolchain_predictions:rate{window}", "expr": total})
             # `or 0 * total`: a window without any negative item has share 0, not "no data".
-            rules.append({"record": f"{level}:toolchain_negative_share:ratio_rate{window}",
+            rules.append({"record": f"{scope.level}:toolchain_negative_share:ratio_rate{window}",
                           "expr": f"(\n  {negative}\n  or 0 * {total}\n)\n/ {total}\n"})
     return rules
 
@@ -114,20 +143,24 @@ def service_rules(s: AlertSettings) -> list[dict]:
 
 
 def surge_alerts(s: AlertSettings) -> list[dict]:
-    short, base, w_s = s.short_window, s.baseline_window, seconds(s.short_window)
+    """NegativeSentimentSurge per scope: its `scope` label says which, the `topic` / `source` label whose."""
+    base = s.baseline_window
     alerts = []
-    for scope, level, on, minimum in (("overall", "job", "job", s.surge_min_items),
-                                      ("topic", "job_topic", "job, topic", s.topic_min_items)):
-        expr = (f"{level}:toolchain_negative_share:ratio_rate{short}\n"
+    for scope in scopes(s):
+        level, window = scope.level, scope.window
+        expr = (f"{level}:toolchain_negative_share:ratio_rate{window}\n"
                 f"  > clamp_min({level}:toolchain_negative_share:ratio_rate{base} * {s.surge_factor}, {s.surge_floor})\n"
-                f"and on ({on})\n"
-                f"  {level}:toolchain_predictions:rate{short} * {w_s:g} >= {minimum}\n")
-        where = "across all topics" if scope == "overall" else 'for topic "{{ $labels.topic }}"'
-        alerts.append(_alert("NegativeSentimentSurge", expr, s.surge_for, "warning", scope, {
+                f"and on ({scope.by})\n"
+                f"  {level}:toolchain_predictions:rate{window} * {seconds(window):g} >= {scope.minimum:g}\n")
+        where = {"overall": "across all news",
+                 "topic": 'in topic "{{ $labels.topic }}"',
+                 "source": 'from source "{{ $labels.source }}"'}[scope.name]
+        of = "" if scope.label is None else f" {where}"
+        alerts.append(_alert("NegativeSentimentSurge", expr, s.surge_for, "warning", scope.name, {
             "summary": f"Negative news share surging {where}",
-            "description": (f"Negative share over {short} is {{{{ $value | humanizePercentage }}}}, above "
+            "description": (f"Negative share{of} over {window} is {{{{ $value | humanizePercentage }}}}, above "
                             f"{s.surge_factor:g}x its {base} baseline and above {s.surge_floor:.0%}, "
-                            f"with at least {minimum} items in {short}."),
+                            f"with at least {scope.minimum:g} items in {window}."),
         }))
     return alerts
 
