@@ -129,3 +129,31 @@ def tiny_ner_overrides(tiny_bert, tiny_conll, tmp_path) -> list[str]:
             f"data.test={tiny_conll['test']}", f"output_dir={tmp_path / 'run'}", "train.epochs=4",
             "train.batch_size=8", "train.eval_batch_size=32", "train.eval_steps=20", "train.learning_rate=5e-3",
             "data.max_length=32", "train.early_stopping_patience=0", "train.logging_steps=10"]
+
+
+TOPIC_WORDS = {"Earnings": ["quarterly earnings", "eps guidance", "revenue report"],
+               "Energy | Oil": ["crude oil", "opec output", "brent futures"],
+               "Macro": ["inflation data", "gdp figures", "jobs report"]}
+
+
+def make_topic_sentences(n: int, seed: int) -> list[dict]:
+    """Headlines whose topic is decided by a keyword phrase (and whose sentiment words are random)."""
+    rng = random.Random(seed)
+    topics = sorted(TOPIC_WORDS)
+    rows = [{"text": f"{rng.choice(TOPIC_WORDS[topics[i % 3]])} {rng.choice(POSITIVE + NEGATIVE + NEUTRAL)} .",
+             "label": topics[i % 3]} for i in range(n)]
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_topic_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-topic-data")
+    return {split: write_jsonl(root / f"{split}.jsonl", make_topic_sentences(n, seed))
+            for split, n, seed in (("train", 150, 4), ("dev", 30, 5), ("test", 30, 6))}
+
+
+@pytest.fixture
+def tiny_joint_overrides(tiny_overrides, tiny_topic_data) -> list[str]:
+    """A tiny run with a topic head beside the sentiment head."""
+    return tiny_overrides + [f"topic.{split}={path}" for split, path in tiny_topic_data.items()]

@@ -118,6 +118,24 @@ class TrainConfig:
     early_stopping_patience: int = opt(2, "evaluations without improvement before stopping (0 = off)", min=0)
     num_workers: int = opt(0, "dataloader workers", min=0)
     group_by_length: bool = opt(False, "batch training examples of similar length together (less padding)")
+    class_weights: str = opt("none", "loss weight per class, from the training data's class counts: none; balanced "
+                             "(inverse frequency, scaled to a mean of 1 over the examples); sqrt (its square root: a "
+                             "milder push towards rare classes). With a topic head each head is weighted on its own",
+                             choices=("none", "balanced", "sqrt"))
+
+
+@dataclass
+class TopicConfig:
+    train: str | None = opt(None, "topic-labelled training file: adds a topic head trained jointly with the main "
+                            "head on one encoder (one model call gives both); unset = single-task")
+    dev: str | None = opt(None, "topic dev file; if absent, split off the topic train file (stratified, seeded)")
+    test: str | None = opt(None, "topic test file; if absent, split off the topic train file (stratified, seeded)")
+    format: str = opt("auto", "topic file format", choices=("auto", "jsonl", "csv"))
+    text_column: str = opt("text", "column/key holding the text (jsonl/csv)")
+    label_column: str = opt("label", "column/key holding the topic name (jsonl/csv)")
+    main_repeat: int = opt(1, "each epoch repeats the main data set's training examples this many times (balances a "
+                           "small main set against a large topic set)", min=1, max=100)
+    loss_weight: float = opt(1.0, "weight of the topic head's loss relative to the main head's", min=0.0)
 
 
 @dataclass
@@ -129,8 +147,15 @@ class RunConfig:
     method: MethodConfig = opt(None, "method", factory=MethodConfig)
     adversarial: AdversarialConfig = opt(None, "adversarial training", factory=AdversarialConfig)
     train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
+    topic: TopicConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicConfig)
 
     def __post_init__(self) -> None:
+        if self.topic.train and self.model.task != "sequence-classification":
+            raise ConfigError(f"topic.train: a topic head needs model.task=sequence-classification, not "
+                              f"{self.model.task!r}")
+        if self.train.class_weights != "none" and self.model.task != "sequence-classification":
+            raise ConfigError(f"train.class_weights: weights per class are for sequence classification, not "
+                              f"{self.model.task!r}")
         valid = TASK_METRICS.get(self.model.task, ())
         if self.train.metric != "auto" and self.train.metric not in valid:
             raise ConfigError(f"train.metric: {self.train.metric!r} is not a metric of {self.model.task}; "

@@ -10,8 +10,10 @@ import torch
 from toolchain.artifacts import RunInfo, load_run
 from toolchain.config import DataConfig, from_dict
 from toolchain.data.dataset import check_labels, read_file
+from toolchain.data.readers import DataError
 from toolchain.modeling import load_pretrained, load_tokenizer
 from toolchain.tasks import get_task
+from toolchain.tasks.joint import has_topic_head
 from toolchain.train.report import format_table, plot_confusion
 
 
@@ -49,6 +51,8 @@ def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size
 
 def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides: dict | None = None) -> dict:
     run = load_run(run_dir)
+    if has_topic_head(run.labels):
+        return evaluate_joint(run, data, split, overrides)
     task = get_task(run.task)
     overrides = dict(overrides or {})
     if data is not None and run.task == "token-classification":
@@ -72,6 +76,36 @@ def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides
     return metrics
 
 
+def evaluate_joint(run: RunInfo, data: str | None, split: str, overrides: dict | None) -> dict:
+    """A run with a topic head: both heads on the run's own split, or the one head whose classes a file's
+    labels are (a sentiment file scores the main head, a topic file the topic head)."""
+    from toolchain.config import RunConfig
+    from toolchain.data.joint import load_run_splits
+
+    task = get_task(run.task, run.labels)
+    model, tokenizer = load_run_model(run)
+    if data is None:
+        examples = getattr(load_run_splits(from_dict(RunConfig, run.config)), split)
+        logits = predict_logits(model, tokenizer, task, examples, run.max_length)
+        metrics = task.metrics(logits, np.array([run.labels.index(ex.label) for ex in examples]), run.labels)
+        return {**metrics, "data": f"{run.path}: {split} split of both heads"}
+    examples = read_file(from_dict(DataConfig, {**run.config["data"], **dict(overrides or {})}), data)
+    head = file_head(task.heads, examples, data)
+    logits = head.columns(predict_logits(model, tokenizer, task, examples, run.max_length))
+    gold = np.array([head.labels.index(ex.label) for ex in examples])
+    return {**get_task(run.task).metrics(logits, gold, list(head.labels)), "head": head.name, "data": str(data)}
+
+
+def file_head(heads, examples, path: str):
+    """The head whose classes hold every label of a file, or an error naming the labels."""
+    seen = {ex.label for ex in examples}
+    for head in heads:
+        if seen <= set(head.labels):
+            return head
+    known = "; ".join(f"{h.name}: {', '.join(h.labels)}" for h in heads)
+    raise DataError(f"{path}: its labels {', '.join(sorted(map(str, seen)))} are not all classes of one head ({known})")
+
+
 def per_class_table(metrics: dict) -> str:
     """Per class (sequence classification) or per entity type (token classification)."""
     key, name = ("per_class", "class") if "per_class" in metrics else ("per_type", "entity type")
@@ -85,6 +119,10 @@ def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | Non
                                                if k in metrics))
     if "per_class" in metrics or "per_type" in metrics:
         print(per_class_table(metrics))
+    for name, head in metrics.get("heads", {}).items():
+        print(f"{name} head: accuracy={head['accuracy']:.4f}  macro_f1={head['macro_f1']:.4f}  "
+              f"weighted_f1={head['weighted_f1']:.4f}")
+        print(per_class_table(head))
     if "confusion_matrix" in metrics and json_out:
         plot_confusion(metrics["confusion_matrix"], metrics["labels"], Path(json_out).with_suffix(".png"),
                        title=f"confusion matrix: {Path(metrics['data']).name}")

@@ -192,6 +192,28 @@ def judge(name: str, units: PairedUnits, agreement: float, criteria: GateCriteri
             "problems": problems}
 
 
+def judge_variant(name: str, task, reference_logits: np.ndarray, candidate_logits: np.ndarray, gold: np.ndarray,
+                  labels: list[str], agreement: float, criteria: GateCriteria) -> dict:
+    """The verdict on one variant; a model with a topic head is judged per head, on each head's own test
+    items and classes, and passes only when every head passes (the figures shown are the worst head's)."""
+    heads = getattr(task, "heads", None)
+    if not heads:
+        return judge(name, paired_units(task, reference_logits, candidate_logits, gold, labels), agreement, criteria)
+    from toolchain.tasks.joint import head_rows
+
+    verdicts = {}
+    for head in heads:
+        rows = head_rows(gold, head)
+        units = PairedUnits("classification", gold[rows].astype(np.int64) - head.start,
+                            head.columns(reference_logits[rows]).argmax(axis=-1),
+                            head.columns(candidate_logits[rows]).argmax(axis=-1), len(head.labels))
+        verdicts[head.name] = judge(name, units, float(np.mean(units.reference == units.candidate)), criteria)
+    worst = max(verdicts.values(), key=lambda verdict: verdict["drop_points"])
+    return {**worst, "variant": name, "passed": all(v["passed"] for v in verdicts.values()),
+            "problems": [f"{head} head: {problem}" for head, v in verdicts.items() for problem in v["problems"]],
+            "heads": verdicts}
+
+
 def gate_error(verdict: dict) -> GateError:
     return GateError(f"serve variant {verdict['variant']!r} failed the accuracy gate: " + "; ".join(verdict["problems"]))
 

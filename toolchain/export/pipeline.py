@@ -304,13 +304,13 @@ def evaluate_variants(job: ExportJob) -> dict:
 
 def gate_variants(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> dict:
     """The accuracy gate's verdict on every ONNX variant (test split, paired with fp32 PyTorch)."""
-    from toolchain.export.gate import GateCriteria, judge, paired_units
+    from toolchain.export.gate import GateCriteria, judge_variant
 
     g = job.cfg.gate
     criteria = GateCriteria(metric, g.max_drop, g.alpha, g.min_agreement, g.bootstrap_resamples)
     reference = torch_logits(job, "pytorch", "test")
-    return {name: judge(name, paired_units(job.task, reference, variant_logits(job, name, "test"), gold,
-                                           job.run.labels), rows[name]["test"]["agreement"], criteria)
+    return {name: judge_variant(name, job.task, reference, variant_logits(job, name, "test"), gold, job.run.labels,
+                                rows[name]["test"]["agreement"], criteria)
             for name in job.variants}
 
 

@@ -24,10 +24,17 @@ def variant_rows(report: dict, metric: str) -> list[list]:
             cells += [f"{stats['median_ms']:.2f}", f"{stats['p95_ms']:.2f}"] if stats else ["-", "-"]
         ratio = report.get("summary", {}).get(name, {}).get("b1_latency_vs_pytorch")
         cells += [f"{ratio:.2f}x" if ratio else "-"]
-        cells += [row["dev"][metric], row["test"][metric], f"{row['test']['agreement']:.2%}",
+        cells += [row["dev"][metric], row["test"][metric], *(row["test"][key] for key in head_keys(report, metric)),
+                  f"{row['test']['agreement']:.2%}",
                   "reference" if name == "pytorch" else gate_cell(report.get("gates", {}).get(name))]
         rows.append(cells)
     return rows
+
+
+def head_keys(report: dict, metric: str) -> list[str]:
+    """Per-head metric keys of a model with a topic head (``main_accuracy``, ``topic_accuracy``), else none."""
+    sample = report["variants"]["pytorch"]["test"]
+    return [key for key in (f"main_{metric}", f"topic_{metric}") if key in sample]
 
 
 def _b1(report: dict, name: str) -> float | None:
@@ -86,7 +93,8 @@ def variant_table(report: dict, metric: str) -> str:
     header = ["variant", "MB"]
     for bs in report.get("batch_sizes", []):
         header += [f"b{bs} p50 ms", f"b{bs} p95 ms"]
-    header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", "agree", "gate"]
+    header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", *(f"test {k}" for k in head_keys(report, metric)),
+               "agree", "gate"]
     return format_table(header, variant_rows(report, metric))
 
 

@@ -15,17 +15,20 @@ def run_task(run: RunInfo):
     """The run's Task, configured from the run's data options as training configured it."""
     from toolchain.tasks import get_task
 
-    task = get_task(run.task)
+    task = get_task(run.task, run.labels)
     if hasattr(task, "configure"):
         task.configure(from_dict(DataConfig, run.config["data"]))
     return task
 
 
 def load_run_splits(run: RunInfo):
-    """The run's train/dev/test examples, read as the run read them (its resolved data config)."""
-    from toolchain.data.dataset import check_labels, load_splits
+    """The run's train/dev/test examples, read as the run read them (its resolved data config; with a topic
+    head, the topic data set's beside the main one's)."""
+    from toolchain.config import RunConfig
+    from toolchain.data.dataset import check_labels
+    from toolchain.data.joint import load_run_splits as load_splits_of
 
-    splits = load_splits(from_dict(DataConfig, run.config["data"]))
+    splits = load_splits_of(from_dict(RunConfig, run.config))
     for role, info in splits.files.items():
         recorded = run.manifest.get("data_files", {}).get(role, {}).get("sha256")
         if recorded and recorded != info["sha256"]:

@@ -8,8 +8,12 @@ from __future__ import annotations
 from toolchain.tasks.base import Task
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, labels: list[str] | None = None) -> Task:
+    """The task by name; with the run's labels, a sequence classifier with a topic head is the joint task."""
     if name == "sequence-classification":
+        from toolchain.tasks.joint import JointClassification, has_topic_head
+        if labels is not None and has_topic_head(labels):
+            return JointClassification(labels)
         from toolchain.tasks.classification import SequenceClassification
         return SequenceClassification()
     if name == "token-classification":

@@ -13,6 +13,9 @@ def finish_run(run_dir: Path, log_history: list[dict], metrics: dict, labels: li
     plot_curves(log_history, run_dir / "curves.png")
     if "confusion_matrix" in metrics["test"]:
         plot_confusion(metrics["test"]["confusion_matrix"], labels, run_dir / "confusion_test.png")
+    for name, head in metrics["test"].get("heads", {}).items():  # a model with a topic head: one per head
+        plot_confusion(head["confusion_matrix"], head["labels"], run_dir / f"confusion_test_{name}.png",
+                       title=f"test confusion matrix: {name} head")
     print(summary_table(metrics, task))
     if "per_type" in metrics["test"]:
         print(per_type_table(metrics["test"]))

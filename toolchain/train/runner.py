@@ -21,7 +21,8 @@ from toolchain import __version__
 from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, ArtifactError, mark_complete,
                                  mark_incomplete, read_manifest, replace_dir, write_json, write_yaml)
 from toolchain.config import RunConfig, config_hash, from_dict, to_dict, train_metric
-from toolchain.data.dataset import check_labels, label_list, load_splits
+from toolchain.data.dataset import check_labels
+from toolchain.data.joint import load_run_splits, run_labels
 from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
 from toolchain.train.methods import HEAD_NAMES, PEFT_METHODS, apply_method, parameter_counts
@@ -215,6 +216,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
 
     from toolchain.train.adversarial import AdversarialTrainer
     from toolchain.train.callbacks import AdaLoraBudgetCallback
+    from toolchain.train.loss import trainer_class
     from toolchain.train.report import finish_run
 
     task = get_task(cfg.model.task)
@@ -222,9 +224,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         task.configure(cfg.data)
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)
-    splits = load_splits(cfg.data)
+    splits = load_run_splits(cfg)
     base_path = resolve_base_model(cfg.model.base)
-    labels, label_source = resolve_labels(label_list(splits.train), base_path, task)
+    labels, label_source = resolve_labels(run_labels(cfg, splits), base_path, task)
+    task = get_task(cfg.model.task, labels)
     for role in ("dev", "test"):
         check_labels(getattr(splits, role), labels, role)
     if is_main():
@@ -253,10 +256,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     def compute_metrics(prediction):
         return task.summary(task.metrics(prediction.predictions, prediction.label_ids, labels))
 
-    trainer_cls = AdversarialTrainer if cfg.adversarial.kind != "none" else None
-    kwargs = {"adversarial": cfg.adversarial} if trainer_cls else {}
     from transformers import Trainer
-    trainer = (trainer_cls or Trainer)(
+    base_cls = AdversarialTrainer if cfg.adversarial.kind != "none" else Trainer
+    kwargs = {"adversarial": cfg.adversarial} if base_cls is AdversarialTrainer else {}
+    head_loss = training_loss(cfg, labels, datasets["train"])
+    if head_loss is not None:
+        kwargs["head_loss"] = head_loss
+    trainer = trainer_class(base_cls, head_loss is not None)(
         model=model, args=training_arguments(cfg, run_dir), train_dataset=datasets["train"],
         eval_dataset=datasets["dev"], data_collator=task.collator(tokenizer), processing_class=tokenizer,
         compute_metrics=compute_metrics, callbacks=callbacks, **kwargs)
@@ -287,6 +293,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                                                 {"parameters": counts, "label_source": label_source}))
         mark_complete(run_dir)
     return run_dir
+
+
+def training_loss(cfg: RunConfig, labels: list[str], train_set):
+    """The head loss (per-head cross-entropy, class weights), or None when the model's own loss is it."""
+    from toolchain.tasks.joint import has_topic_head
+    from toolchain.train.loss import HeadLoss, class_weights
+
+    joint = has_topic_head(labels)
+    if cfg.train.class_weights == "none" and not joint:
+        return None
+    weights = class_weights([f["labels"] for f in train_set.features], labels, cfg.train.class_weights)
+    return HeadLoss(labels, weights if cfg.train.class_weights != "none" else None, cfg.topic.loss_weight)
 
 
 def report_rank_agreement(model, metrics: dict) -> None:
