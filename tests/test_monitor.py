@@ -33,15 +33,17 @@ class StubService:
     """`POST /classify` on 127.0.0.1: scripted failures first, then one prediction per text.
 
     A text containing "fell" is negative, "rose" positive, anything else neutral; a text containing
-    "REJECT" is refused with 422 and ``field: texts[i]`` as the real service does. A script entry is a
+    "REJECT" is refused with 422 and ``field: texts[i]`` as the real service does. With ``topics``, each
+    prediction also carries a predicted topic, as from a model with a topic head: "Earnings" for a text
+    containing "earnings", "Energy | Oil" for "oil", else "Markets". A script entry is a
     status (answered with a JSON error and ``Retry-After: 0.3``) or ``(status, raw body bytes)``.
     A request carrying an ``Idempotency-Key`` already answered with 200 gets the stored answer again
     and is not counted twice (what the real service is asked to do; see toolchain/monitor/feeder.py).
     """
 
-    def __init__(self, port: int = 0, script: list[int] | None = None, key: str | None = None):
+    def __init__(self, port: int = 0, script: list[int] | None = None, key: str | None = None, topics: bool = False):
         self.script = list(script or [])
-        self.key = key
+        self.key, self.topics = key, topics
         self.received: Counter = Counter()       # texts counted, like toolchain_predictions_total
         self.requests = self.replays = 0
         self.answered: dict[str, list] = {}      # Idempotency-Key -> the 200 answer given
@@ -95,12 +97,20 @@ class StubService:
                 return 422, {"error": "invalid_request", "message": f"texts[{i}] is refused", "field": f"texts[{i}]"}
         labels = ["negative" if "fell" in t else "positive" if "rose" in t else "neutral" for t in body["texts"]]
         for text in body["texts"]:
-            self.received[(body.get("topic"), text)] += 1
-        return 200, [{"label": label, "score": 0.9} for label in labels]
+            self.received[(body.get("source"), text)] += 1
+        answer = [{"label": label, "score": 0.9} for label in labels]
+        if self.topics:
+            for prediction, text in zip(answer, body["texts"]):
+                prediction["topic"] = {"label": stub_topic(text), "score": 0.8}
+        return 200, answer
 
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def stub_topic(text: str) -> str:
+    return "Earnings" if "earnings" in text else "Energy | Oil" if "oil" in text else "Markets"
 
 
 @pytest.fixture
@@ -110,9 +120,9 @@ def stub():
     service.close()
 
 
-def news(path: Path, rows: list, topic: str | None = "markets") -> Path:
-    """A JSONL file: each str becomes an item with ``topic``; bytes are written as the raw line."""
-    lines = [r.decode() if isinstance(r, bytes) else json.dumps({"text": r, **({"topic": topic} if topic else {})})
+def news(path: Path, rows: list, source: str | None = "markets") -> Path:
+    """A JSONL file: each str becomes an item with ``source``; bytes are written as the raw line."""
+    lines = [r.decode() if isinstance(r, bytes) else json.dumps({"text": r, **({"source": source} if source else {})})
              for r in rows]
     path.write_text("".join(line + "\n" for line in lines))
     return path
@@ -131,6 +141,9 @@ def monitor(*args: str) -> int:
     (b'{"topic": "x"}', "'text' must be a non-blank string, got None"),
     (b'{"text": "   "}', "'text' must be a non-blank string"),
     (b'{"text": "ok", "topic": 7}', "'topic' must be a string, got 7"),
+    (b'{"text": "ok", "source": ["a"]}', "'source' must be a string, got ['a']"),
+    (b'{"text": "ok", "source": "reuters", "topic": "Earnings"}',
+     "'source' 'reuters' and its former name 'topic' 'Earnings' differ: give the item's source as 'source' only"),
     (b'{"text": "ok", "timestamp": "yesterday"}', "'timestamp' must be ISO 8601 or Unix seconds, got 'yesterday'"),
     (b'{"text": "caf\xe9"}', "not UTF-8 (byte 13: b'\\xe9')"),
 ])
@@ -141,9 +154,11 @@ def test_bad_lines_name_the_problem(raw, reason):
 
 
 def test_good_lines_and_blank_lines():
-    item = parse_line(b'{"text": "Sales fell", "topic": "banks", "timestamp": "2024-05-01T09:30:00Z", "id": 5}\n',
+    item = parse_line(b'{"text": "Sales fell", "source": "banks", "timestamp": "2024-05-01T09:30:00Z", "id": 5}\n',
                       "f", 1, 10)
-    assert isinstance(item, NewsItem) and (item.text, item.topic, item.item_id) == ("Sales fell", "banks", "5")
+    assert isinstance(item, NewsItem) and (item.text, item.news_source, item.item_id) == ("Sales fell", "banks", "5")
+    for line in (b'{"text": "x", "topic": "banks"}\n', b'{"text": "x", "topic": "banks", "source": "banks"}\n'):
+        assert parse_line(line, "f", 1, 10).news_source == "banks"          # the key's former name
     assert item.timestamp == 1714555800.0
     assert parse_line(b'{"text": "x", "timestamp": 1714555800}\n', "f", 1, 1).timestamp == 1714555800.0
     assert parse_line(b"   \n", "f", 2, 14) is None
@@ -205,7 +220,7 @@ def test_backoff_grows_with_jitter_and_honours_retry_after():
     assert backoff.delay(1, 3.0, rng) >= 3.0 and backoff.delay(1, 60.0, rng) == 4.0
 
 
-def test_rolling_table_shows_shares_by_topic():
+def test_rolling_table_without_topics_shows_shares_by_source():
     table = RollingShare(window=4)
     for label in ("negative", "negative", "neutral", "positive", "negative"):
         table.add("banks", label)
@@ -213,23 +228,115 @@ def test_rolling_table_shows_shares_by_topic():
     text = table.render(now=1714555800)
     banks = next(line for line in text.splitlines() if line.startswith("banks"))
     assert banks.split()[1:6] == ["5", "4", "50.0%", "25.0%", "25.0%"]
-    assert "(none)" in text and "2024-05-01 09:30" in text and text.splitlines()[-1].startswith("all topics")
+    assert "(none)" in text and "2024-05-01 09:30" in text and text.splitlines()[-1].startswith("all sources")
+    assert text.startswith("sentiment share by source, last 4 items per source") and "by topic" not in text
+    assert table.summary() == ""                                      # no predicted topic: no topic summary
+
+
+def row_of(text: str, name: str) -> list[str]:
+    """The cells after the name of the table row starting with ``name``."""
+    line = next(line for line in text.splitlines() if line.startswith(name))
+    return line[len(name):].split()
+
+
+def test_rolling_table_shows_shares_by_predicted_topic_then_by_source():
+    table = RollingShare(window=3)
+    for topic, source, label in [("Earnings", "reuters", "negative"), ("Earnings", "bloomberg", "positive"),
+                                 ("Energy | Oil", "reuters", "neutral"), ("Earnings", "reuters", "negative"),
+                                 ("Earnings", "reuters", "negative")]:
+        table.add(source, label, topic=topic)
+    text = table.render(now=1714555800)
+    by_topic, by_source = text.split("\n\n")
+    assert by_topic.startswith("sentiment share by topic, last 3 items per topic")
+    assert row_of(by_topic, "Earnings")[:5] == ["4", "3", "66.7%", "0.0%", "33.3%"]     # its last 3 of 4
+    assert row_of(by_topic, "Energy | Oil")[:5] == ["1", "1", "0.0%", "100.0%", "0.0%"]
+    assert by_topic.splitlines()[-1].startswith("all topics")
+    assert by_source.startswith("sentiment share by source")
+    assert row_of(by_source, "reuters")[:5] == ["4", "3", "66.7%", "33.3%", "0.0%"]
+    assert by_source.splitlines()[-1].startswith("all sources")
+
+
+def test_summary_names_the_topics_whose_negative_share_rose_most():
+    """First half vs second half of each topic's own items: Earnings 10% -> 90%, Markets 20% -> 30%,
+    Macro falls (not named), IPO has too few items to be judged."""
+    table = RollingShare(window=5)
+
+    def feed(topic: str, negatives: list[int]) -> None:
+        for negative in negatives:
+            table.add("wire", "negative" if negative else "neutral", topic=topic)
+    feed("Earnings", [1] + [0] * 9 + [1] * 9 + [0])
+    feed("Markets", [1, 1] + [0] * 8 + [1, 1, 1] + [0] * 7)
+    feed("Macro", [1] * 5 + [0] * 5 + [0] * 10)
+    feed("IPO", [0] * 5 + [1] * 5)
+    rises = table.rising(min_items=10)
+    assert [(r.topic, r.before, r.after) for r in rises] == [("Earnings", 0.1, 0.9), ("Markets", 0.2, 0.3)]
+    assert round(rises[0].points, 6) == 80.0 and rises[0].items == 20
+    summary = table.summary(min_items=10)
+    lines = summary.splitlines()
+    assert lines[0] == "negative share rising most, first half vs second half of each topic's items this run:"
+    assert lines[1].split() == ["Earnings", "10.0%", "->", "90.0%", "(+80.0", "points,", "20", "items)"]
+    assert lines[2].split()[0] == "Markets" and len(lines) == 3
+    assert [r.topic for r in table.rising(min_items=10, top=1)] == ["Earnings"]
+    assert [r.topic for r in table.rising(min_items=5)] == ["IPO", "Earnings", "Markets"]   # IPO 0% -> 100%
+    quiet = RollingShare()
+    quiet.add("wire", "negative", topic="Macro")
+    assert quiet.summary() == ("negative share rising most, first half vs second half of each topic's items this "
+                               "run: none rose (a topic needs 10 items in each half; 1 topics seen)")
 
 
 # -- against a stub service --------------------------------------------------------------------
 
-def test_items_are_sent_by_topic_and_bad_lines_reported(stub, tmp_path, capsys):
-    wire = news(tmp_path / "wire.jsonl", ["Profit rose", b"not json at all", b'{"text": "Sales fell", "topic": "banks"}',
-                                         b'{"text": "No topic here"}'])
+@pytest.mark.parametrize("option", ["--source", "--topic"])     # --topic: the option's former name
+def test_items_are_sent_by_source_and_bad_lines_reported(stub, tmp_path, capsys, option):
+    wire = news(tmp_path / "wire.jsonl", ["Profit rose", b"not json at all", b'{"text": "Sales fell", "source": "banks"}',
+                                         b'{"text": "No source here"}', b'{"text": "Profit fell", "topic": "old"}'])
     bad = tmp_path / "bad.jsonl"
-    assert monitor(str(wire), "--url", stub.url, "--topic", "general", "--bad-lines", str(bad)) == 0
+    assert monitor(str(wire), "--url", stub.url, option, "general", "--bad-lines", str(bad)) == 0
     assert stub.received == Counter({("markets", "Profit rose"): 1, ("banks", "Sales fell"): 1,
-                                     ("general", "No topic here"): 1})
+                                     ("general", "No source here"): 1, ("old", "Profit fell"): 1})
     out, err = capsys.readouterr()
     assert f"{wire}:2: skipped bad line: not JSON" in err
     assert json.loads(bad.read_text())["line"] == 2
-    assert "sent 3 items this run (3 in all); 1 bad lines skipped" in out
+    assert "sent 4 items this run (4 in all); 1 bad lines skipped" in out
     assert "general" in out and "banks" in out
+
+
+def test_with_a_topic_head_the_run_shows_topics_and_the_predictions_carry_them(tmp_path, capsys):
+    """A service whose model has a topic head: the table is by predicted topic (then by source), the
+    summary names the topic whose negative share rose, each predictions row holds its topic."""
+    service = StubService(topics=True)
+    calm = [f"oil output {i} stable" for i in range(12)] + [f"earnings call {i} held" for i in range(12)]
+    burst = [f"oil price {i} steady" for i in range(12)] + [f"earnings {i} fell" for i in range(12)]
+    wire = news(tmp_path / "wire.jsonl", calm + burst, source="reuters")
+    predictions = tmp_path / "pred.jsonl"
+    try:
+        assert monitor(str(wire), "--url", service.url, "--predictions", str(predictions), "--batch-size", "8") == 0
+    finally:
+        service.close()
+    out = capsys.readouterr().out
+    assert "sentiment share by topic, last 200 items per topic" in out and "sentiment share by source" in out
+    assert row_of(out, "Earnings")[:5] == ["24", "24", "50.0%", "50.0%", "0.0%"]
+    assert row_of(out, "Energy | Oil")[:5] == ["24", "24", "0.0%", "100.0%", "0.0%"]
+    assert row_of(out, "reuters")[:2] == ["48", "48"]
+    assert ("negative share rising most, first half vs second half of each topic's items this run:\n"
+            "  Earnings") in out
+    assert row_of(out, "  Earnings")[:3] == ["0.0%", "->", "100.0%"] and "Energy | Oil  " not in out.split("rising most")[1]
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 48 and {r["news_source"] for r in rows} == {"reuters"}
+    assert rows[0]["source"] == str(wire) and rows[0]["line"] == 1
+    assert Counter(r["topic"] for r in rows) == Counter({"Earnings": 24, "Energy | Oil": 24})
+    assert {r["topic_score"] for r in rows} == {0.8}
+    assert {(r["label"], r["topic"]) for r in rows if r["line"] > 36} == {("negative", "Earnings")}   # the burst
+
+
+def test_without_a_topic_head_the_predictions_have_no_topic(stub, tmp_path, capsys):
+    wire, predictions = news(tmp_path / "wire.jsonl", ["Profit rose", "Sales fell"]), tmp_path / "pred.jsonl"
+    assert monitor(str(wire), "--url", stub.url, "--predictions", str(predictions)) == 0
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["news_source"], r["label"], r["topic"], r["topic_score"]) for r in rows] == [
+        ("markets", "positive", None, None), ("markets", "negative", None, None)]
+    out = capsys.readouterr().out
+    assert "sentiment share by source" in out and "by topic" not in out and "rising most" not in out
 
 
 def test_overload_answers_are_retried_with_backoff(tmp_path, capsys):
@@ -296,12 +403,25 @@ def test_a_wrong_key_stops_the_feeder(tmp_path, capsys):
     assert sum(service.received.values()) == 1
 
 
+def test_a_service_that_does_not_take_source_is_named(tmp_path, capsys):
+    service = StubService(script=[(422, {"error": "invalid_request", "message": "unknown field 'source'",
+                                         "field": "source"})])
+    try:
+        assert monitor(str(news(tmp_path / "wire.jsonl", ["a"])), "--url", service.url) == 2
+    finally:
+        service.close()
+    err = capsys.readouterr().err
+    assert "refused the request's 'source' field (unknown field 'source')" in err and "upgrade the service" in err
+
+
 def test_bad_arguments_name_the_value(tmp_path, capsys):
     wire = news(tmp_path / "wire.jsonl", ["a"])
     assert monitor(str(wire), "--batch-size", "0") == 2
     assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
     assert monitor(str(tmp_path / "missing.jsonl")) == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err
+    assert monitor(str(wire), "--source", "s" * 201) == 2
+    assert "--source has 201 characters; the service takes at most 200" in capsys.readouterr().err
 
 
 def test_a_restart_sends_only_lines_not_acknowledged(stub, tmp_path):
@@ -338,7 +458,31 @@ def test_after_a_hard_kill_the_group_in_flight_is_reported(stub, tmp_path, capsy
     assert got == (["b 1", "b 3"] if resent else []) + ["c 4", "c 5"]
     err = capsys.readouterr().err
     verb = "resending" if resent else "not resending"
-    assert f"{verb} 2 items of topic b ({wire}:2 .. {wire}:4)" in err
+    assert f"{verb} 2 items of source b ({wire}:2 .. {wire}:4)" in err
+
+
+def test_a_pending_batch_written_before_sources_existed_is_finished(stub, tmp_path, capsys):
+    """A state an earlier version left mid-batch names the request's source `topic` (in its write-ahead and
+    its answered rows): the restart sends the rest under that source and writes the rows in today's form."""
+    from toolchain.monitor.batch import describe
+    from toolchain.monitor.sources import FileSource
+
+    wire = tmp_path / "wire.jsonl"
+    wire.write_text("".join(json.dumps({"text": f"{t} {i}", "topic": t}) + "\n" for i, t in enumerate("abab")))
+    records, ranges, end = describe(FileSource(wire, {}, False, print).read(10))
+    state, predictions = FeedState(), tmp_path / "pred.jsonl"
+    state.begin(ranges, end, {str(predictions.resolve()): 0}, 0)
+    old_row = {"source": str(wire), "line": 1, "id": None, "topic": "a", "label": "neutral", "score": 0.9}
+    state.pending["acked"].append({"key": state.next_key(), "items": [0, 2], "rows": [old_row, {**old_row, "line": 3}]})
+    state.pending["attempting"] = {"key": state.next_key(), "items": [1, 3], "topic": "b"}
+    state.save(tmp_path / "state.json")
+    assert monitor(str(wire), "--url", stub.url, "--state", str(tmp_path / "state.json"),
+                   "--predictions", str(predictions)) == 0
+    assert stub.received == Counter({("b", "b 1"): 1, ("b", "b 3"): 1})
+    assert "resending 2 items of source b" in capsys.readouterr().err
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["line"], r["news_source"], r["topic"]) for r in rows] == [(1, "a", None), (3, "a", None),
+                                                                        (2, "b", None), (4, "b", None)]
 
 
 def test_sigterm_while_the_service_is_down_parks_and_loses_nothing(tmp_path):
@@ -373,3 +517,4 @@ def test_help_imports_no_heavy_modules():
             "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'bentoml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+

@@ -93,7 +93,7 @@ def test_recovery_replays_the_pending_batch_although_files_grew_and_appeared(stu
     write(news / "b.jsonl", ["b1", "b2", "b3"], "y")
     sources = [str(news)] if layout == "folder" else [str(news / "a.jsonl"), str(news / "b.jsonl")]
     args = [*sources, "--once", "--url", stub.url, "--state", str(tmp_path / "state.json"), "--batch-size", "10"]
-    crasher.arm(call=2, when="before")              # topic x acknowledged, the kill before topic y is sent
+    crasher.arm(call=2, when="before")              # source x acknowledged, the kill before source y is sent
     with pytest.raises(Crash):
         monitor(*args)
     write(news / "a.jsonl", ["a4", "a5"], "x", mode="a")    # the sources change while the feeder is down
@@ -217,7 +217,7 @@ def test_uncertain_skip_drops_the_request_in_doubt_and_says_so(stub, crasher, tm
     crasher.disarm()
     assert monitor(*args, "--uncertain", "skip") == 0
     out, err = capsys.readouterr()
-    assert f"not resending 3 items of topic x ({wire}:1 .. {wire}:3)" in err
+    assert f"not resending 3 items of source x ({wire}:1 .. {wire}:3)" in err
     assert "3 items in doubt not resent" in out
     assert texts(stub) == Counter({f"item {i}": 1 for i in range(5)})      # the first attempt had been counted
     assert prediction_ids(predictions) == Counter({"3": 1, "4": 1})       # its answer never arrived
@@ -232,7 +232,7 @@ def test_the_request_in_doubt_is_resent_with_its_key(stub, crasher, tmp_path, ca
         monitor(*args)
     crasher.disarm()
     assert monitor(*args) == 0
-    assert f"resending 3 items of topic x ({wire}:1 .. {wire}:3) with the same Idempotency-Key" in capsys.readouterr().err
+    assert f"resending 3 items of source x ({wire}:1 .. {wire}:3) with the same Idempotency-Key" in capsys.readouterr().err
     assert stub.replays == 1 and texts(stub) == Counter({f"item {i}": 1 for i in range(3)})
 
 

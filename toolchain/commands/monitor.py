@@ -12,7 +12,16 @@ from pathlib import Path
 from toolchain.monitor import KEY_ENV, URL_ENV, check_url, read_key, show, warn
 
 
+EPILOG = ("Items: one JSON object per line, {\"text\": ..., \"source\": ..., \"timestamp\": ..., \"id\": ...}; only text "
+          "is required; source (ticker, desk, publisher; former name: topic) goes to the service as the request's "
+          "source. The rolling tables show sentiment shares over the last --window items of each predicted topic "
+          "(when the served model has a topic head) and of each source. At the end, the topics whose negative share "
+          "rose most are named: the first half of each topic's items this run against the second half (a topic needs "
+          "10 items in each half).")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="JSONL file, folder of *.jsonl files, or - (stdin)")
     p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:3000"),
                    help=f"service base address (default: ${URL_ENV} or http://127.0.0.1:3000); https:// unless "
@@ -23,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", type=Path, help=f"file holding the API key (default: ${KEY_ENV})")
     p.add_argument("--state", type=Path, help="state file of the durable position (without it a restart "
                    "starts from the beginning)")
-    p.add_argument("--topic", help="topic of items that carry none")
+    p.add_argument("--source", "--topic", dest="source", metavar="NAME",
+                   help="source (ticker, desk, publisher) of items that carry none: sent as the request's `source`, "
+                        "a metric label at the service (--topic: its former name)")
     p.add_argument("--pattern", default="*.jsonl", help="file names read in a folder")
     p.add_argument("--follow", action="store_true", help="keep reading a file as it grows (like tail -f)")
     p.add_argument("--once", action="store_true", help="folders: stop when the files present are read")
@@ -32,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-seconds", type=float, default=1.0, help="send a partial batch after this long")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="pause between looks for new lines")
     p.add_argument("--table-every", type=float, default=10.0, help="seconds between tables (0: only at the end)")
-    p.add_argument("--window", type=int, default=200, help="items per topic in the rolling table")
+    p.add_argument("--window", type=int, default=200, help="items per predicted topic (and per source) in the "
+                   "rolling tables")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("--max-retries", type=int, default=0, help="give up after this many attempts of one request "
                    "(0: no limit but --give-up-after)")
@@ -44,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after a hard kill, the request that was in flight: resend it with its Idempotency-Key "
                         "(exactly once with a service that honours the key, else at least once) or skip it (at "
                         "most once)")
-    p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file (exactly once; "
-                   "the feeder must be its only writer)")
+    p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file: file, line, id, "
+                   "news_source, label, score, predicted topic and topic_score (exactly once; the feeder must be its "
+                   "only writer)")
     p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here "
                    "(exactly once)")
 
@@ -76,6 +89,9 @@ def run(args) -> int:
     state = feeder.state
     uncertain = f"; {state.uncertain_items} items in doubt not resent" if state.uncertain_items else ""
     uncertain += f"; {client.replayed} answers replayed by the service (Idempotency-Key)" if client.replayed else ""
+    rising = feeder.table.summary()
+    if rising:
+        print(rising, flush=True)
     print(f"sent {feeder.sent_this_run} items this run ({state.sent_items} in all); {state.bad_lines} bad lines "
           f"skipped; {state.rejected_items} items rejected by the service; {client.retries} retries{uncertain}",
           flush=True)
@@ -102,7 +118,7 @@ def build(args):
     backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries, give_up_after_s=args.give_up_after)
     client = ServiceClient(args.url, read_key(args.api_key_file), args.timeout, backoff, stop, warn)
     options = FeedOptions(args.batch_size, args.flush_seconds, args.poll_seconds, args.table_every, args.uncertain,
-                          args.topic)
+                          args.source)
     feeder = Feeder(sources, client, state, args.state, options, RollingShare(args.window), warn, show, stop,
                     args.predictions, args.bad_lines)
     return feeder, client
@@ -122,10 +138,10 @@ def _check_numbers(args) -> None:
         path = getattr(args, name)
         if path is not None and not path.resolve().parent.is_dir():
             raise ValueError(f"--{name.replace('_', '-')} {path}: the folder {path.resolve().parent} does not exist")
-    from toolchain.monitor.sources import MAX_TOPIC_CHARS
+    from toolchain.monitor.sources import MAX_SOURCE_CHARS
 
-    if args.topic is not None and len(args.topic) > MAX_TOPIC_CHARS:
-        raise ValueError(f"--topic has {len(args.topic)} characters; the service takes at most {MAX_TOPIC_CHARS}")
+    if args.source is not None and len(args.source) > MAX_SOURCE_CHARS:
+        raise ValueError(f"--source has {len(args.source)} characters; the service takes at most {MAX_SOURCE_CHARS}")
 
 
 def _install_stop_handlers(stop: threading.Event):

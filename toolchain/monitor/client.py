@@ -2,7 +2,8 @@
 
 What an answer means to the feeder:
 
-- **200 with one prediction per text**: the request was counted; the answer is returned.
+- **200 with one prediction per text**: the request was counted; the answer is returned (each
+  prediction's ``label`` and ``score``, and ``topic`` ``{"label", "score"}`` when the model has a topic head).
 - **Transient**, retried with the same ``Idempotency-Key`` and exponential backoff (full jitter;
   ``Retry-After`` honoured, in seconds or as an HTTP date, up to ``--backoff-max``): connection errors
   and timeouts, 408, 409 (the same key still being processed), 425, 429, every 5xx, and a 200 whose
@@ -77,12 +78,13 @@ class ServiceClient:
         self.replayed = 0         # answers the service replayed for a key it had already answered
         self.reached = False      # whether an attempt of the current request may have been processed
 
-    def classify(self, texts: list[str], topic: str | None, key: str | None = None) -> list[dict]:
-        """Predictions for ``texts`` (one dict with ``label`` and ``score`` per text, in order).
+    def classify(self, texts: list[str], source: str | None, key: str | None = None) -> list[dict]:
+        """Predictions for ``texts`` (one dict with ``label`` and ``score`` per text, in order), sent with
+        the request's ``source`` (the items' ticker, desk or publisher: a metric label at the service).
 
         ``key`` goes in the Idempotency-Key header of every attempt: a service that honours it counts
         the request once however often it is sent."""
-        body = encode({"texts": texts} if topic is None else {"texts": texts, "topic": topic})
+        body = encode({"texts": texts} if source is None else {"texts": texts, "source": source})
         headers = {"content-type": "application/json", **({IDEMPOTENCY_HEADER: key} if key else {})}
         self.reached = False
         started, attempt = time.monotonic(), 0
@@ -122,6 +124,10 @@ class ServiceClient:
                                "set TOOLCHAIN_API_KEY or --api-key-file")
         if status == 404:
             raise MonitorError(f"{self.url} answered 404: is --url the service's base address?")
+        if status == 422 and _field(response) == "source":
+            raise MonitorError(f"{self.url} refused the request's 'source' field ({_message(response)}); if it "
+                               "calls the field unknown, the service predates it (it took it as 'topic'): upgrade "
+                               "the service; nothing of the batch was committed")
         if status in REFUSED_CONTENT:
             raise Rejected(status, _message(response), _field(response))
         if status != 200:

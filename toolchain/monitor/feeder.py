@@ -1,4 +1,4 @@
-"""The feeder loop: read a batch, record it, send it by topic, commit the position, show the table.
+"""The feeder loop: read a batch, record it, send it by source, commit the position, show the table.
 
 Delivery protocol. The state file is the write-ahead log: each state change below is written
 atomically (and fsynced) before the action that depends on it.
@@ -6,7 +6,7 @@ atomically (and fsynced) before the action that depends on it.
 1. *Begin*: the batch's exact lines (one byte range per file, with a digest; stdin lines stored whole,
    see :mod:`toolchain.monitor.batch`), the positions after it and the output files' lengths; written
    with its first request's *attempting* (nothing depends on it before).
-2. Per request (a topic group, or part of one): *attempting*, with a new Idempotency-Key and the
+2. Per request (a source group, or part of one): *attempting*, with a new Idempotency-Key and the
    items it holds (written together with the previous request's answer); then the request, sent with
    that key and retried with it until answered (transient failures: see
    :mod:`toolchain.monitor.client`); its answer is kept as *acked*. A 422 naming ``texts[i]`` (or a
@@ -62,7 +62,7 @@ class FeedOptions:
     poll_s: float = 1.0           # pause between looks for new lines when following
     table_every_s: float = 10.0   # print the rolling table this often (0: only at the end)
     uncertain: str = "resend"     # resend | skip: the request in flight when the last run was killed
-    default_topic: str | None = None   # topic of items that carry none
+    default_source: str | None = None  # source of items that carry none
 
 
 class Feeder:
@@ -147,8 +147,8 @@ class Feeder:
             self.resend_in_doubt(in_doubt, records)
         settled = self.state.settled()
         items = [i for i, r in enumerate(records) if isinstance(r, NewsItem) and i not in settled]
-        for topic, group in group_by_topic(records, items, self.options.default_topic).items():
-            self.send_group(records, group, topic)
+        for source, group in group_by_source(records, items, self.options.default_source).items():
+            self.send_group(records, group, source)
         self.save()
         self.outputs.append("bad_lines", [{"source": r.source, "line": r.line, "reason": r.reason} for r in bad])
         for acked in self.state.pending["acked"]:
@@ -157,29 +157,29 @@ class Feeder:
         self.state.commit(self.outputs.sizes())
         self.save()
 
-    def send_group(self, records: list, group: list[int], topic: str, key: str | None = None) -> None:
-        """Requests for one topic's items until each is answered or refused by name."""
+    def send_group(self, records: list, group: list[int], source: str, key: str | None = None) -> None:
+        """Requests for one source's items until each is answered or refused by name."""
         parts = [(group, key)]
         while parts:
             part, key = parts.pop(0)
             try:
-                self.request(records, part, topic, key)
+                self.request(records, part, source, key)
             except Rejected as exc:
                 self.state.pending["attempting"] = None
-                parts[:0] = [(rest, None) for rest in self.refused(records, part, topic, exc)]
+                parts[:0] = [(rest, None) for rest in self.refused(records, part, source, exc)]
 
-    def request(self, records: list, part: list[int], topic: str, key: str | None) -> None:
+    def request(self, records: list, part: list[int], source: str, key: str | None) -> None:
         pending = self.state.pending
         key = key or self.state.next_key()
-        pending["attempting"] = {"key": key, "items": part, "topic": topic}
+        pending["attempting"] = {"key": key, "items": part, "source": source}
         self.save()
-        predictions = self.client.classify([records[i].text for i in part], topic or None, key)
-        rows = [prediction_row(records[i], p, topic) for i, p in zip(part, predictions)]
+        predictions = self.client.classify([records[i].text for i in part], source or None, key)
+        rows = [prediction_row(records[i], p, source) for i, p in zip(part, predictions)]
         pending["acked"].append({"key": key, "items": part, "rows": rows})
         pending["attempting"] = None
         self.sent_this_run += len(rows)
 
-    def refused(self, records: list, part: list[int], topic: str, exc: Rejected) -> list[list[int]]:
+    def refused(self, records: list, part: list[int], source: str, exc: Rejected) -> list[list[int]]:
         """What to send instead of a refused request: without the item it names, or in two halves."""
         match = ITEM_FIELD.match(exc.field or "")
         if match and int(match.group(1)) < len(part):
@@ -192,7 +192,7 @@ class Feeder:
         if exc.status == 413:
             self.reject(records[part[0]], part[0], exc)
             return []
-        raise MonitorError(f"the service refused {len(part)} items of topic {topic or '(none)'} ({where(records, part)}) "
+        raise MonitorError(f"the service refused {len(part)} items of source {source or '(none)'} ({where(records, part)}) "
                            f"with HTTP {exc.status} ({exc.message}) without naming an item; nothing of the batch "
                            "was committed: fix the cause and restart")
 
@@ -203,37 +203,39 @@ class Feeder:
     def resend_in_doubt(self, request: dict, records: list) -> None:
         """The request a hard kill interrupted: resent with its key (or dropped with --uncertain skip)."""
         part = [i for i in request["items"] if records[i] is not None]
-        topic, count = request["topic"], len(part)
+        source, count = attempted_source(request), len(part)
         lines = f"{where(records, part)}" if part else "(none)"
         self.state.pending["attempting"] = None
         if not part:
             return
         if self.options.uncertain == "skip":
             self.state.pending["skipped"] += part
-            self.report(f"not resending {count} items of topic {topic or '(none)'} ({lines}): the previous run was "
+            self.report(f"not resending {count} items of source {source or '(none)'} ({lines}): the previous run was "
                         "stopped while sending them, so the service may or may not have counted them")
             return
         key = request["key"] if len(part) == len(request["items"]) else None
         how = ("with the same Idempotency-Key, so a service that honours it counts them once" if key else
                "without the Idempotency-Key of the first attempt: if the service had answered, they are counted twice")
-        self.report(f"resending {count} items of topic {topic or '(none)'} ({lines}) {how}: the previous run was "
+        self.report(f"resending {count} items of source {source or '(none)'} ({lines}) {how}: the previous run was "
                     "stopped while sending them")
-        self.send_group(records, part, topic, key)
+        self.send_group(records, part, source, key)
 
     def settle_legacy(self, legacy: dict, records: list) -> None:
-        """A pending batch of a version-1 state: its acknowledged topic groups, its group in doubt."""
+        """A pending batch of a version-1 state: its acknowledged source groups, its group in doubt."""
         items = [i for i, r in enumerate(records) if isinstance(r, NewsItem)]
-        groups = group_by_topic(records, items, self.options.default_topic)
-        for topic in legacy["sent"]:
-            self.state.pending["acked"].append({"key": None, "items": groups.get(topic, []), "rows": []})
+        groups = group_by_source(records, items, self.options.default_source)
+        for source in legacy["sent"]:
+            self.state.pending["acked"].append({"key": None, "items": groups.get(source, []), "rows": []})
         if legacy["attempting"] is not None:
             self.state.pending["attempting"] = {"key": None, "items": groups.get(legacy["attempting"], []),
-                                                "topic": legacy["attempting"]}
+                                                "source": legacy["attempting"]}
 
     def record(self, rows: list[dict], items: list) -> None:
         """Answered predictions: into the rolling table and the predictions file."""
+        rows = [current_row(row) for row in rows]
         for row, item in zip(rows, items):
-            self.table.add(row["topic"], row["label"], item.timestamp if item is not None else None)
+            self.table.add(row["news_source"], row["label"], item.timestamp if item is not None else None,
+                           topic=row["topic"])
         self.outputs.append("predictions", rows)
 
     def park(self) -> None:
@@ -252,18 +254,35 @@ class Feeder:
             self.last_table = time.monotonic()
 
 
-def prediction_row(item: NewsItem, prediction: dict, topic: str) -> dict:
-    return {"source": item.source, "line": item.line, "id": item.item_id, "topic": topic or None,
-            "label": prediction["label"], "score": prediction.get("score")}
+def prediction_row(item: NewsItem, prediction: dict, source: str) -> dict:
+    """A predictions-file row: where the item was read (``source``: file, ``line``), its ``id`` and own
+    ``news_source``, the sentiment ``label``/``score`` and the predicted ``topic``/``topic_score`` (None
+    when the model has no topic head)."""
+    topic = prediction.get("topic") if isinstance(prediction.get("topic"), dict) else {}
+    return {"source": item.source, "line": item.line, "id": item.item_id, "news_source": source or None,
+            "label": prediction["label"], "score": prediction.get("score"), "topic": topic.get("label"),
+            "topic_score": topic.get("score")}
+
+
+def current_row(row: dict) -> dict:
+    """A row as written now; a row an earlier version kept in a pending batch held the source as ``topic``."""
+    if "news_source" in row:
+        return row
+    return {**row, "news_source": row.get("topic"), "topic": None, "topic_score": None}
+
+
+def attempted_source(request: dict) -> str | None:
+    """The source of a request in the write-ahead (``topic``: its key in a state an earlier version wrote)."""
+    return request["source"] if "source" in request else request.get("topic")
 
 
 def where(records: list, part: list[int]) -> str:
     return f"{records[part[0]].where} .. {records[part[-1]].where}"
 
 
-def group_by_topic(records: list, items: list[int], default: str | None = None) -> dict[str, list[int]]:
-    """Item indices by topic ("" for none), in order of first appearance; one request per group."""
+def group_by_source(records: list, items: list[int], default: str | None = None) -> dict[str, list[int]]:
+    """Item indices by source ("" for none), in order of first appearance; one request per group."""
     groups: dict[str, list[int]] = {}
     for i in items:
-        groups.setdefault(records[i].topic or default or "", []).append(i)
+        groups.setdefault(records[i].news_source or default or "", []).append(i)
     return groups

@@ -1,7 +1,9 @@
 """News sources: a JSONL file, a folder of JSONL files that grows, or stdin; each keeps a position.
 
-A line is one JSON object: ``{"text": "...", "topic": "markets", "timestamp": "2024-05-01T09:30:00Z",
-"id": "..."}``; only ``text`` is required (``timestamp``: ISO 8601 or Unix seconds). A line that is
+A line is one JSON object: ``{"text": "...", "source": "reuters", "timestamp": "2024-05-01T09:30:00Z",
+"id": "..."}``; only ``text`` is required (``timestamp``: ISO 8601 or Unix seconds; ``source``: the
+item's ticker, desk or publisher, sent as the request's ``source``, a metric label at the service;
+``topic`` is that key's former name, still read). A line that is
 not such an object becomes a :class:`BadLine` naming its file, line and what is wrong: it is
 reported and skipped, never fatal and never silently dropped. Blank lines hold nothing and are skipped.
 
@@ -15,24 +17,31 @@ import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from datetime import datetime
 from pathlib import Path
 
 STDIN = "<stdin>"
-MAX_TOPIC_CHARS = 200       # the service's limit (toolchain.serve.validation.check_topic)
+MAX_SOURCE_CHARS = 200      # the service's limit on the request's `source` (toolchain.serve.validation)
+MAX_TOPIC_CHARS = MAX_SOURCE_CHARS     # former name
+SOURCE_KEYS = ("source", "topic")      # an item's source, and that key's former name
 
 
 @dataclass(frozen=True)
 class NewsItem:
-    source: str
+    source: str             # where it was read: the file, or <stdin>
     line: int               # 1-based line number in its source
     end: int                # position after this line: byte offset (files) or line count (stdin)
     text: str
-    topic: str | None = None
+    news_source: str | None = None   # the item's own "source" key (ticker, desk, publisher)
     timestamp: float | None = None
     item_id: str | None = None
     start: int = -1         # byte offset of this line (files)
+    topic: InitVar[str | None] = None   # former name of news_source, in stdin lines an earlier version stored
+
+    def __post_init__(self, topic: str | None) -> None:
+        if topic is not None and self.news_source is None:
+            object.__setattr__(self, "news_source", topic)
 
     @property
     def where(self) -> str:
@@ -77,17 +86,27 @@ def _item_from(data: dict, bad, source: str, line: int, end: int, start: int) ->
     body = data.get("text")
     if not isinstance(body, str) or not body.strip():
         return bad(f"'text' must be a non-blank string, got {body!r:.60}")
-    topic = data.get("topic")
-    if topic is not None and not isinstance(topic, str):
-        return bad(f"'topic' must be a string, got {topic!r:.60}")
-    if topic is not None and len(topic) > MAX_TOPIC_CHARS:
-        return bad(f"'topic' has {len(topic)} characters; the service takes at most {MAX_TOPIC_CHARS}")
-    item_id = data.get("id")
     try:
+        news_source = item_source(data)
         stamp = parse_timestamp(data.get("timestamp"))
     except ValueError as exc:
         return bad(str(exc))
-    return NewsItem(source, line, end, body, topic or None, stamp, None if item_id is None else str(item_id), start)
+    item_id = data.get("id")
+    return NewsItem(source, line, end, body, news_source, stamp, None if item_id is None else str(item_id), start)
+
+
+def item_source(data: dict) -> str | None:
+    """The item's ``source`` (or its former name ``topic``); ValueError naming the key when it is unusable."""
+    given = {key: data[key] for key in SOURCE_KEYS if data.get(key) is not None}
+    if len(given) == 2 and given["source"] != given["topic"]:
+        raise ValueError(f"'source' {given['source']!r:.60} and its former name 'topic' {given['topic']!r:.60} "
+                         "differ: give the item's source as 'source' only")
+    for key, value in given.items():
+        if not isinstance(value, str):
+            raise ValueError(f"'{key}' must be a string, got {value!r:.60}")
+        if len(value) > MAX_SOURCE_CHARS:
+            raise ValueError(f"'{key}' has {len(value)} characters; the service takes at most {MAX_SOURCE_CHARS}")
+    return next(iter(given.values()), None) or None
 
 
 def parse_timestamp(value) -> float | None:
