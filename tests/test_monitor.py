@@ -518,3 +518,42 @@ def test_help_imports_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
 
+
+# -- personal data in what the feeder writes and prints ------------------------------------------
+
+KONE = "Kone 's net sales rose by some 14 % year-on-year in the first nine months of 2008 ."   # PhraseBank allagree
+EBIT = "EBIT margin was up from 1.4 % to 5.1 % ."
+
+
+def feed_with_personal_data(stub, tmp_path, *options: str) -> tuple[list[dict], list[dict]]:
+    """Two items (one with an e-mail address and a phone number) and a bad line quoting an e-mail address,
+    through the real feeder; the rows of the predictions and bad-lines files."""
+    wire = tmp_path / "wire.jsonl"
+    rows = [{"id": "kone-1", "text": f"{KONE} Contact ir@kone.example.com or +358 9 2311 4567 ."},
+            {"id": "ebit-2", "text": EBIT}]
+    wire.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json: write to jane.doe@example.org\n")
+    predictions, bad = tmp_path / "pred.jsonl", tmp_path / "bad.jsonl"
+    assert monitor(str(wire), "--url", stub.url, "--predictions", str(predictions), "--bad-lines", str(bad),
+                   *options) == 0
+    read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]   # noqa: E731
+    return read(predictions), read(bad)
+
+
+def test_predictions_and_bad_lines_hold_masked_text_and_the_service_gets_it_whole(stub, tmp_path, capsys):
+    predictions, bad = feed_with_personal_data(stub, tmp_path)
+    err = capsys.readouterr().err
+    assert {text for _, text in stub.received} == {f"{KONE} Contact ir@kone.example.com or +358 9 2311 4567 .", EBIT}
+    assert [(row["id"], row["line"], row["label"], row["text"]) for row in predictions] == [
+        ("kone-1", 1, "positive", f"{KONE} Contact [EMAIL] or [PHONE] ."), ("ebit-2", 2, "neutral", EBIT)]
+    assert [(row["line"], row["reason"]) for row in bad] == [
+        (3, "not JSON (Expecting value at column 1): 'not json: write to [EMAIL]'")]
+    assert "skipped bad line: not JSON (Expecting value at column 1): 'not json: write to [EMAIL]'" in err
+    written = (tmp_path / "pred.jsonl").read_text() + (tmp_path / "bad.jsonl").read_text() + err
+    assert "example" not in written and "2311" not in written
+
+
+def test_no_mask_writes_texts_as_they_are(stub, tmp_path, capsys):
+    predictions, bad = feed_with_personal_data(stub, tmp_path, "--no-mask")
+    assert predictions[0]["text"] == f"{KONE} Contact ir@kone.example.com or +358 9 2311 4567 ."
+    assert bad[0]["reason"].endswith("'not json: write to jane.doe@example.org'")
+    assert "jane.doe@example.org" in capsys.readouterr().err

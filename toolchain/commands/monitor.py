@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "only writer)")
     p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here "
                    "(exactly once)")
+    p.add_argument("--no-mask", action="store_true", help="write texts to --predictions, --bad-lines and the "
+                   "reports as they are (default: e-mail addresses, phone, card, IBAN and account numbers are "
+                   "masked, e.g. [EMAIL]; the service always gets the texts as they are)")
 
 
 def run(args) -> int:
@@ -118,7 +121,7 @@ def build(args):
     backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries, give_up_after_s=args.give_up_after)
     client = ServiceClient(args.url, read_key(args.api_key_file), args.timeout, backoff, stop, warn)
     options = FeedOptions(args.batch_size, args.flush_seconds, args.poll_seconds, args.table_every, args.uncertain,
-                          args.source)
+                          args.source, mask=not args.no_mask)
     feeder = Feeder(sources, client, state, args.state, options, RollingShare(args.window), warn, show, stop,
                     args.predictions, args.bad_lines)
     return feeder, client

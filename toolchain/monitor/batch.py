@@ -7,11 +7,13 @@ forward). It is recorded as one *range* per file, in the order the batch first r
      "records": COUNT, "sha256": HEX}                                            # of the bytes [start, end)
 
 Lines read from stdin cannot be read again, so they are stored whole: ``{"source": "<stdin>",
-"stored": [RECORD, ...]}``. The batch's *canonical order* is range by range, line by line; the
-write-ahead names items by their index in it. A replay reads the same bytes (checked against the
-inode, length, digest and count), so it yields the same records in the same order however the
-sources grew, or new files appeared, meanwhile. A range that cannot be read again (file replaced,
-truncated or rewritten) is reported; its items are placeholders (None) and are not sent.
+"stored": [RECORD, ...]}``. These are the only texts the state file holds, unmasked because a resend
+must be the very request first sent; they leave it when the batch is committed. The batch's
+*canonical order* is range by range, line by line; the write-ahead names items by their index in it.
+A replay reads the same bytes (checked against the inode, length, digest and count), so it yields
+the same records in the same order however the sources grew, or new files appeared, meanwhile. A
+range that cannot be read again (file replaced, truncated or rewritten) is reported; its items are
+placeholders (None) and are not sent.
 """
 from __future__ import annotations
 

@@ -51,6 +51,7 @@ from toolchain.monitor.outputs import Outputs
 from toolchain.monitor.sources import BadLine, NewsItem
 from toolchain.monitor.state import FeedState
 from toolchain.monitor.table import RollingShare
+from toolchain.privacy import masker
 
 ITEM_FIELD = re.compile(r"^texts\[(\d+)\]$")
 
@@ -63,6 +64,7 @@ class FeedOptions:
     table_every_s: float = 10.0   # print the rolling table this often (0: only at the end)
     uncertain: str = "resend"     # resend | skip: the request in flight when the last run was killed
     default_source: str | None = None  # source of items that carry none
+    mask: bool = True             # mask personal data in the output files and reports (toolchain.privacy)
 
 
 class Feeder:
@@ -71,7 +73,8 @@ class Feeder:
                  bad_lines_path: Path | None = None):
         self.sources, self.client, self.state, self.state_path = sources, client, state, state_path
         self.options, self.table, self.report, self.show, self.stop = options, table, report, show, stop
-        self.outputs = Outputs({"predictions": predictions_path, "bad_lines": bad_lines_path}, report)
+        self.redact = masker(options.mask)   # texts go to the service as they are; what is kept or printed is masked
+        self.outputs = Outputs({"predictions": predictions_path, "bad_lines": bad_lines_path}, report, self.redact)
         self.sent_this_run = 0
         self.last_table = time.monotonic()
 
@@ -142,7 +145,7 @@ class Feeder:
         """Send what of the pending batch is not settled yet, write its outputs, commit it."""
         bad = [r for r in records if isinstance(r, BadLine)]
         for line in bad:
-            self.report(f"{line.where}: skipped bad line: {line.reason}")
+            self.report(f"{line.where}: skipped bad line: {self.redact(line.reason)}")
         if in_doubt is not None:
             self.resend_in_doubt(in_doubt, records)
         settled = self.state.settled()
@@ -198,7 +201,7 @@ class Feeder:
 
     def reject(self, item: NewsItem, index: int, exc: Rejected) -> None:
         self.state.pending["rejected"].append(index)
-        self.report(f"{item.where}: rejected by the service (HTTP {exc.status}): {exc.message}")
+        self.report(f"{item.where}: rejected by the service (HTTP {exc.status}): {self.redact(exc.message)}")
 
     def resend_in_doubt(self, request: dict, records: list) -> None:
         """The request a hard kill interrupted: resent with its key (or dropped with --uncertain skip)."""
@@ -231,12 +234,14 @@ class Feeder:
                                                 "source": legacy["attempting"]}
 
     def record(self, rows: list[dict], items: list) -> None:
-        """Answered predictions: into the rolling table and the predictions file."""
+        """Answered predictions: into the rolling table and the predictions file (with each item's text, which
+        the output masks; the state holds the rows without it)."""
         rows = [current_row(row) for row in rows]
         for row, item in zip(rows, items):
             self.table.add(row["news_source"], row["label"], item.timestamp if item is not None else None,
                            topic=row["topic"])
-        self.outputs.append("predictions", rows)
+        self.outputs.append("predictions", [row if item is None else {**row, "text": item.text}
+                                            for row, item in zip(rows, items)])
 
     def park(self) -> None:
         """Stopping mid-batch: if no attempt can have reached the service, the request is not in doubt."""

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from toolchain.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
 from toolchain.serve.metrics import REJECT_REASONS, service_metrics, topic_label
@@ -184,7 +185,7 @@ def watch_bentoml_errors() -> None:
 def describe(exception: BaseException | None) -> str:
     if exception is None:
         return "no exception recorded"
-    return f"{type(exception).__name__}: {str(exception)[:300]}"
+    return f"{type(exception).__name__}: {clip(str(exception), 300)}"
 
 
 def unavailable(note: RequestNote, max_latency_ms: int) -> RequestRejected:
@@ -194,7 +195,7 @@ def unavailable(note: RequestNote, max_latency_ms: int) -> RequestRejected:
         return RequestRejected(503, "overloaded", "the batching queue is full: this request would have waited "
                                f"longer than TOOLCHAIN_MAX_LATENCY_MS ({max_latency_ms} ms) for the model; "
                                "retry shortly", reason="overload")
-    cause = str(exception)[:300] if exception is not None else "no cause was recorded (see the server log)"
+    cause = clip(str(exception), 300) if exception is not None else "no cause was recorded (see the server log)"
     return RequestRejected(503, "unavailable", f"the service is unavailable: {cause}; retry shortly",
                            reason="unavailable")
 
@@ -329,6 +330,8 @@ class RequestGate:
                               f"{route.task} route" + (f": use POST {others[0]}" if others else ""))
 
     async def refuse(self, send, rejected: RequestRejected) -> None:
+        if self.settings.mask_pii:   # a message may quote the request (toolchain.serve.validation.preview)
+            rejected = rejected.masked()
         if rejected.reason in REJECT_REASONS:
             service_metrics().reject(rejected.reason)
         await send_rejection(send, rejected)
@@ -349,7 +352,7 @@ class RequestGate:
             return recorder
         elif status >= 500:
             log.error("inference route %s answered %d (%s): %s", scope["path"], status, describe(note.exception),
-                      recorder.body[:500])
+                      clip(recorder.body.decode("utf-8", "replace"), 500))
         await recorder.forward(send)
         return recorder
 

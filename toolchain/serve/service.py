@@ -19,10 +19,11 @@ from typing import Annotated
 import bentoml
 from bentoml.validators import ContentType
 
+from toolchain.privacy import install_log_masking
 from toolchain.serve import auth
 from toolchain.serve import classify as text_classification
 from toolchain.serve import ner as token_classification
-from toolchain.serve.gate import RequestGate, Route
+from toolchain.serve.gate import BENTOML_ERROR_LOGGER, RequestGate, Route
 from toolchain.serve.metrics import service_metrics
 from toolchain.serve.settings import load_settings
 
@@ -30,6 +31,8 @@ log = logging.getLogger("toolchain.serve")
 log.setLevel(logging.INFO)  # BentoML's root handler prints it; the root logger itself stays at WARNING
 
 SETTINGS = load_settings()
+if SETTINGS.mask_pii:  # request texts reach the log only masked: in our messages and in BentoML's exception logs
+    install_log_masking(log, logging.getLogger(BENTOML_ERROR_LOGGER))
 BENTO_ARGS = bentoml.use_arguments()  # set by `toolchain build`, stored in the Bento: model_tag, variant
 
 # The JSON media type stated up front spares BentoML a JSON-schema build on every response.

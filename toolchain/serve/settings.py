@@ -24,6 +24,7 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_TOPICS              | (empty)        | comma-separated topic allow-list for the metric label; others count as ``other`` |
 | TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
 | TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
+| TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.privacy); the model sees texts as sent |
 | TOOLCHAIN_API_KEYS_FILE       | (none)         | file with one key, or one ``sha256:<hex>`` hash, per line (a mounted Secret) |
 | TOOLCHAIN_API_KEYS            | (none)         | the same, comma-separated, in the environment |
 
@@ -61,6 +62,8 @@ class ServeSettings:
     topics: str = opt("", "comma-separated topic allow-list for the metric label")
     auth: bool = opt(True, "API-key auth on inference routes")
     metrics_auth: bool = opt(False, "require an API key on /metrics")
+    mask_pii: bool = opt(True, "mask e-mail addresses, phone, card, IBAN and account numbers in logs and error "
+                               "messages (the model sees texts as sent)")
 
     @property
     def topic_allow_list(self) -> frozenset[str]:

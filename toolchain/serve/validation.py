@@ -2,12 +2,16 @@
 
 Each check raises :class:`RequestRejected` with the HTTP status, the rejection reason used by the
 ``toolchain_rejected_requests_total`` metric and a message that names the offending field and value.
+A message quotes at most the start of a value (:func:`preview`); :meth:`RequestRejected.masked` is what
+the gate sends when personal data is masked (the default).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from toolchain.privacy import clip, mask
 
 
 @dataclass
@@ -17,6 +21,10 @@ class RequestRejected(Exception):
     message: str        # what was wrong, naming the field and value, and what to do
     reason: str = "validation"
     field: str | None = None
+
+    def masked(self) -> "RequestRejected":
+        """The same rejection with personal data in its message masked (toolchain.privacy)."""
+        return replace(self, message=mask(self.message))
 
     def body(self) -> dict:
         payload = {"error": self.error, "message": self.message}
@@ -36,8 +44,11 @@ def invalid(message: str, field: str | None = None) -> RequestRejected:
 
 
 def preview(value: Any, width: int = 40) -> str:
+    """The start of ``value``'s repr for an error message, never cut inside an e-mail address, card number or
+    other span that :func:`toolchain.privacy.mask` replaces: the gate masks the whole message
+    (``TOOLCHAIN_MASK_PII``), and a cut one would not be recognised."""
     text = repr(value)
-    return text if len(text) <= width else text[:width] + "..."
+    return text if len(text) <= width else clip(text, width) + "..."
 
 
 MAX_INT_DIGITS = 100   # JSON numbers are never needed here; a long one is refused before int() sees it
