@@ -265,11 +265,14 @@ def test_metrics_are_present_increase_and_sum_over_both_workers(server, client, 
     assert len(workers) == 2, "both workers served requests, and their counts were summed above"
 
 
-def test_topic_label_is_bounded_by_the_allow_list(server, client):
-    classify(client, ["profit rose"], topic="AAPL")
-    classify(client, ["profit rose"], topic="TSLA-not-listed")
-    topics = {dict(k)["topic"] for k in metric_samples(scrape(server), "toolchain_predictions_total")}
-    assert "AAPL" in topics and "other" in topics and topics <= {"AAPL", "MSFT", "other"}
+def test_source_label_is_bounded_by_the_allow_list(server, client):
+    classify(client, ["profit rose"], source="AAPL")
+    classify(client, ["profit rose"], topic="MSFT")            # the field's former name
+    classify(client, ["profit rose"], source="TSLA-not-listed")
+    samples = [dict(k) for k in metric_samples(scrape(server), "toolchain_predictions_total")]
+    sources = {s["source"] for s in samples}
+    assert {"AAPL", "MSFT", "other"} <= sources and sources <= {"AAPL", "MSFT", "other"}
+    assert {s["topic"] for s in samples} == {"none"}          # a single-task model predicts no topic
 
 
 def test_model_info_and_readiness_gauges(server, built):

@@ -14,7 +14,7 @@ from toolchain.artifacts import ArtifactError, load_export
 from toolchain.config import ConfigError
 from toolchain.serve import auth
 from toolchain.serve.classify import parse_request, predictions
-from toolchain.serve.metrics import topic_label
+from toolchain.serve.metrics import source_label
 from toolchain.serve.runtime import CPU, CUDA, OnnxModel, choose_providers, plan_calls
 from toolchain.serve.settings import ServeSettings, available_cpus, load_settings, settings_table
 from toolchain.serve.validation import Limits, RequestRejected
@@ -26,9 +26,10 @@ LIMITS = Limits(max_items=4, max_chars=50)
 
 def test_settings_come_from_environment_variables():
     settings = load_settings({"TOOLCHAIN_MAX_BATCH_ITEMS": "7", "TOOLCHAIN_AUTH": "false",
-                              "TOOLCHAIN_TOPICS": "AAPL, MSFT,", "TOOLCHAIN_WORKERS": "2", "OTHER": "x"})
+                              "TOOLCHAIN_SOURCES": "AAPL, MSFT,", "TOOLCHAIN_TOPICS": "TSLA", "TOOLCHAIN_WORKERS": "2",
+                              "OTHER": "x"})
     assert settings.max_batch_items == 7 and settings.auth is False and settings.workers == 2
-    assert settings.topic_allow_list == frozenset({"AAPL", "MSFT"})
+    assert settings.source_allow_list == frozenset({"AAPL", "MSFT", "TSLA"})  # TOOLCHAIN_TOPICS: the former name
     assert 1 <= available_cpus() <= os.cpu_count()
     assert load_settings({}) == ServeSettings()
 
@@ -109,12 +110,15 @@ def test_bad_request_is_a_clear_4xx(body, status, field):
         assert field.split("[")[0] in payload["message"]
 
 
-def test_good_request_and_topic():
-    request = parse_request(json.dumps({"texts": ["a", "bé"], "topic": "AAPL"}).encode(), LIMITS)
-    assert request.texts == ["a", "bé"] and request.topic == "AAPL"
-    assert parse_request(b'{"texts": ["a"]}', LIMITS).topic is None
+def test_good_request_and_source():
+    request = parse_request(json.dumps({"texts": ["a", "bé"], "source": "AAPL"}).encode(), LIMITS)
+    assert request.texts == ["a", "bé"] and request.source == "AAPL"
+    assert parse_request(b'{"texts": ["a"], "topic": "MSFT"}', LIMITS).source == "MSFT"  # the former field name
+    assert parse_request(b'{"texts": ["a"]}', LIMITS).source is None
+    with pytest.raises(RequestRejected, match="'source' only"):
+        parse_request(b'{"texts": ["a"], "source": "x", "topic": "y"}', LIMITS)
     allowed = frozenset({"AAPL"})
-    assert [topic_label(t, allowed) for t in ("AAPL", "aapl", None, "x" * 100)] == ["AAPL", "other", "other", "other"]
+    assert [source_label(t, allowed) for t in ("AAPL", "aapl", None, "x" * 100)] == ["AAPL", "other", "other", "other"]
 
 
 def test_predictions_keep_order_and_give_every_class_score():

@@ -1,10 +1,14 @@
 """`POST /classify`: the sequence-classification part of the service (request, post-processing, response).
 
-Request: ``{"texts": ["...", ...], "topic": "AAPL"}`` (``topic`` optional: a ticker, desk or source,
-used only as a metric label). Response: one prediction per text, in input order::
+Request: ``{"texts": ["...", ...], "source": "AAPL"}`` (``source`` optional: a ticker, desk or publisher,
+used only as a metric label; ``topic`` is its former name, still accepted). Response: one prediction per
+text, in input order::
 
     [{"label": "positive", "score": 0.97, "scores": {"negative": 0.01, "neutral": 0.02, "positive": 0.97},
-      "truncated": false}]
+      "truncated": false, "topic": {"label": "Earnings", "score": 0.93}}]
+
+``topic`` is there when the model has a topic head (:mod:`toolchain.tasks.joint`): the same model call
+gives both; each head's scores are a softmax over its own classes.
 
 :mod:`toolchain.serve.ner` is the token-classification route with the same parts.
 """
@@ -13,12 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
-from toolchain.serve.validation import Limits, check_fields, check_texts, check_topic, decode_json_object
+from toolchain.serve.metrics import NO_TOPIC
+from toolchain.serve.validation import SOURCE_FIELDS, Limits, check_fields, check_source, check_texts, decode_json_object
+from toolchain.tasks.joint import has_topic_head, heads_of
 
 ROUTE = "/classify"
 TASK = "sequence-classification"
+
+
+class TopicPrediction(BaseModel):
+    label: str
+    score: float
 
 
 class Prediction(BaseModel):
@@ -26,19 +37,27 @@ class Prediction(BaseModel):
     score: float
     scores: dict[str, float]
     truncated: bool
+    topic: TopicPrediction | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_topic(self, handler):
+        data = handler(self)
+        if data.get("topic") is None:
+            data.pop("topic", None)
+        return data
 
 
 @dataclass
 class ClassifyRequest:
     texts: list[str]
-    topic: str | None
+    source: str | None
 
 
 def parse_request(body: bytes, limits: Limits) -> ClassifyRequest:
     """The validated request; raises RequestRejected (4xx) naming the bad field and value."""
     data = decode_json_object(body)
-    check_fields(data, required=("texts",), optional=("topic",))
-    return ClassifyRequest(check_texts(data["texts"], limits), check_topic(data.get("topic")))
+    check_fields(data, required=("texts",), optional=SOURCE_FIELDS)
+    return ClassifyRequest(check_texts(data["texts"], limits), check_source(data))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,6 +75,17 @@ def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) ->
             for row, k, cut in zip(probs, best, truncated)]
 
 
+def joint_predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
+    """Main-head prediction (label, score, scores) plus the topic head's label and score, per row."""
+    main, topic = heads_of(labels)
+    out = predictions(main.columns(logits), list(main.labels), truncated)
+    probs = softmax(topic.columns(logits))
+    for prediction, row in zip(out, probs):
+        best = int(row.argmax())
+        prediction.topic = TopicPrediction(label=topic.labels[best], score=float(row[best]))
+    return out
+
+
 def infer(model, texts: list[str]):
     """The model's logits per text (truncated to its max length): ``OnnxModel.infer``."""
     return model.infer(texts)
@@ -64,6 +94,8 @@ def infer(model, texts: list[str]):
 def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
             truncated: list[bool]) -> list[Prediction]:
     """The route's response for a model output (texts and encodings are not needed here)."""
+    if has_topic_head(labels):
+        return joint_predictions(np.stack(logits), labels, truncated)
     return predictions(np.stack(logits), labels, truncated)
 
 
@@ -71,6 +103,8 @@ def scores(result: list[Prediction]) -> list[float]:
     return [p.score for p in result]
 
 
-def predicted_labels(response: list) -> list[str]:
-    """The labels in a /classify response body (for the predictions-by-topic counter)."""
-    return [item["label"] for item in response if isinstance(item, dict) and "label" in item]
+def predicted_labels(response: list) -> list[tuple[str, str]]:
+    """(label, predicted topic) per prediction in a /classify response body (for the predictions counter);
+    the topic is ``none`` for a model without a topic head."""
+    return [(item["label"], (item.get("topic") or {}).get("label", NO_TOPIC)) for item in response
+            if isinstance(item, dict) and "label" in item]

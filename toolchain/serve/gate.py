@@ -28,7 +28,7 @@ from typing import Any
 from toolchain.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
-from toolchain.serve.metrics import REJECT_REASONS, service_metrics, topic_label
+from toolchain.serve.metrics import NO_TOPIC, REJECT_REASONS, service_metrics, source_label
 from toolchain.serve.settings import ServeSettings, load_settings
 from toolchain.serve.validation import Limits, RequestRejected, without_bom
 
@@ -43,8 +43,8 @@ BATCHER_OVERLOADED = "process is overloaded"                 # its adaptive batc
 class Route:
     """What the gate needs to know about one inference route."""
     task: str
-    parse: Callable[[bytes, Limits], Any]              # body -> request with .topic; raises RequestRejected
-    labels_of: Callable[[Any], list[str]]              # response JSON -> predicted labels
+    parse: Callable[[bytes, Limits], Any]              # body -> request with .source; raises RequestRejected
+    labels_of: Callable[[Any], list]                   # response JSON -> predicted labels or (label, topic) pairs
 
 
 class ClientDisconnected(Exception):
@@ -213,7 +213,7 @@ class RequestGate:
         self.settings = settings or load_settings()
         self.keys = auth.ReloadingKeys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
-        self.topics = self.settings.topic_allow_list
+        self.sources = self.settings.source_allow_list
         self.deadline_s = gate_deadline(self.settings.timeout_s)
         self.idempotency = store_for_workers()
         self.in_flight = 0
@@ -378,4 +378,5 @@ class RequestGate:
         except (ValueError, TypeError, KeyError):
             log.warning("could not read the predicted labels from a %s response", route.task)
             return
-        service_metrics().count_predictions(route.task, labels, topic_label(request.topic, self.topics))
+        pairs = [label if isinstance(label, tuple) else (label, NO_TOPIC) for label in labels]
+        service_metrics().count_predictions(route.task, pairs, source_label(request.source, self.sources))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 REJECT_REASONS = ("auth", "validation", "size", "overload")
-OTHER_TOPIC = "other"
+OTHER_SOURCE = "other"   # a source outside the allow-list, or none sent
+NO_TOPIC = "none"        # the predicted-topic label of a model without a topic head
 
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -50,9 +51,10 @@ class ServiceMetrics:
         for score in scores:
             self.confidence.labels(task=task).observe(score)
 
-    def count_predictions(self, task: str, labels: Iterable[str], topic: str) -> None:
-        for label, count in Tally(labels).items():
-            self.predictions.labels(label=label, topic=topic, task=task).inc(count)
+    def count_predictions(self, task: str, predicted: Iterable[tuple[str, str]], source: str) -> None:
+        """Count (label, predicted topic) pairs; the topic is ``none`` for a model without a topic head."""
+        for (label, topic), count in Tally(predicted).items():
+            self.predictions.labels(label=label, topic=topic, source=source, task=task).inc(count)
 
     def reject(self, reason: str) -> None:
         if reason not in REJECT_REASONS:
@@ -76,7 +78,8 @@ def service_metrics() -> ServiceMetrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     return ServiceMetrics(
-        predictions=Counter("toolchain_predictions", "Predictions by label and topic", ["label", "topic", "task"]),
+        predictions=Counter("toolchain_predictions", "Predictions by label, predicted topic ('none' without a topic "
+                            "head) and the caller's allow-listed source", ["label", "topic", "source", "task"]),
         confidence=Histogram("toolchain_prediction_confidence", "Score of the predicted label", ["task"],
                              buckets=CONFIDENCE_BUCKETS),
         inference_seconds=Histogram("toolchain_inference_seconds", "Model time of one batch (ONNX Runtime calls "
@@ -97,6 +100,6 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-def topic_label(topic: str | None, allowed: frozenset[str]) -> str:
-    """A bounded metric label: the topic if allow-listed, else (absent or unknown) ``other``."""
-    return topic if topic is not None and topic in allowed else OTHER_TOPIC
+def source_label(source: str | None, allowed: frozenset[str]) -> str:
+    """A bounded metric label: the caller's source if allow-listed, else (absent or unknown) ``other``."""
+    return source if source is not None and source in allowed else OTHER_SOURCE

@@ -1,6 +1,6 @@
 """`POST /ner`: the token-classification part of the service (request, post-processing, response).
 
-Request: ``{"texts": ["...", ...], "topic": "AAPL"}`` as for ``/classify``. Response: one result per
+Request: ``{"texts": ["...", ...], "source": "AAPL"}`` as for ``/classify``. Response: one result per
 text, in input order, with the entities found and their character offsets in the text as sent::
 
     [{"entities": [{"type": "ORG", "text": "Goldman Sachs", "start": 0, "end": 13, "score": 0.98}],
@@ -85,6 +85,6 @@ def scores(predictions: list[NerResult]) -> list[float]:
 
 
 def entity_types(response: list) -> list[str]:
-    """The entity types in a /ner response body (for the predictions-by-topic counter)."""
+    """The entity types in a /ner response body (for the predictions counter)."""
     return [entity["type"] for item in response if isinstance(item, dict)
             for entity in item.get("entities", []) if isinstance(entity, dict) and "type" in entity]

@@ -160,7 +160,7 @@ class ToolchainService:
     def classify(self, texts: list[str]) -> Predictions:
         """Classify texts: label, its score and all class scores per text, in input order.
 
-        Body: {"texts": ["..."], "topic": "optional ticker/desk/source (metric label only)"}.
+        Body: {"texts": ["..."], "source": "optional ticker/desk/publisher (metric label only)"}.
         """
         self.require(text_classification.TASK)
         return self.predict(texts)
@@ -170,7 +170,7 @@ class ToolchainService:
     def ner(self, texts: list[str]) -> NerResults:
         """Named entities per text: type, text, character start/end in the text as sent, and score.
 
-        Body: {"texts": ["..."], "topic": "optional ticker/desk/source (metric label only)"}.
+        Body: {"texts": ["..."], "source": "optional ticker/desk/publisher (metric label only)"}.
         """
         self.require(token_classification.TASK)
         return self.predict(texts)

@@ -21,7 +21,8 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_MAX_BODY_BYTES      | 1048576        | request body cap (more: 413) |
 | TOOLCHAIN_MAX_CONCURRENCY     | 128            | requests in flight per worker; more get a fast 503 |
 | TOOLCHAIN_TIMEOUT_S           | 30             | whole-request timeout (504) |
-| TOOLCHAIN_TOPICS              | (empty)        | comma-separated topic allow-list for the metric label; others count as ``other`` |
+| TOOLCHAIN_SOURCES             | (empty)        | comma-separated allow-list of the request's ``source`` (metric label); others count as ``other`` |
+| TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read                         |
 | TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
 | TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
 | TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.privacy); the model sees texts as sent |
@@ -59,15 +60,16 @@ class ServeSettings:
     max_body_bytes: int = opt(1_048_576, "request body cap in bytes", min=256, max=1 << 30)
     max_concurrency: int = opt(128, "requests in flight per worker before fast 503s", min=1, max=100_000)
     timeout_s: float = opt(30.0, "whole-request timeout in seconds", min=0.1, max=3600)
-    topics: str = opt("", "comma-separated topic allow-list for the metric label")
+    sources: str = opt("", "comma-separated allow-list of the request's `source` for the metric label")
+    topics: str = opt("", "former name of TOOLCHAIN_SOURCES (still read; both lists count)")
     auth: bool = opt(True, "API-key auth on inference routes")
     metrics_auth: bool = opt(False, "require an API key on /metrics")
     mask_pii: bool = opt(True, "mask e-mail addresses, phone, card, IBAN and account numbers in logs and error "
                                "messages (the model sees texts as sent)")
 
     @property
-    def topic_allow_list(self) -> frozenset[str]:
-        return frozenset(t.strip() for t in self.topics.split(",") if t.strip())
+    def source_allow_list(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in f"{self.sources},{self.topics}".split(",") if t.strip())
 
     def layout(self, model_bytes: int = 0, measured: dict | None = None, gpu: bool = False):
         """Workers x threads for this machine (toolchain.serve.layout), these settings overriding."""

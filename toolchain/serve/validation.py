@@ -151,6 +151,17 @@ def check_text(text: Any, limits: Limits, field: str) -> None:
         raise invalid(f"{field} contains a lone surrogate (invalid Unicode)", field)
 
 
+SOURCE_FIELDS = ("source", "topic")  # "topic" is the field's former name, still accepted
+
+
+def check_source(data: dict) -> str | None:
+    """The caller's ``source`` (a ticker, desk or publisher; a metric label only), or its former name ``topic``."""
+    if "source" in data and "topic" in data:
+        raise invalid("send the caller's label as 'source' only ('topic' is its former name)", "topic")
+    field = "source" if "source" in data else "topic"
+    return check_topic(data.get(field), field)
+
+
 def check_topic(value: Any, field: str = "topic") -> str | None:
     if value is None:
         return None

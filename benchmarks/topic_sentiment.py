@@ -1,0 +1,146 @@
+"""Topic and sentiment in one model call vs separate models: served accuracy per head, out-of-domain
+sentiment, and the served cost per text, all measured in one run.
+
+    python benchmarks/topic_sentiment.py --sentiment EXPORT_DIR --topic EXPORT_DIR --joint EXPORT_DIR
+
+- Accuracy: each export's served variant on its own test split(s), as the export's gate scored it through
+  the serving runtime (report.json), beside the fp32 PyTorch reference.
+- Out of domain: the served sentiment head (the single-task sentiment model's, the joint model's main head)
+  on SEntFiN test (``${data}/sentfin/test.jsonl``; neither model trained on it).
+- Cost: texts/s of each served variant through the serving runtime (its call pattern, one thread, 1 and 32
+  texts per call), models interleaved in the same rounds on the same texts (half PhraseBank test sentences,
+  half topic test tweets); the joint model's cost per text over the sentiment model's, and that of serving
+  the two single-task models side by side (one call each per text).
+
+Writes benchmarks/results/topic_sentiment.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def served(export_dir: Path, variant: str | None = None):
+    from toolchain.artifacts import load_export
+    from toolchain.serve.runtime import OnnxModel
+
+    info = load_export(export_dir)
+    return OnnxModel(info, variant or info.serve_variant, "cpu", threads=1)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def report_rows(export_dir: Path) -> dict:
+    """The served variant's and fp32 PyTorch's test metrics from the export report."""
+    report = json.loads((export_dir / "report.json").read_text())
+    variant = report["serve_variant"]
+    keep = lambda row: {k: v for k, v in row["test"].items() if k not in ("examples", "agreement")}  # noqa: E731
+    return {"variant": variant, "served": keep(report["variants"][variant]),
+            "pytorch": keep(report["variants"]["pytorch"]), "gate": report["gates"][variant]["passed"]}
+
+
+def sentiment_scores(model, rows: list[dict]) -> dict:
+    """Accuracy and macro-F1 of the served sentiment (main) head on labelled rows."""
+    from toolchain.serve.classify import results
+    from toolchain.tasks.classification import classification_metrics
+
+    predicted = []
+    for start in range(0, len(rows), 32):
+        texts = [r["text"] for r in rows[start:start + 32]]
+        output = model.infer(texts)
+        predicted += [p.label for p in results(texts, output.logits, output.encodings, model.labels,
+                                               output.truncated)]
+    labels = sorted({r["label"] for r in rows})
+    gold = np.array([labels.index(r["label"]) for r in rows])
+    metrics = classification_metrics(gold, np.array([labels.index(p) for p in predicted]), labels)
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "examples")}
+
+
+def costs(models: dict, texts: list[str], rounds: int) -> dict:
+    from toolchain.measure import served_rates
+
+    rates = served_rates(models, texts, (1, 32), rounds)
+    out = {name: {str(bs): {"texts_per_s": round(s["texts_per_s"], 1)} for bs, s in per.items()}
+           for name, per in rates.items()}
+    for bs in (1, 32):
+        per_text = {name: 1.0 / rates[name][bs]["texts_per_s"] for name in rates}
+        out[f"ratio_b{bs}"] = {
+            "joint_vs_sentiment": per_text["joint"] / per_text["sentiment"],
+            "two_models_vs_sentiment": (per_text["sentiment"] + per_text["topic"]) / per_text["sentiment"],
+            "joint_vs_two_models": per_text["joint"] / (per_text["sentiment"] + per_text["topic"])}
+    return out
+
+
+def markdown(result: dict) -> str:
+    acc = result["accuracy"]
+    lines = ["# Topic and sentiment: one model call vs two models", "",
+             f"Machine: {result['machine']}. Command: `{result['command']}`.", "",
+             "| model | served variant | head | test accuracy | test macro-F1 | test weighted-F1 | fp32 PyTorch accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in acc.items():
+        heads = [("main", "main_"), ("topic", "topic_")] if "topic_accuracy" in row["served"] else \
+            [("topic" if name == "topic" else "main", "")]
+        for head, prefix in heads:
+            s, p = row["served"], row["pytorch"]
+            lines.append(f"| {name} | {row['variant']} | {head} | {s[prefix + 'accuracy']:.4f} | "
+                         f"{s[prefix + 'macro_f1']:.4f} | {s.get(prefix + 'weighted_f1', float('nan')):.4f} | "
+                         f"{p[prefix + 'accuracy']:.4f} |")
+    lines += ["", "SEntFiN test (out of domain, never trained on), served sentiment head:", "",
+              "| model | accuracy | macro-F1 |", "|---|---|---|"]
+    lines += [f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for name, m in result["sentfin"].items()]
+    cost = result["cost"]
+    lines += ["", f"Served cost per text ({cost['texts']} texts, {cost['rounds']} interleaved rounds, one thread):", "",
+              "| texts per call | sentiment texts/s | joint texts/s | topic texts/s | joint / sentiment | "
+              "two models / sentiment |", "|---|---|---|---|---|---|"]
+    for bs in ("1", "32"):
+        r = cost[f"ratio_b{bs}"]
+        lines.append(f"| {bs} | {cost['sentiment'][bs]['texts_per_s']} | {cost['joint'][bs]['texts_per_s']} | "
+                     f"{cost['topic'][bs]['texts_per_s']} | {r['joint_vs_sentiment']:.3f}x | "
+                     f"{r['two_models_vs_sentiment']:.3f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toolchain.config import data_root
+    from toolchain.hardware import detect_cpu
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name in ("sentiment", "topic", "joint"):
+        parser.add_argument(f"--{name}", type=Path, required=True, help=f"export dir of the {name} model")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "topic_sentiment")
+    args = parser.parse_args(argv)
+    root = data_root()
+    if root is None:
+        sys.exit("no data folder: set TOOLCHAIN_DATA_DIR (the folder holding sentfin/ and twitter_financial_news_topic/)")
+    exports = {"sentiment": args.sentiment, "topic": args.topic, "joint": args.joint}
+    models = {name: served(path) for name, path in exports.items()}
+    sentfin = read_jsonl(root / "sentfin" / "test.jsonl")
+    half = args.texts // 2
+    texts = [r["text"] for r in read_jsonl(root / "financial_phrasebank" / "splits" / "allagree" / "test.jsonl")][:half]
+    texts += [r["text"] for r in read_jsonl(root / "twitter_financial_news_topic" / "test.jsonl")][:half]
+    started = time.time()
+    result = {"machine": detect_cpu().summary().get("isa") or "cpu", "command": "python " + " ".join(sys.argv),
+              "accuracy": {name: report_rows(path) for name, path in exports.items()},
+              "sentfin": {name: sentiment_scores(models[name], sentfin) for name in ("sentiment", "joint")},
+              "cost": {"texts": len(texts), "rounds": args.rounds, **costs(models, texts, args.rounds)}}
+    result["seconds"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
