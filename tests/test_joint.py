@@ -110,6 +110,10 @@ def test_evaluate_scores_a_joint_run_per_head(joint_run, tiny_topic_data):
     both = evaluate_file(str(joint_run), None)
     stored = json.loads((joint_run / "metrics.json").read_text())["test"]
     assert both["heads"]["topic"]["accuracy"] == pytest.approx(stored["heads"]["topic"]["accuracy"])
+    from toolchain.evaluate import compare_runs
+
+    table = compare_runs([str(joint_run)])
+    assert "run [main]" in table and "run [topic]" in table
     topic_only = evaluate_file(str(joint_run), str(tiny_topic_data["test"]))
     assert topic_only["accuracy"] == pytest.approx(stored["heads"]["topic"]["accuracy"])
     assert topic_only["labels"] == ["Earnings", "Energy | Oil", "Macro"]

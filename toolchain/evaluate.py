@@ -147,13 +147,16 @@ def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "tes
         else:
             metrics = json.loads((Path(run_dir) / "metrics.json").read_text())[split]
         stored = json.loads((Path(run_dir) / "metrics.json").read_text())
-        per_class = metrics.get("per_class") or metrics.get("per_type") or {}
-        classes = classes or list(per_class)
-        headline = [metrics.get("accuracy", metrics.get("f1")), metrics.get("macro_f1", metrics.get("macro_f1"))]
-        rows.append([Path(run_dir).name, run.config["method"]["name"], base_name(run.base_model),
-                     f"{stored['parameters']['trainable']:,}", *headline,
-                     *(per_class.get(c, {}).get("f1", 0.0) for c in classes),
-                     f"{stored['train'].get('wall_seconds', 0):.0f}s"])
+        # a run with a topic head: one row per head (its own split and classes)
+        for name, head in ([(Path(run_dir).name, metrics)] if "heads" not in metrics else
+                           [(f"{Path(run_dir).name} [{h}]", m) for h, m in metrics["heads"].items()]):
+            per_class = head.get("per_class") or head.get("per_type") or {}
+            classes = classes or list(per_class)
+            headline = [head.get("accuracy", head.get("f1")), head.get("macro_f1")]
+            rows.append([name, run.config["method"]["name"], base_name(run.base_model),
+                         f"{stored['parameters']['trainable']:,}", *headline,
+                         *(per_class[c]["f1"] if c in per_class else "-" for c in classes),
+                         f"{stored['train'].get('wall_seconds', 0):.0f}s"])
     first = "accuracy" if rows and "accuracy" in metrics else "f1"
     header = ["run", "method", "base", "trainable", first, "macro_f1", *(f"f1:{c}" for c in classes), "train time"]
     return format_table(header, rows)
