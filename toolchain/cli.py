@@ -14,6 +14,7 @@ VERBS = {
     "train": ("toolchain.commands.train", "fine-tune a base model (config preset + key=value overrides) into a run dir"),
     "evaluate": ("toolchain.commands.evaluate", "score a run dir on its test split or any labelled file"),
     "compare": ("toolchain.commands.compare", "print several runs side by side (before vs after adaptation)"),
+    "explain": ("toolchain.commands.explain", "which words drove a prediction: per-word attributions of a run or export"),
     "config": ("toolchain.commands.config", "print a preset fully resolved, or every option with its help"),
     "export": ("toolchain.commands.export", "merge, prune, export to ONNX, optimize and quantize a run dir"),
     "build": ("toolchain.commands.build", "train/export as needed, then build a Bento (the main job)"),

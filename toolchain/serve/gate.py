@@ -1,6 +1,7 @@
 """The request gate: ASGI middleware in front of every inference route.
 
-In order, for each inference request: API key (401), bounded concurrency per worker (fast 503),
+In order, for each inference request: API key (401), bounded concurrency per worker (fast 503; a
+costly route such as ``/explain`` also has its own, lower cap: ``Route.concurrency``),
 media type (415), body cap (413, without reading an over-long body), ``Idempotency-Key`` replay
 (see :mod:`toolchain.serve.idempotency`), the route's own validation (400/422). Only then does the
 request reach BentoML's API and its adaptive batching. The gate also counts rejections by reason,
@@ -29,7 +30,7 @@ from toolchain.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
 from toolchain.serve.metrics import NO_TOPIC, REJECT_REASONS, service_metrics, source_label
-from toolchain.serve.settings import ServeSettings, load_settings
+from toolchain.serve.settings import ServeSettings, env_name, load_settings
 from toolchain.serve.validation import Limits, RequestRejected, without_bom
 
 log = logging.getLogger("toolchain.serve")
@@ -45,6 +46,7 @@ class Route:
     task: str
     parse: Callable[[bytes, Limits], Any]              # body -> request with .source; raises RequestRejected
     labels_of: Callable[[Any], list]                   # response JSON -> predicted labels or (label, topic) pairs
+    concurrency: str | None = None                     # a ServeSettings field: this route's own in-flight cap
 
 
 class ClientDisconnected(Exception):
@@ -59,6 +61,12 @@ def unauthorized() -> RequestRejected:
 def overloaded(limit: int) -> RequestRejected:
     return RequestRejected(503, "overloaded", f"the server is at its limit of {limit} requests in flight per "
                            "worker (TOOLCHAIN_MAX_CONCURRENCY); retry shortly", reason="overload")
+
+
+def route_overloaded(path: str, limit: int, setting: str) -> RequestRejected:
+    return RequestRejected(503, "overloaded", f"the server is at its limit of {limit} {path} requests in flight per "
+                           f"worker ({env_name(setting)}); retry shortly (other routes are not affected)",
+                           reason="overload")
 
 
 def too_large(size: int | str, cap: int) -> RequestRejected:
@@ -217,6 +225,7 @@ class RequestGate:
         self.deadline_s = gate_deadline(self.settings.timeout_s)
         self.idempotency = store_for_workers()
         self.in_flight = 0
+        self.route_in_flight: dict[str, int] = {}   # per path, for routes with their own cap (Route.concurrency)
         watch_bentoml_errors()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -260,10 +269,12 @@ class RequestGate:
         try:
             self.admit(scope)
             self.check_task(route)
+            self.admit_route(route, scope["path"])
         except RequestRejected as rejected:
             return await self.refuse(send, rejected)
         deadline = time.perf_counter() + self.deadline_s
         self.in_flight += 1
+        self.route_in_flight[scope["path"]] = self.route_in_flight.get(scope["path"], 0) + 1
         try:
             body = without_bom(await self.read_within(receive, deadline))
             await self.answer(route, scope, body, replay(body, receive), send, deadline)
@@ -273,6 +284,7 @@ class RequestGate:
             pass
         finally:
             self.in_flight -= 1
+            self.route_in_flight[scope["path"]] -= 1
 
     async def read_within(self, receive, deadline: float) -> bytes:
         try:
@@ -319,6 +331,14 @@ class RequestGate:
         declared = headers.get(b"content-length", b"").decode("latin-1").strip()
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             raise too_large(int(declared), self.settings.max_body_bytes)
+
+    def admit_route(self, route: Route, path: str) -> None:
+        """A route with a cap of its own (a costly one: /explain) refuses past it, leaving the others' slots."""
+        if route.concurrency is None:
+            return
+        limit = getattr(self.settings, route.concurrency)
+        if self.route_in_flight.get(path, 0) >= limit:
+            raise route_overloaded(path, limit, route.concurrency)
 
     def check_task(self, route: Route) -> None:
         """404 on the route of a task this deployment does not serve (once the model has loaded)."""

@@ -6,7 +6,8 @@ Settings are read from ``TOOLCHAIN_*`` environment variables (see :mod:`toolchai
 
 Routes: ``POST /classify`` for a sequence-classification export (see :mod:`toolchain.serve.classify`),
 ``POST /ner`` for a token-classification one (see :mod:`toolchain.serve.ner`), both batchable; the route of
-the other task answers 404. ``GET /livez``, ``GET /readyz`` (200 only after the model answered a warm-up
+the other task answers 404. ``POST /explain`` (sequence classification, not batched, its own concurrency cap:
+see :mod:`toolchain.serve.explain`) says which words drove a prediction. ``GET /livez``, ``GET /readyz`` (200 only after the model answered a warm-up
 request), ``GET /metrics``.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bentoml.validators import ContentType
 from toolchain.privacy import install_log_masking
 from toolchain.serve import auth
 from toolchain.serve import classify as text_classification
+from toolchain.serve import explain as explanation
 from toolchain.serve import ner as token_classification
 from toolchain.serve.gate import BENTOML_ERROR_LOGGER, RequestGate, Route
 from toolchain.serve.metrics import service_metrics
@@ -38,6 +40,7 @@ BENTO_ARGS = bentoml.use_arguments()  # set by `toolchain build`, stored in the 
 # The JSON media type stated up front spares BentoML a JSON-schema build on every response.
 Predictions = Annotated[list[text_classification.Prediction], ContentType("application/json")]
 NerResults = Annotated[list[token_classification.NerResult], ContentType("application/json")]
+Explanations = Annotated[list[explanation.Explanation], ContentType("application/json")]
 
 # The route module of each task: request parsing, response building, labels for the metrics.
 TASK_ROUTES = {text_classification.TASK: text_classification, token_classification.TASK: token_classification}
@@ -48,7 +51,10 @@ ROUTES = {
                                      text_classification.predicted_labels),
     token_classification.ROUTE: Route(token_classification.TASK, token_classification.parse_request,
                                       token_classification.entity_types),
+    explanation.ROUTE: Route(explanation.TASK, explanation.parser(lambda: SERVED_LABELS or None),
+                             explanation.no_predictions, concurrency=explanation.CONCURRENCY_SETTING),
 }
+SERVED_LABELS: list[str] = []   # the served model's labels once it has loaded (/explain checks its target)
 
 # The task of the model this worker serves, set once it has loaded (the gate answers 404 on the other route).
 SERVED: dict[str, str | None] = {"task": None}
@@ -109,6 +115,7 @@ class ToolchainService:
                                f"(served: {', '.join(TASK_ROUTES)})")
         self.route = TASK_ROUTES[self.task]
         SERVED["task"] = self.task
+        SERVED_LABELS[:] = self.model.labels
         self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider)
         self.warm_up()
 
@@ -174,6 +181,19 @@ class ToolchainService:
         """
         self.require(token_classification.TASK)
         return self.predict(texts)
+
+    @bentoml.api(route=explanation.ROUTE)
+    async def explain(self, texts: list[str], target: str | None = None) -> Explanations:
+        """Which words drove the served model's prediction: leave-one-word-out occlusion on the served variant.
+
+        Body: {"texts": ["..."], "target": "optional label (default: the predicted one)", "source": "optional"}.
+        Runs in a thread of its own, not in the one BentoML gives the batched routes, so /classify never
+        queues behind an explanation; the gate caps it at TOOLCHAIN_EXPLAIN_CONCURRENCY per worker.
+        """
+        import anyio.to_thread
+
+        self.require(explanation.TASK)
+        return await anyio.to_thread.run_sync(explanation.explain, self.model, texts, target)
 
 
 ToolchainService.add_asgi_middleware(RequestGate, routes=ROUTES, served_task=served_task)

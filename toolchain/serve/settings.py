@@ -20,6 +20,7 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_MAX_TEXT_CHARS      | 5000           | most characters in one text (more: 422); within it, long texts are truncated to the model's max length |
 | TOOLCHAIN_MAX_BODY_BYTES      | 1048576        | request body cap (more: 413) |
 | TOOLCHAIN_MAX_CONCURRENCY     | 128            | requests in flight per worker; more get a fast 503 |
+| TOOLCHAIN_EXPLAIN_CONCURRENCY | 1              | POST /explain requests in flight per worker; more get a fast 503 (other routes unaffected) |
 | TOOLCHAIN_TIMEOUT_S           | 30             | whole-request timeout (504) |
 | TOOLCHAIN_SOURCES             | (empty)        | comma-separated allow-list of the request's ``source`` (metric label); others count as ``other`` |
 | TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read                         |
@@ -59,6 +60,8 @@ class ServeSettings:
     max_text_chars: int = opt(5000, "most characters in one text", min=1, max=10_000_000)
     max_body_bytes: int = opt(1_048_576, "request body cap in bytes", min=256, max=1 << 30)
     max_concurrency: int = opt(128, "requests in flight per worker before fast 503s", min=1, max=100_000)
+    explain_concurrency: int = opt(1, "POST /explain requests in flight per worker before fast 503s (one model row "
+                                      "per word of each text; other routes keep their own limit)", min=1, max=10_000)
     timeout_s: float = opt(30.0, "whole-request timeout in seconds", min=0.1, max=3600)
     sources: str = opt("", "comma-separated allow-list of the request's `source` for the metric label")
     topics: str = opt("", "former name of TOOLCHAIN_SOURCES (still read; both lists count)")
