@@ -183,6 +183,9 @@ def test_model_calls_group_texts_by_length_or_run_them_one_by_one():
     lengths = [5, 40, 12, 33, 16, 17]
     assert plan_calls(lengths, per_text=True) == [[0], [1], [2], [3], [4], [5]]
     assert plan_calls(lengths, per_text=False) == [[0, 2, 4], [5], [1, 3]]
+    # a call holds at most max_texts texts: a whole test set of one length never becomes one giant call
+    calls = plan_calls([10] * 70 + [40] * 5, per_text=False, max_texts=32)
+    assert [len(c) for c in calls] == [32, 32, 6, 5] and sorted(i for c in calls for i in c) == list(range(75))
 
 
 def test_tampered_or_unlisted_model_file_is_refused(built, tmp_path):

@@ -22,6 +22,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_LABELS = {CUDA: "cuda", CPU: "cpu"}
 BUCKET_TOKENS = 16
+MAX_CALL_TEXTS = 32   # most texts in one model call (the adaptive batcher's default max_batch_size)
 
 
 @dataclass
@@ -64,18 +65,22 @@ class Encoder:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def plan_calls(lengths: list[int], per_text: bool) -> list[list[int]]:
-    """Text indices per model call: one text each, or texts of similar length together.
+def plan_calls(lengths: list[int], per_text: bool, max_texts: int = MAX_CALL_TEXTS) -> list[list[int]]:
+    """Text indices per model call: one text each, or texts of similar length together, at most
+    ``max_texts`` per call.
 
     Grouping by length (in steps of BUCKET_TOKENS) keeps padding small: padding a short text to a
     long one costs compute (attention is quadratic) without changing a batch-invariant model's output.
+    The cap bounds a call's activations: ONNX Runtime's arena keeps the memory of its largest call, so
+    one call over a whole test set (thousands of texts) would hold gigabytes for the session's life.
     """
     if per_text:
         return [[i] for i in range(len(lengths))]
     buckets: dict[int, list[int]] = {}
     for index, length in enumerate(lengths):
         buckets.setdefault(-(-length // BUCKET_TOKENS), []).append(index)
-    return [buckets[key] for key in sorted(buckets)]
+    return [buckets[key][start:start + max_texts] for key in sorted(buckets)
+            for start in range(0, len(buckets[key]), max_texts)]
 
 
 def quantizes_at_run_time(model_file: Path) -> bool:
