@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.server, pytest.mark.integration, requires_phrasebank()
                                  "apt-get install prometheus; CI's .ci/run installs it)")]
 
 KEY = "e2e-feeder-key"
-TOPICS = "markets,macro,restart,graceful"
+SOURCES = "markets,macro,restart,graceful"
 # Test-sized windows: the shipped rules (5m / 1h / for 5m) scaled down about 30x.
 TEST_ALERTS = {"short_window": "10s", "baseline_window": "90s", "surge_factor": 2.0, "surge_floor": 0.35,
                "surge_min_items": 30, "topic_window": "20s", "topic_min_items": 20, "source_min_items": 20,
@@ -131,7 +131,7 @@ def service(export_dir, tmp_path_factory) -> str:
     keys = root / "api-keys"
     keys.write_text(f"# the feeder's key, stored hashed as in the Kubernetes Secret\nsha256:{hashlib.sha256(KEY.encode()).hexdigest()}\n")
     port = free_port()
-    env = {**os.environ, "TOOLCHAIN_API_KEYS_FILE": str(keys), "TOOLCHAIN_TOPICS": TOPICS,
+    env = {**os.environ, "TOOLCHAIN_API_KEYS_FILE": str(keys), "TOOLCHAIN_SOURCES": SOURCES,
            "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true", "TOOLCHAIN_THREADS": "1"}
     log = open(root / "service.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "toolchain.cli", "serve", str(export_dir), "--port", str(port)],
@@ -193,14 +193,14 @@ def phrasebank(*files: str) -> list[dict]:
 def normal_mix() -> list[dict]:
     rows = phrasebank("allagree/dev.jsonl", "allagree/test.jsonl")
     random.Random(7).shuffle(rows)
-    return [{"text": r["text"], "topic": ("markets", "macro")[i % 2]} for i, r in enumerate(rows)]
+    return [{"text": r["text"], "source": ("markets", "macro")[i % 2]} for i, r in enumerate(rows)]
 
 
 def negative_burst() -> list[dict]:
     rows = [r for r in phrasebank("allagree/train.jsonl", "allagree/dev.jsonl", "allagree/test.jsonl")
             if r["label"] == "negative"]
     random.Random(7).shuffle(rows)
-    return [{"text": r["text"], "topic": "markets"} for r in rows]
+    return [{"text": r["text"], "source": "markets"} for r in rows]
 
 
 class Wire:
@@ -256,7 +256,7 @@ def test_negative_burst_fires_the_surge_alert_and_normal_news_does_not(service, 
     assert normal["mean_negative_share"] < TEST_ALERTS["surge_floor"]
     burst = figures["burst"]
     assert burst["seconds_to_firing"] is not None, f"no firing alert {FIRE_WITHIN_S}s into the burst: {burst}"
-    assert {"overall", "topic"} & set(burst["firing_scopes"])
+    assert {"overall", "source"} & set(burst["firing_scopes"])
 
 
 def watch_normal_mix(wire: Wire, prometheus: str) -> dict:
@@ -271,7 +271,7 @@ def watch_normal_mix(wire: Wire, prometheus: str) -> dict:
             shares.append(share)
         time.sleep(1)
     assert len(shares) > NORMAL_SECONDS / 2, "the negative-share recording rule produced too few values"
-    items = query(prometheus, 'sum(toolchain_predictions_total{topic=~"markets|macro"})')
+    items = query(prometheus, 'sum(toolchain_predictions_total{source=~"markets|macro"})')
     return {"items_written": wire.written, "items_counted": items, "surge_alert_states_seen": sorted(states),
             "max_negative_share": round(max(shares), 3), "mean_negative_share": round(sum(shares) / len(shares), 3)}
 
@@ -297,7 +297,7 @@ def watch_burst(wire: Wire, prometheus: str) -> dict:
     player.join()
     return {"seconds_to_pending": pending_at and round(pending_at, 1), "seconds_to_firing": firing_at and round(firing_at, 1),
             "firing_scopes": sorted(a["labels"]["scope"] for a in firing),
-            "firing_topics": sorted(a["labels"].get("topic", "-") for a in firing),
+            "firing_sources": sorted(a["labels"].get("source", "-") for a in firing),
             "negative_share_at_fire": share and round(share, 3), "baseline_at_fire": baseline and round(baseline, 3)}
 
 
@@ -308,32 +308,34 @@ def check_dashboard_queries(prometheus: str) -> None:
     for panel in board["panels"]:
         for target in panel.get("targets", []):
             expr = (target["expr"].replace("$__rate_interval", "10s").replace('"$job"', '"toolchain"')
-                    .replace('"$topic"', '".*"'))
+                    .replace('"$topic"', '".*"').replace('"$source"', '".*"'))
             result = httpx.get(prometheus + "/api/v1/query", params={"query": expr}, timeout=5).json()
             assert result["status"] == "success", (panel["title"], expr, result)
             if not result["data"]["result"]:
                 empty.append(panel["title"])
-    for title in ("Negative share by topic", "Items classified per second by topic", "Request latency (/classify)",
+    # A sentiment-only model: its items carry topic="none", so the by-topic panels stay empty and the
+    # by-source panels carry the picture (tests/test_alerts_topic_e2e.py checks the topic panels).
+    for title in ("Negative share by source", "Items classified per second by source", "Request latency (/classify)",
                   "Batch size (texts per model call)", "Pods ready"):
         assert title not in empty, f"dashboard panel {title!r} has no data"
 
 
-def metric_total(url: str, topic: str) -> float:
+def metric_total(url: str, source: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(url + "/metrics", timeout=5).text
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "toolchain_predictions_total" and s.labels.get("topic") == topic)
+               if s.name == "toolchain_predictions_total" and s.labels.get("source") == source)
 
 
-@pytest.mark.parametrize("kill_signal, topic", [(signal.SIGKILL, "restart"), (signal.SIGTERM, "graceful")])
-def test_feeder_restart_counts_every_item_once(service, tmp_path, kill_signal, topic):
+@pytest.mark.parametrize("kill_signal, news_source", [(signal.SIGKILL, "restart"), (signal.SIGTERM, "graceful")])
+def test_feeder_restart_counts_every_item_once(service, tmp_path, kill_signal, news_source):
     rows = phrasebank("allagree/test.jsonl")
-    lines = [json.dumps({"text": r["text"], "topic": topic}) for r in rows]
+    lines = [json.dumps({"text": r["text"], "source": news_source}) for r in rows]
     lines[10:10] = ["{broken json", json.dumps({"text": ""})]         # reported and skipped, never counted
     source = tmp_path / "news.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    before = metric_total(service, topic)
+    before = metric_total(service, news_source)
     feeder = start_feeder(source, service, tmp_path, "--batch-size", "4", "--table-every", "0")
     state = tmp_path / "state.json"
     wait_for(lambda: json.loads(state.read_text())["sent_items"] >= 60, 120, "feeder mid-stream", 0.01)
@@ -346,7 +348,7 @@ def test_feeder_restart_counts_every_item_once(service, tmp_path, kill_signal, t
     err = (tmp_path / "feeder.err").read_text()
     resent = [line for line in err.splitlines() if "resending" in line]
     doubled = int(resent[0].split("resending ")[1].split()[0]) if resent else 0
-    counted = metric_total(service, topic) - before
+    counted = metric_total(service, news_source) - before
     print(f"\n{signal.Signals(kill_signal).name} after {stopped_at} items: counted {counted:.0f} of {len(rows)}; "
           f"group in doubt resent: {doubled}")
     assert err.count("skipped bad line") >= 2 and "news.jsonl:11: skipped bad line: not JSON" in err
