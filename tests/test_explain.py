@@ -60,8 +60,8 @@ def test_steps_double_until_completeness_holds(classifier):
     from toolchain.explain.gradients import Quadrature, explain_sequence
 
     figures = explain_sequence(classifier, SENTENCES[0], "positive",
-                               Quadrature(steps=2, max_steps=256, rtol=0.0, atol=1e-3)).details["completeness"]
-    assert figures["steps"] > 2 and figures["within_tolerance"] and figures["error"] <= 1e-3
+                               Quadrature(steps=2, max_steps=256, rtol=0.0, atol=1e-2)).details["completeness"]
+    assert figures["steps"] > 2 and figures["within_tolerance"] and figures["error"] <= 1e-2
 
 
 def test_matches_captum_layer_integrated_gradients(classifier):
