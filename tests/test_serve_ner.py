@@ -185,7 +185,7 @@ def test_served_ner_auth_wrong_route_and_metrics(ner_server):
                     timeout=30, headers={"X-API-Key": PLAIN_KEY})
     assert ok.status_code == 200
     metrics = httpx.get(url + "/metrics", timeout=10).text
-    assert metric_total(metrics, "toolchain_predictions_total", task="token-classification", topic="AAPL") >= 3
+    assert metric_total(metrics, "toolchain_predictions_total", task="token-classification", source="AAPL", topic="none") >= 3
     assert metric_total(metrics, "toolchain_inference_seconds_count", task="token-classification") >= 1
     assert metric_total(metrics, "toolchain_rejected_requests_total", reason="auth") >= 1
 

@@ -71,6 +71,15 @@ def recovery_arguments(cfg, work_dir) -> TrainingArguments:
         save_strategy="no", eval_strategy="no", logging_steps=20, report_to=[], use_cpu=not torch.cuda.is_available())
 
 
+def unwrap_forward(model) -> None:
+    """Undo the mixed-precision wrapper Accelerate puts on ``forward`` (in place). A Trainer uses bf16 when an
+    earlier one in the process did (TrainingArguments sets ACCELERATE_MIXED_PRECISION, as `toolchain build`'s
+    training does on a bf16 CPU), and Optimum's ONNX export cannot trace the wrapped forward."""
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
 def recover(job, student) -> dict:
     """Train the pruned ``student`` on the run's training split; returns what was done, for the report."""
     cfg, run = job.cfg.prune, job.run
@@ -89,6 +98,7 @@ def recover(job, student) -> dict:
     started = time.time()
     result = trainer.train()
     shutil.rmtree(work_dir, ignore_errors=True)
+    unwrap_forward(student)
     student.eval()
     return {"method": cfg.recovery, "epochs": cfg.recovery_epochs, "steps": result.global_step,
             "train_loss": float(result.training_loss), "wall_seconds": round(time.time() - started, 1)}
