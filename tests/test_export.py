@@ -116,6 +116,51 @@ def test_lora_merge_matches_unmerged_and_all_variants_are_built(full_export):
         assert 0.0 <= report["variants"][name]["test"]["agreement"] <= 1.0
 
 
+def test_lora_merge_folds_the_adapter_into_the_base_weights(lora_run):
+    """The merged model is a plain transformers model (no LoRA module left) whose adapted matrices are the base
+    weights plus scaling * B @ A, untouched elsewhere, with the unmerged model's dev logits."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from toolchain.artifacts import load_run
+    from toolchain.export.merge import merge_run
+    from toolchain.export.scoring import load_run_splits, run_task
+
+    run = load_run(lora_run)
+    merged = merge_run(run, run_task(run), load_run_splits(run).dev, atol=1e-4)
+    assert merged.max_abs_diff is not None and merged.max_abs_diff < 1e-4
+    assert type(merged.model).__name__ == "BertForSequenceClassification"
+    assert not [name for name, _ in merged.model.named_modules() if "lora" in name]
+    base = load_file(Path(run.base_model) / "model.safetensors")
+    adapter = load_file(run.model_dir / "adapter_model.safetensors")
+    weights = merged.model.state_dict()
+    method = run.config["method"]
+    scaling = method["lora_alpha"] / method["lora_r"]
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"):
+        a, b = (adapter[f"base_model.model.bert.{name}.lora_{x}.weight"] for x in "AB")
+        delta = weights[f"bert.{name}.weight"] - base[f"{name}.weight"]
+        assert delta.abs().max() > 1e-4 and torch.allclose(delta, scaling * b @ a, atol=1e-6), name
+    assert torch.equal(weights["bert.embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])
+
+
+def test_optimized_graph_has_fused_nodes_and_fp32_parity(full_export):
+    """ORTOptimizer's graph fuses attention, skip + LayerNorm and GELU subgraphs: fewer nodes, ops that the
+    exported fp32 graph does not have, and the same logits."""
+    import onnx
+
+    from toolchain.artifacts import load_export
+
+    info = load_export(full_export)
+    fp32, optimized = (onnx.load(str(info.variant_file(name))).graph.node for name in ("fp32", "optimized"))
+    fp32_ops, fused_ops = {n.op_type for n in fp32}, {n.op_type for n in optimized}
+    assert fused_ops & {"Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
+                        "BiasGelu", "FastGelu"} - fp32_ops, fused_ops
+    assert len(optimized) < 0.7 * len(fp32), (len(optimized), len(fp32))
+    assert json.loads((full_export / "report.json").read_text())["parity"]["optimized_vs_pytorch"] < 1e-4
+
+
 def test_static_int8_graph_holds_quantized_activations(full_export):
     import onnx
 
@@ -124,6 +169,8 @@ def test_static_int8_graph_holds_quantized_activations(full_export):
     ops = {n.op_type for n in onnx.load(str(load_export(full_export).variant_file("int8-static"))).graph.node}
     assert ops & {"QuantizeLinear", "QLinearMatMul", "QAttention", "QGemm"}
     assert "DynamicQuantizeLinear" not in ops
+    sizes = {name: v["bytes"] for name, v in json.loads((full_export / "report.json").read_text())["variants"].items()}
+    assert sizes["int8-static"] < 0.5 * sizes["fp32"], sizes
 
 
 def test_pruned_export_reloads_and_matches_its_onnx(full_export):

@@ -194,15 +194,80 @@ def pruned_copy(tiny_classifier, amount=0.5):
     return student, prune_model(student, heads, ffn, amount), task
 
 
-def test_pruning_shrinks_the_expected_matrices(tiny_classifier):
-    student, plan, _ = pruned_copy(tiny_classifier, 0.5)
-    layer = student.bert.encoder.layer[0]
-    assert layer.attention.self.query.weight.shape == (16, 32)   # 2 of 4 heads (8 dims each) kept
-    assert layer.attention.output.dense.weight.shape == (32, 16)
-    assert layer.intermediate.dense.weight.shape == (32, 32)      # 32 of 64 neurons kept
-    assert layer.output.dense.weight.shape == (32, 32)
-    assert plan["heads_after"] == 4 and plan["intermediate_sizes"] == [32, 32]
-    assert plan["pruned_heads"] == {str(k): sorted(v) for k, v in student.config.pruned_heads.items()}
+SILENT_HEADS = {0: [1, 3], 1: [0, 2]}                                  # of 4 heads a layer
+SILENT_NEURONS = {0: list(range(0, 64, 2)), 1: list(range(16, 48))}    # of 64 FFN neurons a layer
+
+
+def silenced_copy(tiny_classifier):
+    """A copy of the classifier in which some heads and FFN neurons contribute nothing: their columns of the
+    output projection are zero, so removing them cannot change the logits and their Taylor importance is 0."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_classifier[0])
+    with torch.no_grad():
+        for i, layer in enumerate(model.bert.encoder.layer):
+            for head in SILENT_HEADS[i]:
+                layer.attention.output.dense.weight[:, head * 8:(head + 1) * 8] = 0
+            layer.output.dense.weight[:, SILENT_NEURONS[i]] = 0
+    return model
+
+
+def importance_of(model, tiny_classifier):
+    from toolchain.export.prune import importance_scores
+    from toolchain.export.recovery import labelled_batches
+    from toolchain.tasks import get_task
+
+    _, tokenizer, dev = tiny_classifier
+    batches = labelled_batches(get_task("sequence-classification"), tokenizer, dev,
+                               ["negative", "neutral", "positive"], 32, 8)
+    return importance_scores(model, batches)
+
+
+def test_taylor_importance_is_zero_exactly_for_units_that_contribute_nothing(tiny_classifier):
+    heads, ffn = importance_of(silenced_copy(tiny_classifier), tiny_classifier)
+    for i in (0, 1):
+        silent = np.isin(np.arange(4), SILENT_HEADS[i])
+        assert (heads[i].numpy()[silent] == 0).all() and (heads[i].numpy()[~silent] > 0).all(), heads[i]
+        silent = np.isin(np.arange(64), SILENT_NEURONS[i])
+        assert (ffn[i].numpy()[silent] == 0).all() and (ffn[i].numpy()[~silent] > 0).all()
+
+
+def test_pruning_removes_exactly_the_lowest_scored_heads_and_neurons(tiny_classifier):
+    """On a model whose least important units are known (they contribute nothing), pruning half of each layer
+    removes exactly those: the kept rows and columns are the others', and the encoder's output does not move
+    (pruning as many of the highest-scored units moves it)."""
+    import copy
+
+    import torch
+
+    from toolchain.export.prune import prune_model
+
+    _, tokenizer, dev = tiny_classifier
+    silenced = silenced_copy(tiny_classifier)
+    heads, ffn = importance_of(silenced, tiny_classifier)
+    student = copy.deepcopy(silenced)
+    plan = prune_model(student, heads, ffn, 0.5)
+    assert plan["pruned_heads"] == {str(i): v for i, v in SILENT_HEADS.items()} and plan["heads_after"] == 4
+    assert plan["intermediate_sizes"] == [32, 32]
+    for i, (before, after) in enumerate(zip(silenced.bert.encoder.layer, student.bert.encoder.layer)):
+        kept_dims = [d for h in range(4) if h not in SILENT_HEADS[i] for d in range(h * 8, (h + 1) * 8)]
+        for name in ("query", "key", "value"):
+            kept_rows = getattr(before.attention.self, name).weight[kept_dims]
+            assert torch.equal(getattr(after.attention.self, name).weight, kept_rows), (i, name)
+        assert torch.equal(after.attention.output.dense.weight, before.attention.output.dense.weight[:, kept_dims])
+        kept = [n for n in range(64) if n not in SILENT_NEURONS[i]]
+        assert torch.equal(after.intermediate.dense.weight, before.intermediate.dense.weight[kept])
+        assert torch.equal(after.output.dense.weight, before.output.dense.weight[:, kept])
+    batch = tokenizer([ex.text for ex in dev[:8]], padding=True, return_tensors="pt")
+    wrong = copy.deepcopy(silenced)  # the same amount, but the highest-scored units
+    prune_model(wrong, -heads, [-scores for scores in ffn], 0.5)
+    with torch.no_grad():
+        reference = silenced.bert(**batch).last_hidden_state
+        moved = (student.bert(**batch).last_hidden_state - reference).abs().max().item()
+        moved_wrong = (wrong.bert(**batch).last_hidden_state - reference).abs().max().item()
+    assert moved < 1e-6 and moved_wrong > 1e-3, (moved, moved_wrong)
 
 
 def test_pruning_keeps_one_head_per_layer(tiny_classifier):

@@ -21,8 +21,31 @@ def run_tiny(overrides, *extra):
     return train(load_config("sentiment-full", overrides + list(extra)))
 
 
-def test_full_run_learns_and_writes_the_run_dir(tiny_overrides):
-    run_dir = run_tiny(tiny_overrides, "train.epochs=8")
+def run_watching_weights(monkeypatch, overrides, *extra):
+    """Train; also return the parameters as built (before the first step), as trained, and which were trainable."""
+    import torch
+
+    from toolchain.train import runner
+
+    seen, build_model = {}, runner.build_model
+
+    def watched(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        seen["model"] = model
+        seen["initial"] = {name: p.detach().clone() for name, p in model.named_parameters()}
+        seen["trainable"] = {name for name, p in model.named_parameters() if p.requires_grad}
+        return model
+
+    monkeypatch.setattr(runner, "build_model", watched)
+    run_dir = run_tiny(overrides, *extra)
+    final = {name: p.detach().clone() for name, p in seen["model"].named_parameters()}
+    changed = {name for name, value in final.items() if not torch.equal(value, seen["initial"][name])}
+    return run_dir, seen["initial"], final, changed, seen["trainable"]
+
+
+def test_full_run_learns_and_writes_the_run_dir(tiny_overrides, monkeypatch):
+    run_dir, initial, _, changed, trainable = run_watching_weights(monkeypatch, tiny_overrides, "train.epochs=8")
+    assert trainable == set(initial) and changed == set(initial)  # full fine-tuning moves every tensor
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     assert not (run_dir / "INCOMPLETE").exists()
     manifest = yaml.safe_load((run_dir / "toolchain.yaml").read_text())
@@ -36,17 +59,57 @@ def test_full_run_learns_and_writes_the_run_dir(tiny_overrides):
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# The parameters each method trains besides the task head (model: 2 layers, method.top_k=1).
+OWN_PARAMETERS = {"head": lambda name: False, "top-k": lambda name: ".layer.1." in name,
+                  "lora": lambda name: ".lora_" in name, "adalora": lambda name: ".lora_" in name,
+                  "ia3": lambda name: ".ia3_l." in name}
+
+
+def is_trained_head(name: str, peft: bool) -> bool:
+    """The task head: classifier and pooler; PEFT methods train the classifier's modules_to_save copy only."""
+    from toolchain.train.methods import is_head_parameter
+
+    return "modules_to_save" in name if peft else is_head_parameter(name)
+
+
+def adalora_budget(step: int, initial: int, target: int, total: int, tinit: int, tfinal: int) -> int:
+    """AdaLoRA's total rank after its masking at (0-based) optimizer step ``step``: the cubic schedule of
+    Zhang et al. (2023) from the initial to the target budget between tinit and total - tfinal."""
+    if step <= tinit:
+        return initial
+    if step >= total - tfinal:
+        return target
+    return int((initial - target) * (1 - (step - tinit) / (total - tfinal - tinit)) ** 3 + target)
+
+
 @pytest.mark.parametrize("method, trainable_max", [("head", 0.01), ("top-k", 0.1), ("lora", 0.1),
                                                    ("adalora", 0.1), ("ia3", 0.01)])
-def test_method_trains_only_its_parameters(tiny_overrides, method, trainable_max):
-    run_dir = run_tiny(tiny_overrides, f"method.name={method}", "method.top_k=1", "method.lora_r=4",
-                       "method.adalora_init_r=6", "train.epochs=2")
+def test_method_trains_only_its_parameters(tiny_overrides, monkeypatch, method, trainable_max):
+    """Exactly the method's parameters move (the top layer, the adapters, the IA3 vectors) with the head; every
+    other tensor stays bit-identical to the base model. AdaLoRA's rank budget follows its schedule."""
+    run_dir, initial, _, changed, trainable = run_watching_weights(
+        monkeypatch, tiny_overrides, f"method.name={method}", "method.top_k=1", "method.lora_r=4",
+        "method.adalora_init_r=6", "train.epochs=2")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     fraction = metrics["parameters"]["trainable_fraction"]
     assert 0 < fraction < trainable_max, (method, metrics["parameters"])
+    peft = method in ("lora", "adalora", "ia3")
+    own = {name for name in initial if OWN_PARAMETERS[method](name)}
+    head = {name for name in initial if is_trained_head(name, peft)}
+    assert head and (own or method == "head")
+    assert trainable == own | head, sorted(trainable ^ (own | head))
+    assert changed == own | head, sorted(changed ^ (own | head))
     if method == "adalora":
-        assert metrics["adalora"]["update_and_allocate_calls"] == metrics["train"]["global_step"]
-        assert 0 < metrics["adalora"]["final_rank_total"] < metrics["adalora"]["initial_rank_total"]
+        adalora = metrics["adalora"]
+        assert adalora["update_and_allocate_calls"] == metrics["train"]["global_step"] == 30
+        initial_budget, target = adalora["initial_rank_total"], adalora["initial_rank_total"] * 4 // 6
+        assert adalora["final_rank_total"] == target < initial_budget  # lora_r=4 of adalora_init_r=6 per matrix
+        ranks = {entry["step"]: entry["ranks"] for entry in adalora["rank_history"]}
+        # budget masks fall on every adalora_delta_t=10th step, then every step of the last 20% (tfinal=6)
+        for step in (10, 20, 25):
+            expected = adalora_budget(step, initial_budget, target, total=30, tinit=3, tfinal=6)
+            assert ranks[step] == expected, (step, ranks)
+        assert target < ranks[10] < initial_budget
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "ia3"])
@@ -68,12 +131,131 @@ def test_peft_adapter_with_head_reloads_to_the_same_predictions(tiny_overrides, 
     assert acc == pytest.approx(stored["accuracy"])
 
 
-@pytest.mark.parametrize("kind", ["fgm", "pgd"])
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_adversarial_training_runs_with_methods(tiny_overrides, kind, method):
-    run_dir = run_tiny(tiny_overrides, f"adversarial.kind={kind}", f"method.name={method}", "train.epochs=1")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["adversarial"] == kind and np.isfinite(metrics["train"]["train_loss"])
+def test_adversarial_training_changes_the_weights(tiny_overrides, tmp_path, monkeypatch, method):
+    """Same seed, same data, three optimizer steps: FGM and PGD end with other weights than plain training (the
+    adversarial loss's gradient enters every step), with trainable embeddings (full) and frozen ones (LoRA)."""
+    base = [o for o in tiny_overrides if not o.startswith("output_dir=")]
+    weights = {}
+    for kind in ("none", "fgm", "pgd"):
+        run_dir, _, weights[kind], _, _ = run_watching_weights(
+            monkeypatch, base, f"output_dir={tmp_path / kind}", f"adversarial.kind={kind}", f"method.name={method}",
+            "train.max_steps=3")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["adversarial"] == kind and np.isfinite(metrics["train"]["train_loss"])
+    for kind in ("fgm", "pgd"):
+        moved = max(float((weights[kind][name] - value).abs().max()) for name, value in weights["none"].items())
+        assert moved > 1e-5, f"{kind} left the weights where plain training put them (max difference {moved:g})"
+
+
+def unit(grad):
+    """Per-example L2-normalised (batch, seq, hidden) tensor."""
+    return grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1)
+
+
+def into_ball(delta, epsilon):
+    """Projection onto the per-example L2 ball of radius epsilon."""
+    return delta * (epsilon / delta.flatten(1).norm(dim=1)).clamp(max=1.0).view(-1, 1, 1)
+
+
+@pytest.fixture
+def still_classifier(tiny_bert):
+    """The tiny BERT with a 3-class head and no dropout (training-mode forwards are deterministic), a batch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3, hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = tokenizer(["profit rose .", "sales fell in the period .", "the board met"], return_tensors="pt",
+                      padding=True)
+    return model, {**batch, "labels": torch.tensor([2, 0, 1])}
+
+
+def adversarial_trainer(model, tmp_path, **adversarial):
+    from transformers import TrainingArguments
+
+    from toolchain.config import AdversarialConfig
+    from toolchain.train.adversarial import AdversarialTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
+    trainer = AdversarialTrainer(model=model, args=args, adversarial=AdversarialConfig(**adversarial))
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop; training_step divides by it
+    return trainer
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd"])
+def test_adversarial_training_step_adds_the_perturbed_loss_gradient(still_classifier, tmp_path, kind):
+    """One training step's parameter gradient is the clean loss's plus the loss's at the perturbed word
+    embeddings: FGM's epsilon * g/|g| (g: the clean loss's gradient there), PGD's projected K-step ascent."""
+    import copy
+
+    import torch
+
+    from toolchain.train.adversarial import EmbeddingPerturbation
+
+    model, inputs = still_classifier
+    epsilon, alpha, steps = 0.5, 0.2, 3
+    reference = copy.deepcopy(model).train()
+    hook = EmbeddingPerturbation(reference)
+    hook.capture = True
+    reference(**inputs).loss.backward()
+    hook.capture = False
+    clean = {name: p.grad.clone() for name, p in reference.named_parameters()}
+    delta = epsilon * unit(hook.delta.grad) if kind == "fgm" else into_ball(alpha * unit(hook.delta.grad), epsilon)
+    for _ in range(steps - 1 if kind == "pgd" else 0):
+        hook.delta = delta.detach().requires_grad_(True)
+        step_grad, = torch.autograd.grad(reference(**inputs).loss, hook.delta)
+        delta = into_ball(hook.delta.detach() + alpha * unit(step_grad), epsilon)
+    hook.delta = delta.detach()
+    reference(**inputs).loss.backward()
+    expected = {name: p.grad for name, p in reference.named_parameters()}
+
+    trainer = adversarial_trainer(model, tmp_path, kind=kind, epsilon=epsilon, alpha=alpha, steps=steps)
+    trainer.training_step(model, dict(inputs))
+    got = {name: p.grad for name, p in model.named_parameters()}
+    assert max(float((expected[n] - clean[n]).abs().max()) for n in clean) > 1e-4  # the perturbed loss matters
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_project_scales_only_the_examples_outside_the_ball():
+    import torch
+
+    from toolchain.train.adversarial import _project
+
+    direction = unit(torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0)))
+    delta = direction * torch.tensor([0.5, 2.0, 4.0]).view(-1, 1, 1)
+    projected = _project(delta, 1.0)
+    assert torch.allclose(projected.flatten(1).norm(dim=1), torch.tensor([0.5, 1.0, 1.0]))
+    assert torch.allclose(unit(projected), direction, atol=1e-6)  # scaled, not turned
+
+
+def test_pgd_ascent_stays_in_the_epsilon_ball_and_raises_the_loss(still_classifier, tmp_path):
+    """Each further PGD step raises the loss at the perturbed embeddings; the perturbation's norm grows by at
+    most alpha a step and never leaves the epsilon ball; the ascent leaves no parameter gradients behind."""
+    import torch
+
+    model, inputs = still_classifier
+    epsilon, losses = 0.1, []
+    for steps in range(1, 7):
+        trainer = adversarial_trainer(model.eval(), tmp_path, kind="pgd", epsilon=epsilon, alpha=0.03, steps=steps)
+        hook = trainer._perturber(model)
+        hook.capture = True
+        clean = model(**inputs).loss
+        grad, = torch.autograd.grad(clean, hook.delta)
+        hook.capture = False
+        delta = trainer._pgd_delta(model, inputs, grad)
+        hook.delta = delta
+        with torch.no_grad():
+            losses.append(float(model(**inputs).loss))
+        hook.remove()
+        norms = delta.flatten(1).norm(dim=1)
+        assert (norms <= epsilon * (1 + 1e-5)).all() and (norms <= 0.03 * steps + 1e-6).all(), (steps, norms)
+        assert all(p.grad is None for p in model.parameters())
+    assert torch.allclose(norms, torch.full_like(norms, epsilon))  # 6 steps of 0.03 reach the ball's surface
+    assert clean.item() < losses[0] and all(a < b for a, b in zip(losses, losses[1:])), losses
 
 
 def test_adversarial_perturbation_changes_the_loss(tiny_bert):
@@ -99,14 +281,68 @@ def test_adversarial_perturbation_changes_the_loss(tiny_bert):
 
 
 def test_evaluate_and_compare(tiny_overrides, tiny_data, tmp_path):
-    head = run_tiny([o for o in tiny_overrides if not o.startswith("output_dir")], f"output_dir={tmp_path / 'head'}",
-                    "method.name=head", "train.epochs=1")
-    full = run_tiny([o for o in tiny_overrides if not o.startswith("output_dir")], f"output_dir={tmp_path / 'full'}",
-                    "train.epochs=6")
-    scored = evaluate_file(str(full), str(tiny_data["dev"]))
-    assert scored["examples"] == 30 and 0 <= scored["accuracy"] <= 1
-    table = compare_runs([str(head), str(full)])
-    assert "head" in table and "full" in table and "macro_f1" in table
+    """evaluate scores a file against its own labels: on a file where 18 of 30 labels are the model's own
+    predictions and 12 another class, accuracy is 18/30 and the confusion matrix is known. compare's rows
+    are the runs' metrics.json test figures (made distinct from the dev ones for one run)."""
+    import re
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import write_jsonl
+
+    base = [o for o in tiny_overrides if not o.startswith("output_dir")]
+    head = run_tiny(base, f"output_dir={tmp_path / 'head'}", "method.name=head", "train.epochs=1")
+    full = run_tiny(base, f"output_dir={tmp_path / 'full'}", "train.epochs=4")
+    model = AutoModelForSequenceClassification.from_pretrained(full / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(full / "model")
+    labels = json.loads((full / "labels.json").read_text())["labels"]
+    texts = [json.loads(line)["text"] for line in tiny_data["dev"].read_text().splitlines()]
+    with torch.no_grad():  # one text per call, straight from the saved model: no batching, no padding
+        predicted = [int(model(**tokenizer(text, return_tensors="pt")).logits.argmax()) for text in texts]
+    assert len(set(predicted)) >= 2, predicted  # the model tells classes apart: its predictions matter below
+    gold = [p if i < 18 else (p + 1) % 3 for i, p in enumerate(predicted)]
+    crafted = write_jsonl(tmp_path / "crafted.jsonl", [{"text": t, "label": labels[g]} for t, g in zip(texts, gold)])
+    confusion = np.zeros((3, 3), dtype=int)
+    np.add.at(confusion, (gold, predicted), 1)
+
+    scored = evaluate_file(str(full), str(crafted))
+    assert scored["examples"] == 30 and scored["accuracy"] == pytest.approx(18 / 30)
+    assert scored["confusion_matrix"] == confusion.tolist()
+
+    def rows(table):
+        header, _, *lines = table.splitlines()
+        columns = re.split(r"\s{2,}", header.strip())
+        return columns, [dict(zip(columns, re.split(r"\s{2,}", line.strip()))) for line in lines]
+
+    # this tiny data gives the same dev and test figures: give the head run distinct test figures to tell them apart
+    stored = json.loads((head / "metrics.json").read_text())
+    stored["test"].update(accuracy=0.1234, macro_f1=0.2345)
+    for value, name in zip((0.3456, 0.4567, 0.5678), labels):
+        stored["test"]["per_class"][name]["f1"] = value
+    (head / "metrics.json").write_text(json.dumps(stored))
+    columns, stored_rows = rows(compare_runs([str(head), str(full)]))
+    assert columns == ["run", "method", "base", "trainable", "accuracy", "macro_f1", "f1:negative", "f1:neutral",
+                       "f1:positive", "train time"]
+    assert [(r["run"], r["method"], r["base"]) for r in stored_rows] == [("head", "head", tiny_bert_name(full)),
+                                                                        ("full", "full", tiny_bert_name(full))]
+    for row, run_dir in zip(stored_rows, (head, full)):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["trainable"] == f"{metrics['parameters']['trainable']:,}"
+        test = metrics["test"]
+        figures = {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
+                   **{f"f1:{c}": test["per_class"][c]["f1"] for c in labels}}
+        assert {k: row[k] for k in figures} == {k: f"{v:.4f}" for k, v in figures.items()}
+        assert row["train time"] == f"{metrics['train']['wall_seconds']:.0f}s"
+    assert int(stored_rows[0]["trainable"].replace(",", "")) < int(stored_rows[1]["trainable"].replace(",", ""))
+    _, on_file = rows(compare_runs([str(head), str(full)], data=str(crafted)))
+    assert on_file[1]["accuracy"] == f"{18 / 30:.4f}"
+
+
+def tiny_bert_name(run_dir):
+    from pathlib import Path
+
+    return Path(yaml.safe_load((run_dir / "toolchain.yaml").read_text())["base_model"]).name
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_overrides):
@@ -138,6 +374,33 @@ def test_fused_adamw_is_selectable_and_recorded(tiny_overrides):
     manifest = yaml.safe_load((run_dir / "toolchain.yaml").read_text())
     assert manifest["config"]["train"]["optimizer"] == "adamw_torch_fused"
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["global_step"] == 3
+
+
+def test_early_stopping_stops_on_a_dev_plateau(tiny_overrides):
+    """learning_rate=0 makes the dev metric a plateau: with patience 2 the run stops after the third
+    evaluation (step 15 of 45), not at the end of its 3 epochs."""
+    run_dir = run_tiny(tiny_overrides, "train.learning_rate=0", "train.early_stopping_patience=2", "train.eval_steps=5")
+    history = json.loads((run_dir / "history.json").read_text())
+    evaluations = [h["eval_macro_f1"] for h in history if "eval_macro_f1" in h]
+    assert len(evaluations) == 3 and len(set(evaluations)) == 1, evaluations
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["global_step"] == 15
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_n_batches(tiny_overrides):
+    """120 examples in batches of 8 are 15 batches an epoch; accumulating 3 of them makes 5 optimizer steps."""
+    run_dir = run_tiny(tiny_overrides, "train.epochs=1", "train.gradient_accumulation=3", "train.eval_steps=100")
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["global_step"] == 5
+
+
+def test_warmup_ramps_the_learning_rate_up_to_its_peak(tiny_overrides):
+    """warmup_ratio=0.3 of 10 steps: the learning rate of steps 1-4 climbs 0, 1/3, 2/3 of the peak, the peak;
+    then the linear schedule decays it."""
+    run_dir = run_tiny(tiny_overrides, "train.max_steps=10", "train.warmup_ratio=0.3", "train.logging_steps=1",
+                       "train.eval_steps=100", "train.learning_rate=1e-3")
+    rates = {h["step"]: h["learning_rate"] for h in json.loads((run_dir / "history.json").read_text())
+             if "learning_rate" in h}
+    assert [rates[step] for step in (1, 2, 3, 4)] == pytest.approx([0, 1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert max(rates.values()) == pytest.approx(1e-3) and rates[10] < rates[5] < rates[4]
 
 
 # --------------------------------------------------------------------------- --overwrite only replaces run dirs
