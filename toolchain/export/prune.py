@@ -131,14 +131,4 @@ def prune_and_recover(job) -> tuple[object, dict]:
     plan.update(parameters_before=before, parameters_after=parameter_count(student),
                 importance="taylor (Michel et al. 2019), dev split", importance_examples=len(dev))
     plan["recovery"] = recover(job, student)
-    student = plain_forward(student)
     return student.cpu().eval(), plan  # the Trainer may have moved it to the GPU; export and parity run on the CPU
-
-
-def plain_forward(model):
-    """The model with the forward it was built with. A Trainer under mixed precision (also when an earlier bf16
-    run in the same process left ACCELERATE_MIXED_PRECISION set) patches ``forward`` with autocast and an fp32
-    output wrapper, which the ONNX exporter cannot trace."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
