@@ -251,3 +251,16 @@ def test_real_server_logs_and_errors_hold_no_e_mail_address(built, tmp_path):
     assert failed.status_code == 500 and served.status_code == 200
     assert "cannot classify 'FAULT refund to [EMAIL]'" in log   # BentoML's exception log, masked
     assert "jane.doe" not in log and "jane.doe" not in refused.text + failed.text
+
+
+@pytest.mark.parametrize("pad", range(40, 62, 3))
+def test_a_bad_line_quotes_no_piece_of_an_address_it_cuts(pad):
+    """The feeder's bad-line reasons quote at most 60 characters; wherever the cut falls, masking the reason
+    leaves no piece of the e-mail address in the clear."""
+    from toolchain.monitor.sources import BadLine, parse_line
+
+    raw = ("x" * pad + " write to jane.doe@example.org now").encode() + b"\n"  # not JSON
+    record = parse_line(raw, "f", 1, len(raw))
+    assert isinstance(record, BadLine)
+    masked = mask(record.reason)
+    assert "jane" not in masked and "example" not in masked and "doe@" not in masked

@@ -21,6 +21,16 @@ from dataclasses import InitVar, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from toolchain.privacy import clip
+
+QUOTE_CHARS = 60   # how much of a bad value an error message quotes
+
+
+def quote(value) -> str:
+    """The start of ``value``'s repr, cut where masking still recognises every address or number in it."""
+    return clip(repr(value), QUOTE_CHARS)
+
+
 STDIN = "<stdin>"
 MAX_SOURCE_CHARS = 200      # the service's limit on the request's `source` (toolchain.serve.validation)
 MAX_TOPIC_CHARS = MAX_SOURCE_CHARS     # former name
@@ -76,16 +86,16 @@ def parse_line(raw: bytes, source: str, line: int, end: int) -> NewsItem | BadLi
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return bad(f"not JSON ({exc.msg} at column {exc.colno}): {text.strip()[:60]!r}")
+        return bad(f"not JSON ({exc.msg} at column {exc.colno}): {clip(text.strip(), QUOTE_CHARS)!r}")
     if not isinstance(data, dict):
-        return bad(f"not a JSON object but {type(data).__name__}: {text.strip()[:60]!r}")
+        return bad(f"not a JSON object but {type(data).__name__}: {clip(text.strip(), QUOTE_CHARS)!r}")
     return _item_from(data, bad, source, line, end, start)
 
 
 def _item_from(data: dict, bad, source: str, line: int, end: int, start: int) -> NewsItem | BadLine:
     body = data.get("text")
     if not isinstance(body, str) or not body.strip():
-        return bad(f"'text' must be a non-blank string, got {body!r:.60}")
+        return bad(f"'text' must be a non-blank string, got {quote(body)}")
     try:
         news_source = item_source(data)
         stamp = parse_timestamp(data.get("timestamp"))
@@ -99,11 +109,11 @@ def item_source(data: dict) -> str | None:
     """The item's ``source`` (or its former name ``topic``); ValueError naming the key when it is unusable."""
     given = {key: data[key] for key in SOURCE_KEYS if data.get(key) is not None}
     if len(given) == 2 and given["source"] != given["topic"]:
-        raise ValueError(f"'source' {given['source']!r:.60} and its former name 'topic' {given['topic']!r:.60} "
+        raise ValueError(f"'source' {quote(given['source'])} and its former name 'topic' {quote(given['topic'])} "
                          "differ: give the item's source as 'source' only")
     for key, value in given.items():
         if not isinstance(value, str):
-            raise ValueError(f"'{key}' must be a string, got {value!r:.60}")
+            raise ValueError(f"'{key}' must be a string, got {quote(value)}")
         if len(value) > MAX_SOURCE_CHARS:
             raise ValueError(f"'{key}' has {len(value)} characters; the service takes at most {MAX_SOURCE_CHARS}")
     return next(iter(given.values()), None) or None
@@ -120,7 +130,7 @@ def parse_timestamp(value) -> float | None:
             return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
         except ValueError:
             pass
-    raise ValueError(f"'timestamp' must be ISO 8601 or Unix seconds, got {value!r:.60}")
+    raise ValueError(f"'timestamp' must be ISO 8601 or Unix seconds, got {quote(value)}")
 
 
 class FileCursor:
