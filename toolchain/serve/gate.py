@@ -29,7 +29,7 @@ from typing import Any
 from toolchain.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
-from toolchain.serve.metrics import NO_TOPIC, REJECT_REASONS, service_metrics, source_label
+from toolchain.serve.metrics import REJECT_REASONS, service_metrics, source_label
 from toolchain.serve.settings import ServeSettings, env_name, load_settings
 from toolchain.serve.validation import Limits, RequestRejected, without_bom
 
@@ -45,7 +45,7 @@ class Route:
     """What the gate needs to know about one inference route."""
     task: str
     parse: Callable[[bytes, Limits], Any]              # body -> request with .source; raises RequestRejected
-    labels_of: Callable[[Any], list]                   # response JSON -> predicted labels or (label, topic) pairs
+    labels_of: Callable[[Any], list[tuple[str, str]]]  # response JSON -> (predicted label, predicted topic) pairs
     concurrency: str | None = None                     # a ServeSettings field: this route's own in-flight cap
 
 
@@ -398,5 +398,4 @@ class RequestGate:
         except (ValueError, TypeError, KeyError):
             log.warning("could not read the predicted labels from a %s response", route.task)
             return
-        pairs = [label if isinstance(label, tuple) else (label, NO_TOPIC) for label in labels]
-        service_metrics().count_predictions(route.task, pairs, source_label(request.source, self.sources))
+        service_metrics().count_predictions(route.task, labels, source_label(request.source, self.sources))

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from toolchain.serve.classify import parse_request  # noqa: F401  (the same request shape as /classify)
+from toolchain.serve.metrics import NO_TOPIC
 from toolchain.serve.windows import infer_windows
 from toolchain.tasks.token_classification import decode_entities
 
@@ -84,7 +85,8 @@ def scores(predictions: list[NerResult]) -> list[float]:
     return [entity.score for result in predictions for entity in result.entities]
 
 
-def entity_types(response: list) -> list[str]:
-    """The entity types in a /ner response body (for the predictions counter)."""
-    return [entity["type"] for item in response if isinstance(item, dict)
+def entity_types(response: list) -> list[tuple[str, str]]:
+    """(entity type, ``none``) per entity in a /ner response body (for the predictions counter: an NER model
+    predicts no topic)."""
+    return [(entity["type"], NO_TOPIC) for item in response if isinstance(item, dict)
             for entity in item.get("entities", []) if isinstance(entity, dict) and "type" in entity]
