@@ -12,6 +12,8 @@ import sys
 # verb -> (module with add_arguments/run, one line of help)
 VERBS = {
     "train": ("toolchain.commands.train", "fine-tune a base model (config preset + key=value overrides) into a run dir"),
+    "update": ("toolchain.commands.update", "continue a run's model on new labelled data (replay, penalty towards the "
+                                            "parent), scored on both test sets"),
     "evaluate": ("toolchain.commands.evaluate", "score a run dir on its test split or any labelled file"),
     "compare": ("toolchain.commands.compare", "print several runs side by side (before vs after adaptation)"),
     "explain": ("toolchain.commands.explain", "which words drove a prediction: per-word attributions of a run or export"),
@@ -48,11 +50,17 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
-    args = parser(verb if verb in VERBS else None).parse_args(argv)
+    top = parser(verb if verb in VERBS else None)
+    args, extra = top.parse_known_args(argv)
     if not args.verb:
         parser().print_help()
         return 2
     module = importlib.import_module(VERBS[args.verb][0])
+    trailing = getattr(module, "TRAILING_OVERRIDES", None)  # key=value after the options (argparse stops at them)
+    if extra and trailing and all("=" in a and not a.startswith("-") for a in extra):
+        setattr(args, trailing, getattr(args, trailing) + extra)
+    elif extra:
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
     from toolchain.errors import USER_ERRORS
     try:
         return int(module.run(args) or 0)

@@ -139,6 +139,20 @@ class TopicConfig:
 
 
 @dataclass
+class UpdateConfig:
+    parent: str | None = opt(None, "run dir whose model this run continues on new data (set by `toolchain update`); "
+                             "the run is scored on the parent's test set too and records the parent in its lineage")
+    replay: float = opt(0.0, "parent training examples mixed into each epoch, as a fraction of the new training set's "
+                        "size (seeded sample; at most the parent's whole training set; 0 = none)", min=0.0, max=100.0)
+    l2sp: float = opt(0.0, "weight of the penalty towards the parent's weights: l2sp/2 * sum of squared differences "
+                      "over the trainable weights (L2-SP; 0 = off)", min=0.0)
+    parent_dev: bool = opt(True, "pick the best checkpoint on the new dev set plus the parent's dev set (false: the "
+                           "new dev set only)")
+    max_forgetting: float = opt(0.5, "most points the parent's test metric (accuracy; entity F1 for NER) may drop "
+                                "before the run is marked not promotable", min=0.0)
+
+
+@dataclass
 class RunConfig:
     version: int = opt(CONFIG_VERSION, "config schema version")
     output_dir: str = opt("runs/sentiment", "run directory written by train")
@@ -148,11 +162,20 @@ class RunConfig:
     adversarial: AdversarialConfig = opt(None, "adversarial training", factory=AdversarialConfig)
     train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
     topic: TopicConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicConfig)
+    update: UpdateConfig = opt(None, "continuing a parent run's model on new data", factory=UpdateConfig)
 
     def __post_init__(self) -> None:
         if self.topic.train and self.model.task != "sequence-classification":
             raise ConfigError(f"topic.train: a topic head needs model.task=sequence-classification, not "
                               f"{self.model.task!r}")
+        if not self.update.parent:
+            for key in ("replay", "l2sp"):
+                if getattr(self.update, key):
+                    raise ConfigError(f"update.{key}: needs update.parent (the run whose model is continued); use "
+                                      f"`toolchain update PARENT_RUN_DIR --data NEW_FILE`")
+        if self.update.parent and self.topic.train:
+            raise ConfigError("update.parent: continuing a model with a topic head is not supported; update the "
+                              "single-task model, or train the joint model again with topic.train")
         if self.train.class_weights != "none" and self.model.task != "sequence-classification":
             raise ConfigError(f"train.class_weights: weights per class are for sequence classification, not "
                               f"{self.model.task!r}")

@@ -159,4 +159,25 @@ def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "tes
                          f"{stored['train'].get('wall_seconds', 0):.0f}s"])
     first = "accuracy" if rows and "accuracy" in metrics else "f1"
     header = ["run", "method", "base", "trainable", first, "macro_f1", *(f"f1:{c}" for c in classes), "train time"]
-    return format_table(header, rows)
+    return format_table(header, rows) + ancestry(run_dirs)
+
+
+def ancestry(run_dirs: list[str]) -> str:
+    """Each updated run's lineage (parent first) and its update figures; empty when no run has a parent."""
+    lines = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        chain = run.manifest.get("lineage") or []
+        if not chain:
+            continue
+        steps = [f"{a['run']} (config {str(a.get('config_hash'))[:12]}, "
+                 + ", ".join(f"test {k} {v:.4f}" for k, v in (a.get("test") or {}).items()) + ")" for a in chain]
+        lines.append(f"  {Path(run_dir).name} <- " + " <- ".join(steps))
+        update = json.loads((Path(run_dir) / "metrics.json").read_text()).get("update")
+        if update:
+            old, new, metric = update["parent_test"], update["new_test"], update["metric"]
+            verdict = "promotable" if update["promotable"] else "NOT promotable"
+            lines.append(f"    {metric}: parent's test {old['parent']:.4f} -> {old['run']:.4f} "
+                         f"({-old['drop_points']:+.2f} points), new test {new['parent']:.4f} -> {new['run']:.4f} "
+                         f"({new['gain_points']:+.2f} points); {verdict}")
+    return "\nancestry (nearest parent first):\n" + "\n".join(lines) if lines else ""

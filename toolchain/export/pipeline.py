@@ -419,9 +419,17 @@ def manifest(job: ExportJob, report: dict | None, status: str) -> dict:
         "max_length": run.max_length, "base_model": run.base_model, "run_dir": str(run.path.resolve()),
         "run_config_hash": run.manifest.get("config_hash"), "export_config_hash": config_hash(replace(job.cfg, output_dir=None)),
         "serve_variant": job.serve_variant, "metric": report["metric"] if report else None,
-        "cpu": cpu_section(job), "variants": variants, **manifest_extra(job), "files": files,
+        "cpu": cpu_section(job), "variants": variants, **manifest_extra(job), **lineage_section(run), "files": files,
         "config": {"run": run.config, "export": to_dict(job.cfg)},
     }
+
+
+def lineage_section(run) -> dict:
+    """The run's ancestry (``toolchain update``), nearest first, and whether its update may be promoted."""
+    section = {"lineage": run.manifest.get("lineage") or []}
+    if "promotable" in run.manifest:
+        section["promotable"] = bool(run.manifest["promotable"])
+    return section
 
 
 def manifest_extra(job: ExportJob) -> dict:

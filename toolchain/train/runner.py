@@ -225,17 +225,29 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)
     splits = load_run_splits(cfg)
-    base_path = resolve_base_model(cfg.model.base)
+    parent = parent_data = None
+    if cfg.update.parent:   # continuing a parent run's model (toolchain update)
+        from toolchain.train import update
+
+        parent = update.load_parent(cfg)
+        parent_data = update.parent_splits(parent)
+        splits = update.with_parent_data(cfg, splits, parent_data)
+        base_path = update.parent_base(parent, run_dir)
+    else:
+        base_path = resolve_base_model(cfg.model.base)
     labels, label_source = resolve_labels(run_labels(cfg, splits), base_path, task)
     task = get_task(cfg.model.task, labels)
     for role in ("dev", "test"):
         check_labels(getattr(splits, role), labels, role)
+    if parent_data is not None:
+        check_labels(parent_data.test, labels, "parent test")
+    lineage = {"lineage": update.lineage(parent)} if parent is not None else {}
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         mark_incomplete(run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
                                  f"{run_dir}")
         write_yaml(run_dir / MANIFEST, manifest(cfg, "incomplete", labels, base_path, splits,
-                                                {"label_source": label_source}))
+                                                {"label_source": label_source, **lineage}))
 
     tokenizer = load_tokenizer(base_path)
     label2id = {label: i for i, label in enumerate(labels)}
@@ -262,10 +274,15 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     head_loss = training_loss(cfg, labels, datasets["train"])
     if head_loss is not None:
         kwargs["head_loss"] = head_loss
-    trainer = trainer_class(base_cls, head_loss is not None)(
+    trainer_cls = trainer_class(base_cls, head_loss is not None)
+    if cfg.update.l2sp > 0:
+        trainer_cls = update.with_penalty(trainer_cls)
+        kwargs["parent_penalty"] = update.ParentPenalty(model, cfg.update.l2sp)
+    trainer = trainer_cls(
         model=model, args=training_arguments(cfg, run_dir), train_dataset=datasets["train"],
         eval_dataset=datasets["dev"], data_collator=task.collator(tokenizer), processing_class=tokenizer,
         compute_metrics=compute_metrics, callbacks=callbacks, **kwargs)
+    parent_on_new = trainer.predict(datasets["test"]) if parent is not None else None  # the parent, before
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     elapsed = time.time() - started
@@ -285,13 +302,23 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         metrics["adalora"] = {"update_and_allocate_calls": adalora.calls, "rank_history": adalora.budget_history,
                               "final_rank_total": adalora.current_ranks(),
                               "initial_rank_total": adalora.initial_budget}
+    if parent is not None:
+        parent_test = task.encode(parent_data.test, tokenizer, label2id, cfg.data.max_length)
+        on_parent = trainer.predict(parent_test)
+        scores = update.UpdateScores(task.metrics(parent_on_new.predictions, parent_on_new.label_ids, labels),
+                                     task.metrics(on_parent.predictions, on_parent.label_ids, labels))
+        metrics["parent_test"] = scores.run_on_parent
+        metrics["update"] = update.update_report(cfg, parent, scores, metrics["test"])
+        lineage["promotable"] = metrics["update"]["promotable"]
     report_rank_agreement(trainer.model, metrics)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, run_dir)
         finish_run(run_dir, trainer.state.log_history, metrics, labels, task)
         write_yaml(run_dir / MANIFEST, manifest(cfg, "complete", labels, base_path, splits,
-                                                {"parameters": counts, "label_source": label_source}))
+                                                {"parameters": counts, "label_source": label_source, **lineage}))
         mark_complete(run_dir)
+        if parent is not None and cfg.method.name not in PEFT_METHODS:
+            update.drop_parent_copy(run_dir)   # a full model holds all of it; a PEFT run keeps its merged base
     return run_dir
 
 
