@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolchain.artifacts import RunInfo, load_run
+from toolchain.artifacts import ArtifactError, RunInfo, load_run
 from toolchain.config import DataConfig, from_dict
 from toolchain.data.dataset import check_labels, read_file
 from toolchain.data.readers import DataError
@@ -138,7 +138,15 @@ def base_name(base_model: str) -> str:
 
 
 def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "test") -> str:
-    """A table of several runs (e.g. head = before adaptation vs full / LoRA = after)."""
+    """A table of several runs (e.g. head = before adaptation vs full / LoRA = after); seed groups
+    (``train --seeds N``) are shown as mean ± std with a paired significance figure."""
+    from toolchain.train.seeds import compare_groups, is_group
+
+    if any(is_group(d) for d in run_dirs):
+        if not all(is_group(d) for d in run_dirs) or data:
+            raise ArtifactError("compare: give either run dirs or seed groups (train --seeds N), not both; "
+                                "--data re-scores run dirs only")
+        return compare_groups(run_dirs, split)
     rows, classes = [], None
     for run_dir in run_dirs:
         run = load_run(run_dir)

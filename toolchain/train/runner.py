@@ -25,7 +25,9 @@ from toolchain.data.dataset import check_labels
 from toolchain.data.joint import load_run_splits, run_labels
 from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
+from toolchain.tasks.joint import has_topic_head
 from toolchain.train.methods import HEAD_NAMES, PEFT_METHODS, apply_method, parameter_counts
+from toolchain.train.seeds import write_test_predictions
 
 
 def world() -> tuple[int, int]:
@@ -289,6 +291,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
 
     dev = trainer.predict(datasets["dev"])
     test = trainer.predict(datasets["test"])
+    if is_main() and not has_topic_head(labels):
+        write_test_predictions(run_dir, cfg.model.task, test.predictions, test.label_ids, labels,
+                               splits.files.get("test", {}).get("sha256"))
     metrics = {
         "dev": task.metrics(dev.predictions, dev.label_ids, labels),
         "test": task.metrics(test.predictions, test.label_ids, labels),
