@@ -139,6 +139,20 @@ class TopicConfig:
 
 
 @dataclass
+class AugmentConfig:
+    method: str = opt("none", "augmented copies of the training examples: eda (swap / delete / insert words), mlm "
+                      "(masked-LM word replacement with augment.mlm_model), eda+mlm (half each); see "
+                      "toolchain/data/augment.py", choices=("none", "eda", "mlm", "eda+mlm"))
+    copies: int = opt(1, "augmented copies per training example", min=0, max=20)
+    p: float = opt(0.1, "fraction of a sentence's words changed (swapped, deleted, inserted or replaced)",
+                   min=0.0, max=0.9)
+    mlm_model: str | None = opt(None, "model with a masked-LM head for augment.method=mlm (a `toolchain pretrain` "
+                                "output or a Hugging Face masked-LM dir)")
+    top_k: int = opt(5, "mlm: each replacement is drawn from the LM's top-k word pieces", min=1, max=100)
+    seed: int | None = opt(None, "seed of the augmentation (default: train.seed)")
+
+
+@dataclass
 class UpdateConfig:
     parent: str | None = opt(None, "run dir whose model this run continues on new data (set by `toolchain update`); "
                              "the run is scored on the parent's test set too and records the parent in its lineage")
@@ -163,6 +177,7 @@ class RunConfig:
     train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
     topic: TopicConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicConfig)
     update: UpdateConfig = opt(None, "continuing a parent run's model on new data", factory=UpdateConfig)
+    augment: AugmentConfig = opt(None, "offline augmentation of the training split", factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.topic.train and self.model.task != "sequence-classification":
@@ -173,6 +188,11 @@ class RunConfig:
                 if getattr(self.update, key):
                     raise ConfigError(f"update.{key}: needs update.parent (the run whose model is continued); use "
                                       f"`toolchain update PARENT_RUN_DIR --data NEW_FILE`")
+        if "mlm" in self.augment.method and not self.augment.mlm_model:
+            raise ConfigError(f"augment.method={self.augment.method}: needs augment.mlm_model (a model with a masked-LM "
+                              f"head, e.g. a `toolchain pretrain` output)")
+        if self.augment.method != "none" and self.model.task != "sequence-classification":
+            raise ConfigError(f"augment.method: augmentation is for sequence classification, not {self.model.task!r}")
         if self.update.parent and self.topic.train:
             raise ConfigError("update.parent: continuing a model with a topic head is not supported; update the "
                               "single-task model, or train the joint model again with topic.train")

@@ -227,6 +227,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)
     splits = load_run_splits(cfg)
+    if cfg.augment.method != "none":
+        from toolchain.data.augment import with_augmented_train
+
+        seed = cfg.train.seed if cfg.augment.seed is None else cfg.augment.seed
+        splits = with_augmented_train(splits, cfg.augment, cfg.model.task, seed)
     parent = parent_data = None
     if cfg.update.parent:   # continuing a parent run's model (toolchain update)
         from toolchain.train import update
