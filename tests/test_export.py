@@ -328,3 +328,17 @@ def test_token_classification_run_exports_through_its_task(request, tmp_path):
     assert report["parity"]["fp32_vs_pytorch"] < 1e-4
     assert json.loads((info.variant_dir("int8") / "config.json").read_text())["architectures"] == [
         "BertForTokenClassification"]
+
+
+def test_the_export_stores_a_temperature_per_variant_and_reports_ece(basic_export):
+    import json
+
+    from toolchain.artifacts import load_export
+
+    manifest = load_export(basic_export).manifest
+    report = json.loads((basic_export / "report.json").read_text())
+    assert set(manifest["calibration"]) == {"pytorch", "fp32", "int8"}
+    for variant, heads in report["calibration"].items():
+        assert heads["main"]["temperature"] == manifest["calibration"][variant]["main"]
+        assert heads["main"]["test_ece_before"] >= 0 and heads["main"]["test_ece_after"] >= 0
+        assert heads["main"]["dev_items"] == 30 and heads["main"]["test_items"] == 30

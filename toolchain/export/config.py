@@ -91,6 +91,9 @@ class ExportConfig:
                                 "service's per-worker threads; 1 for small encoders)", min=1, max=256)
     rank_rounds: int = opt(3, "timing rounds of the served-throughput ranking (median)", min=1, max=50)
     eval_batch_size: int = opt(64, "batch size for scoring variants on dev/test", min=1)
+    calibrate: bool = opt(True, "fit a softmax temperature per head on dev for every variant (temperature "
+                          "scaling), report test ECE before/after, and have the service return calibrated "
+                          "scores (sequence classification)")
     opset: int | None = opt(None, "ONNX opset (None = Optimum's default for the architecture)", min=11)
     optimize: OptimizeConfig = opt(None, "graph optimization", factory=OptimizeConfig)
     quantize: QuantizeConfig = opt(None, "int8 quantization", factory=QuantizeConfig)

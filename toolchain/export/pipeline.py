@@ -288,6 +288,8 @@ def evaluate_variants(job: ExportJob) -> dict:
     metric = headline_metric(task, cfg.gate.metric, rows["pytorch"]["test"])
     report = base_report(job, rows, metric)
     report["gates"] = gate_variants(job, rows, metric, gold)
+    if job.cfg.calibrate and job.task.name == "sequence-classification":
+        report["calibration"] = calibrate_variants(job)
     report["latency"], report["latency_conditions"] = measure_latency(job)
     report["summary"] = summary(report, metric)
     print(cpu_line(report["cpu"]))
@@ -298,8 +300,29 @@ def evaluate_variants(job: ExportJob) -> dict:
     report["gate"] = report["gates"][job.serve_variant]
     report["layout"] = measure_layout(job)
     print("\n".join(selection_lines(report)), flush=True)
+    for head, c in report.get("calibration", {}).get(job.serve_variant, {}).items():
+        print(f"calibration ({job.serve_variant}, {head} head): temperature {c['temperature']:.3f} fitted on dev; "
+              f"test ECE {c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}", flush=True)
     write_report(report, metric, job.out)
     return report
+
+
+def calibrate_variants(job: ExportJob) -> dict:
+    """Temperature per head fitted on each variant's own dev logits, with test ECE before/after
+    (toolchain.export.calibration); the manifest stores the temperatures for the service."""
+    from toolchain.export.calibration import calibrate_logits, temperatures
+    from toolchain.export.scoring import gold_ids
+
+    run = job.run
+    gold = {split: gold_ids(job.task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
+            for split in ("dev", "test")}
+    calibration = {"pytorch": calibrate_logits(run.labels, (torch_logits(job, "pytorch", "dev"), gold["dev"]),
+                                               (torch_logits(job, "pytorch", "test"), gold["test"]))}
+    for name in job.variants:
+        calibration[name] = calibrate_logits(run.labels, (variant_logits(job, name, "dev"), gold["dev"]),
+                                             (variant_logits(job, name, "test"), gold["test"]))
+    job.extra["calibration"] = temperatures(calibration)
+    return calibration
 
 
 def gate_variants(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> dict:
@@ -435,4 +458,7 @@ def lineage_section(run) -> dict:
 def manifest_extra(job: ExportJob) -> dict:
     """Sections a reload needs: the pruned model's shape (see toolchain.export.prune.load_pruned)."""
     pruning = job.extra.get("pruning")
-    return {"pruned": {"dir": "pruned", **pruning}} if pruning else {}
+    extra = {"pruned": {"dir": "pruned", **pruning}} if pruning else {}
+    if "calibration" in job.extra:   # {variant: {head: temperature}}: the service divides the logits by it
+        extra["calibration"] = job.extra["calibration"]
+    return extra
