@@ -81,6 +81,7 @@ def mean_std(values: list[float]) -> str:
 
 def collect() -> dict:
     rows: dict[str, dict] = {}
+    parent_on_sentfin: dict[int, tuple[float, float]] = {}   # seed -> the parent's (accuracy, macro-F1)
     for metrics_file in sorted(RUNS.glob("*-s*/metrics.json")):
         name, seed = metrics_file.parent.name.rsplit("-s", 1)
         metrics = json.loads(metrics_file.read_text())
@@ -97,13 +98,12 @@ def collect() -> dict:
         row["pb_f1"].append(metrics["parent_test"]["macro_f1"])
         row["sf_acc"].append(metrics["test"]["accuracy"])
         row["sf_f1"].append(metrics["test"]["macro_f1"])
-        parent = rows.setdefault("parent", {}).setdefault("on_sentfin", {})
-        parent.setdefault(seed, (update["new_test"]["parent"], update["new_test_macro_f1"]["parent"]))
         row.setdefault("promotable", []).append(update["promotable"])
-    on_sentfin = rows.get("parent", {}).pop("on_sentfin", {})
-    if "parent" in rows:
-        rows["parent"]["sf_acc"] = [on_sentfin[s][0] for s in sorted(on_sentfin)]
-        rows["parent"]["sf_f1"] = [on_sentfin[s][1] for s in sorted(on_sentfin)]
+        parent_on_sentfin[int(seed)] = (update["new_test"]["parent"], update["new_test_macro_f1"]["parent"])
+    if "parent" in rows:   # the parent's SEntFiN figures, from the updates of its seeds
+        seeds = [s for s in rows["parent"]["seeds"] if s in parent_on_sentfin]
+        rows["parent"]["sf_acc"] = [parent_on_sentfin[s][0] for s in seeds]
+        rows["parent"]["sf_f1"] = [parent_on_sentfin[s][1] for s in seeds]
     return rows
 
 

@@ -147,3 +147,32 @@ def test_cli_pretrain_requires_a_config(capsys):
 
     assert main(["pretrain"]) == 2
     assert "give --config PRESET" in capsys.readouterr().err
+
+
+def test_corpus_from_several_files_without_the_excluded_test_sentences(tmp_path):
+    from toolchain.pretrain.corpus import drop_excluded, read_corpora
+
+    tweets = tmp_path / "tweets.jsonl"
+    tweets.write_text('{"text": "Stocks rally as yields fall", "label": "Markets"}\n\n{"text": "Fed holds rates"}\n')
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("Operating profit rose to EUR 13.1 mn .\nThe board met on Monday .\n")
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "operating profit rose  to EUR 13.1 mn .", "label": "positive"}\n')
+    documents = read_corpora(f"{tweets},{sentences}")
+    assert documents == ["Stocks rally as yields fall", "Fed holds rates", "Operating profit rose to EUR 13.1 mn .",
+                         "The board met on Monday ."]
+    kept, dropped = drop_excluded(documents, str(test))
+    assert dropped == 1 and "Operating profit rose to EUR 13.1 mn ." not in kept and len(kept) == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"label": "x"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: a record needs a string field 'text'"):
+        read_corpora(str(bad))
+
+
+def test_finance_news_preset_excludes_every_phrasebank_test_sentence():
+    from toolchain.pretrain import load_pretrain_config
+
+    cfg = load_pretrain_config("pretrain-finance-news")
+    for level in ("allagree", "50agree", "66agree", "75agree"):
+        assert f"financial_phrasebank/splits/{level}/test.jsonl" in cfg.data.exclude
+    assert "sentfin" not in cfg.data.train and "test" not in cfg.data.train

@@ -22,7 +22,10 @@ KIND = "pretrain"
 
 @dataclass
 class PretrainDataConfig:
-    train: str | None = opt(None, "unlabeled text, one document or sentence a line; ${data} = data root")
+    train: str | None = opt(None, "unlabeled text, one document or sentence a line (.jsonl: its 'text' field); "
+                            "several files comma-separated; ${data} = data root")
+    exclude: str | None = opt(None, "files (comma-separated, .jsonl or text) whose texts are removed from the corpus: "
+                              "the test sets of the tasks the model will be measured on")
     dev_fraction: float = opt(0.02, "fraction of documents held out to measure masked-LM loss", min=0.0, max=0.5)
     max_dev_blocks: int = opt(200, "at most this many held-out blocks are evaluated", min=1)
     split_seed: int = opt(13, "seed of the document split")

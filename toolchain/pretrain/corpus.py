@@ -8,7 +8,8 @@ from toolchain.data.readers import DataError
 
 
 def read_corpus(path: str | Path, max_documents: int = 0) -> list[str]:
-    """Non-empty lines of a UTF-8 text file (one document or sentence a line)."""
+    """Non-empty lines of a UTF-8 text file (one document or sentence a line); for a ``.jsonl`` file, the
+    ``text`` field of each record (any label is ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found (pre-training needs a text file, one document a line)")
@@ -17,12 +18,53 @@ def read_corpus(path: str | Path, max_documents: int = 0) -> list[str]:
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid utf-8 text (byte {exc.start})") from None
+    if path.suffix == ".jsonl":
+        lines = [_jsonl_text(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     documents = [line.strip() for line in lines if line.strip()]
     if max_documents:
         documents = documents[:max_documents]
     if not documents:
         raise DataError(f"{path}: holds no text")
     return documents
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    import json
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f"{path}:{number}: a record needs a string field 'text'")
+    return record["text"]
+
+
+def split_paths(spec: str) -> list[str]:
+    """A comma-separated list of paths (``${data}`` expanded)."""
+    from toolchain.config import expand_data_path
+
+    return [expand_data_path(part.strip()) for part in spec.split(",") if part.strip()]
+
+
+def read_corpora(spec: str, max_documents: int = 0) -> list[str]:
+    """The documents of every file of a comma-separated list, in order."""
+    documents = [doc for path in split_paths(spec) for doc in read_corpus(path)]
+    return documents[:max_documents] if max_documents else documents
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def drop_excluded(documents: list[str], spec: str | None) -> tuple[list[str], int]:
+    """Documents that are not one of the excluded files' texts (whitespace and case ignored): test sentences
+    never reach pre-training. Returns (kept, dropped count)."""
+    if not spec:
+        return documents, 0
+    excluded = {normalized(text) for path in split_paths(spec) for text in read_corpus(path)}
+    kept = [doc for doc in documents if normalized(doc) not in excluded]
+    return kept, len(documents) - len(kept)
 
 
 def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

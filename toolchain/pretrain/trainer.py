@@ -12,10 +12,11 @@ from transformers import Trainer, TrainingArguments
 from toolchain import __version__
 from toolchain.artifacts import (ARTIFACT_VERSION, MANIFEST, mark_complete, mark_incomplete, replace_dir, write_json,
                                  write_yaml)
-from toolchain.config import ConfigError, config_hash, expand_data_path, to_dict
+from toolchain.config import ConfigError, config_hash, to_dict
 from toolchain.data.dataset import sha256_file
 from toolchain.pretrain import PretrainConfig
-from toolchain.pretrain.corpus import chunk_blocks, masking_collator, read_corpus, split_documents
+from toolchain.pretrain.corpus import (chunk_blocks, drop_excluded, masking_collator, read_corpora, split_documents,
+                                      split_paths)
 from toolchain.tasks.base import FeatureDataset
 
 
@@ -60,14 +61,15 @@ def training_arguments(cfg: PretrainConfig, out: Path) -> TrainingArguments:
 
 def corpus_blocks(cfg: PretrainConfig, tokenizer) -> tuple[list[dict], list[dict], dict]:
     """Train and held-out blocks, and the corpus record for the manifest."""
-    path = expand_data_path(cfg.data.train)
-    if not path:
+    if not cfg.data.train:
         raise ConfigError("data.train: no corpus given; set data.train=PATH (one document a line)")
-    documents = read_corpus(path, cfg.data.max_documents)
+    paths = split_paths(cfg.data.train)
+    documents, excluded = drop_excluded(read_corpora(cfg.data.train, cfg.data.max_documents), cfg.data.exclude)
     train_docs, dev_docs = split_documents(documents, cfg.data.dev_fraction, cfg.data.split_seed)
     train = chunk_blocks(tokenizer, train_docs, cfg.data.max_length, cfg.data.min_block)
     dev = chunk_blocks(tokenizer, dev_docs, cfg.data.max_length, cfg.data.min_block)[: cfg.data.max_dev_blocks]
-    record = {"path": str(Path(path).resolve()), "sha256": sha256_file(path), "documents": len(documents),
+    record = {"path": ",".join(str(Path(p).resolve()) for p in paths), "sha256": ",".join(sha256_file(p) for p in paths),
+              "excluded_documents": excluded, "exclude": cfg.data.exclude, "documents": len(documents),
               "train_documents": len(train_docs), "dev_documents": len(dev_docs),
               "train_blocks": len(train), "dev_blocks": len(dev),
               "train_tokens": sum(len(b["input_ids"]) for b in train)}
