@@ -31,7 +31,8 @@ def test_every_other_preset_loads_with_its_stage_loader(path):
     kind = read_yaml(path)["kind"]
     loaders = {"export": "toolchain.export.config:load_export_config",
                "pretrain": "toolchain.pretrain:load_pretrain_config",
-               "serve": "toolchain.serve.config:load_serve_config"}
+               "serve": "toolchain.serve.config:load_serve_config",
+               "tune-space": "toolchain.train.tune_space:load_space"}
     assert kind in loaders, f"{path.name}: unknown kind {kind!r}"
     module, function = loaders[kind].split(":")
     assert getattr(importlib.import_module(module), function)(path.stem) is not None

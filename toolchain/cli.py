@@ -14,6 +14,8 @@ VERBS = {
     "train": ("toolchain.commands.train", "fine-tune a base model (config preset + key=value overrides) into a run dir"),
     "update": ("toolchain.commands.update", "continue a run's model on new labelled data (replay, penalty towards the "
                                             "parent), scored on both test sets"),
+    "tune": ("toolchain.commands.tune", "hyper-parameter search (Optuna) scored on dev only; each trial a run dir, "
+                                        "the best written as a preset"),
     "evaluate": ("toolchain.commands.evaluate", "score a run dir on its test split or any labelled file"),
     "compare": ("toolchain.commands.compare", "print several runs side by side (before vs after adaptation)"),
     "explain": ("toolchain.commands.explain", "which words drove a prediction: per-word attributions of a run or export"),
