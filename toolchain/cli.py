@@ -18,6 +18,8 @@ VERBS = {
                                         "the best written as a preset"),
     "evaluate": ("toolchain.commands.evaluate", "score a run dir on its test split or any labelled file"),
     "compare": ("toolchain.commands.compare", "print several runs side by side (before vs after adaptation)"),
+    "ensemble": ("toolchain.commands.ensemble", "average several runs' class probabilities on one labelled file; "
+                                                "the ensemble's metrics next to each member's"),
     "explain": ("toolchain.commands.explain", "which words drove a prediction: per-word attributions of a run or export"),
     "config": ("toolchain.commands.config", "print a preset fully resolved, or every option with its help"),
     "export": ("toolchain.commands.export", "merge, prune, export to ONNX, optimize and quantize a run dir"),

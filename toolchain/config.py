@@ -167,6 +167,21 @@ class UpdateConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = opt(None, "run dir(s) whose class probabilities the run learns from: one run dir, a comma "
+                              "list of run dirs or a seed group (train --seeds) = an ensemble teacher (the mean of "
+                              "its members' probabilities); any method or base model with the run's labels; unset = "
+                              "no distillation")
+    alpha: float = opt(0.5, "weight of the soft loss, KL(teacher || student) at distill.temperature times T^2, against "
+                       "the hard-label cross-entropy (weight 1 - alpha) on the labelled examples", min=0.0, max=1.0)
+    temperature: float = opt(2.0, "softmax temperature of teacher and student in the soft loss", min=0.1, max=100.0)
+    unlabeled: str | None = opt(None, "file of unlabeled in-domain texts (jsonl with a 'text' key, or one text a line) "
+                                "trained with the soft loss only (benchmarks/unlabeled_text.py writes one); ${data} = "
+                                "data root")
+    max_unlabeled: int = opt(0, "use only the first N unlabeled texts (0 = all)", min=0)
+
+
+@dataclass
 class RunConfig:
     version: int = opt(CONFIG_VERSION, "config schema version")
     output_dir: str = opt("runs/sentiment", "run directory written by train")
@@ -178,6 +193,7 @@ class RunConfig:
     topic: TopicConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicConfig)
     update: UpdateConfig = opt(None, "continuing a parent run's model on new data", factory=UpdateConfig)
     augment: AugmentConfig = opt(None, "offline augmentation of the training split", factory=AugmentConfig)
+    distill: DistillConfig = opt(None, "distillation from a teacher run or ensemble", factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.topic.train and self.model.task != "sequence-classification":
@@ -193,6 +209,8 @@ class RunConfig:
                               f"head, e.g. a `toolchain pretrain` output)")
         if self.augment.method != "none" and self.model.task != "sequence-classification":
             raise ConfigError(f"augment.method: augmentation is for sequence classification, not {self.model.task!r}")
+        if self.distill.teacher or self.distill.unlabeled:
+            self._check_distill()
         if self.update.parent and self.topic.train:
             raise ConfigError("update.parent: continuing a model with a topic head is not supported; update the "
                               "single-task model, or train the joint model again with topic.train")
@@ -203,6 +221,16 @@ class RunConfig:
         if self.train.metric != "auto" and self.train.metric not in valid:
             raise ConfigError(f"train.metric: {self.train.metric!r} is not a metric of {self.model.task}; "
                               f"valid: {', '.join(('auto',) + valid)}")
+
+    def _check_distill(self) -> None:
+        if not self.distill.teacher:
+            raise ConfigError("distill.unlabeled: needs distill.teacher (unlabeled texts are trained on the teacher's "
+                              "probabilities only)")
+        if self.model.task != "sequence-classification":
+            raise ConfigError(f"distill.teacher: distillation is for sequence classification, not {self.model.task!r}")
+        if self.topic.train:
+            raise ConfigError("distill.teacher: distilling a model with a topic head is not supported; distill the "
+                              "single-task model")
 
 
 def train_metric(cfg: RunConfig) -> str:

@@ -249,6 +249,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     if parent_data is not None:
         check_labels(parent_data.test, labels, "parent test")
     lineage = {"lineage": update.lineage(parent)} if parent is not None else {}
+    distill = None
+    if cfg.distill.teacher:   # teachers and unlabeled texts checked before the run dir is written
+        from toolchain.train.distill import Distillation
+
+        distill = Distillation.check(cfg, labels, splits)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         mark_incomplete(run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
@@ -261,6 +266,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     encode_train = getattr(task, "encode_for_training", task.encode)
     datasets = {role: (encode_train if role == "train" else task.encode)(
         getattr(splits, role), tokenizer, label2id, cfg.data.max_length) for role in ("train", "dev", "test")}
+    if distill:   # the teacher's probabilities carried with each training example (+ the unlabeled texts)
+        distill.attach(task, splits, datasets, tokenizer)
     total_steps = estimated_steps(cfg, len(datasets["train"]))
     model = build_model(cfg, task, labels, base_path, total_steps, new_head=label_source == NEW_HEAD)
     counts = parameter_counts(model)
@@ -282,6 +289,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     if head_loss is not None:
         kwargs["head_loss"] = head_loss
     trainer_cls = trainer_class(base_cls, head_loss is not None)
+    if distill:
+        trainer_cls = distill.trainer_class(trainer_cls)
+        kwargs["distill_loss"] = distill.loss
     if cfg.update.l2sp > 0:
         trainer_cls = update.with_penalty(trainer_cls)
         kwargs["parent_penalty"] = update.ParentPenalty(model, cfg.update.l2sp)
@@ -312,6 +322,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         metrics["adalora"] = {"update_and_allocate_calls": adalora.calls, "rank_history": adalora.budget_history,
                               "final_rank_total": adalora.current_ranks(),
                               "initial_rank_total": adalora.initial_budget}
+    if distill:
+        metrics["distill"] = distill.report(test.predictions, test.label_ids, labels, task)
     if parent is not None:
         parent_test = task.encode(parent_data.test, tokenizer, label2id, cfg.data.max_length)
         on_parent = trainer.predict(parent_test)
@@ -325,7 +337,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         save_model(trainer.model, tokenizer, run_dir)
         finish_run(run_dir, trainer.state.log_history, metrics, labels, task)
         write_yaml(run_dir / MANIFEST, manifest(cfg, "complete", labels, base_path, splits,
-                                                {"parameters": counts, "label_source": label_source, **lineage}))
+                                                {"parameters": counts, "label_source": label_source, **lineage,
+                                                 **({"distill": distill.record} if distill else {})}))
         mark_complete(run_dir)
         if parent is not None and cfg.method.name not in PEFT_METHODS:
             update.drop_parent_copy(run_dir)   # a full model holds all of it; a PEFT run keeps its merged base
@@ -340,7 +353,8 @@ def training_loss(cfg: RunConfig, labels: list[str], train_set):
     joint = has_topic_head(labels)
     if cfg.train.class_weights == "none" and not joint:
         return None
-    weights = class_weights([f["labels"] for f in train_set.features], labels, cfg.train.class_weights)
+    label_ids = [f["labels"] for f in train_set.features if f["labels"] != -100]   # -100: an unlabeled text
+    weights = class_weights(label_ids, labels, cfg.train.class_weights)
     return HeadLoss(labels, weights if cfg.train.class_weights != "none" else None, cfg.topic.loss_weight)
 
 
