@@ -99,6 +99,8 @@ def collect() -> dict:
         row["sf_acc"].append(metrics["test"]["accuracy"])
         row["sf_f1"].append(metrics["test"]["macro_f1"])
         row.setdefault("promotable", []).append(update["promotable"])
+        row.setdefault("pb_drop", []).append(update["parent_test"]["drop_points"] / 100)
+        row.setdefault("sf_f1_gain", []).append(update["new_test_macro_f1"]["run"] - update["new_test_macro_f1"]["parent"])
         parent_on_sentfin[int(seed)] = (update["new_test"]["parent"], update["new_test_macro_f1"]["parent"])
     if "parent" in rows:   # the parent's SEntFiN figures, from the updates of its seeds
         seeds = [s for s in rows["parent"]["seeds"] if s in parent_on_sentfin]
@@ -109,12 +111,14 @@ def collect() -> dict:
 
 def table(rows: dict) -> str:
     lines = ["| run | seeds | PhraseBank allagree test acc | macro-F1 | SEntFiN test acc | macro-F1 | "
-             "promotable | train min (each) |", "|---|---|---|---|---|---|---|---|"]
+             "PhraseBank acc drop vs its parent (points) | SEntFiN macro-F1 gain vs its parent (points) | "
+             "promotable | train min (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ["parent", *[v for v in VARIANTS if v in rows]]:
         if name not in rows:
             continue
         r = rows[name]
-        cells = [mean_std(r[k]) if r.get(k) else "-" for k in ("pb_acc", "pb_f1", "sf_acc", "sf_f1")]
+        cells = [mean_std(r[k]) if r.get(k) else "-" for k in ("pb_acc", "pb_f1", "sf_acc", "sf_f1", "pb_drop",
+                                                               "sf_f1_gain")]
         promotable = f"{sum(r['promotable'])}/{len(r['promotable'])}" if "promotable" in r else "-"
         lines.append(f"| {name} | {len(r['seeds'])} | {' | '.join(cells)} | {promotable} | "
                      f"{statistics.median(r['train_minutes']):.1f} |")

@@ -9,8 +9,9 @@ TRAILING_OVERRIDES = "args"   # `toolchain update PARENT --data NEW key=value ..
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # one positional list (the parent, then overrides), so overrides may follow the options
     p.add_argument("args", nargs="+", metavar="PARENT_RUN_DIR [key=value ...]",
-                   help="the run whose model is continued, then key=value overrides, e.g. update.replay=0.3 "
-                   "update.l2sp=0.01 train.epochs=2 (see `toolchain config --list`, section update)")
+                   help="the run whose model is continued, then key=value overrides, e.g. update.l2sp=1.0 "
+                   "train.epochs=2 (section update of `toolchain config --options`); by default update.replay=0.3 "
+                   "(the measured choice), update.replay=0 for naive continued fine-tuning")
     p.add_argument("--data", required=True, metavar="FILE", help="new labelled training file")
     p.add_argument("--dev", metavar="FILE", help="new dev file (default: split off --data, stratified, seeded)")
     p.add_argument("--test", metavar="FILE", help="new test file (default: split off --data, stratified, seeded)")
