@@ -13,6 +13,15 @@ sentiment, and the served cost per text, all measured in one run.
   the two single-task models side by side (one call each per text).
 
 Writes benchmarks/results/topic_sentiment.json and .md.
+
+    python benchmarks/topic_sentiment.py --mode two-models --sentiment EXPORT_DIR --topic EXPORT_DIR
+
+- Two models in one deployment (``toolchain build --topic-config``): what ``/classify`` costs per text with
+  the sentiment model alone vs the sentiment model plus the topic model, as the service runs them (a
+  ``TopicPair``: the two model calls of a batch one after the other, and concurrently), 1 and 32 texts per
+  call, all interleaved in the same rounds on the same texts. Per text: CPU seconds of the process (the
+  cost: what a loaded server pays) and wall seconds (what a lone request waits); medians over rounds and
+  their ratios to sentiment alone. Writes benchmarks/results/topic_sentiment_two_models.json and .md.
 """
 from __future__ import annotations
 
@@ -114,26 +123,103 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def two_model_costs(models: dict, texts: list[str], rounds: int, batch_sizes=(1, 32), seed: int = 0) -> dict:
+    """{name: {batch size: per-text CPU and wall ms (medians over rounds)}} of ``infer``-able models, each round
+    running every model over all ``texts`` in calls of the batch size, models in a shuffled order."""
+    import random
+
+    rng = random.Random(seed)
+    for model in models.values():   # warm-up: first-call allocations are not part of serving
+        model.infer(texts[:2])
+    runs: dict = {name: {bs: {"cpu": [], "wall": []} for bs in batch_sizes} for name in models}
+    for _ in range(rounds):
+        for bs in batch_sizes:
+            chunks = [texts[i:i + bs] for i in range(0, len(texts), bs)]
+            order = list(models)
+            rng.shuffle(order)
+            for name in order:
+                wall, cpu = time.perf_counter(), time.process_time()
+                for chunk in chunks:
+                    models[name].infer(chunk)
+                runs[name][bs]["cpu"].append((time.process_time() - cpu) / len(texts))
+                runs[name][bs]["wall"].append((time.perf_counter() - wall) / len(texts))
+    return {name: {str(bs): {f"{kind}_ms_per_text": round(1000 * float(np.median(values)), 3)
+                             for kind, values in per.items()} for bs, per in by_bs.items()}
+            for name, by_bs in runs.items()}
+
+
+def two_models_markdown(result: dict) -> str:
+    cost = result["cost"]
+    lines = ["# Sentiment alone vs sentiment + topic (two models in one deployment)", "",
+             f"Machine: {result['machine']}, {result['cpus']} CPUs, 1-min load average {result['load_average']} at "
+             f"the start. Command: `{result['command']}`.", "",
+             f"Sentiment: `{result['exports']['sentiment']}` ({result['variants']['sentiment']}); topic: "
+             f"`{result['exports']['topic']}` ({result['variants']['topic']}). {result['texts']} texts (half "
+             f"PhraseBank test sentences, half topic test tweets), {result['rounds']} interleaved rounds, one ONNX "
+             "Runtime thread per model; per text, medians over rounds.", "",
+             "| texts per call | served | CPU ms / text | x sentiment | wall ms / text | x sentiment |",
+             "|---|---|---|---|---|---|"]
+    for bs in ("1", "32"):
+        base = cost["sentiment"][bs]
+        for name, row in cost.items():
+            lines.append(f"| {bs} | {name} | {row[bs]['cpu_ms_per_text']:.3f} | "
+                         f"{row[bs]['cpu_ms_per_text'] / base['cpu_ms_per_text']:.2f}x | "
+                         f"{row[bs]['wall_ms_per_text']:.3f} | {row[bs]['wall_ms_per_text'] / base['wall_ms_per_text']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def two_models(args, texts: list[str]) -> int:
+    """Sentiment alone vs sentiment + topic as the service serves them (see the module docstring)."""
+    import os
+
+    from toolchain.hardware import detect_cpu
+    from toolchain.serve.runtime import TopicPair
+
+    sentiment, topic = served(args.sentiment), served(args.topic)
+    models = {"sentiment": sentiment, "sentiment + topic, sequential": TopicPair(sentiment, topic),
+              "sentiment + topic, concurrent": TopicPair(sentiment, topic, concurrent=True)}
+    result = {"machine": detect_cpu().summary().get("isa") or "cpu", "cpus": len(os.sched_getaffinity(0)),
+              "load_average": round(os.getloadavg()[0], 2), "command": "python " + " ".join(sys.argv),
+              "exports": {"sentiment": str(args.sentiment), "topic": str(args.topic)},
+              "variants": {"sentiment": sentiment.variant, "topic": topic.variant}, "texts": len(texts),
+              "rounds": args.rounds, "cost": two_model_costs(models, texts, args.rounds)}
+    out = args.out.with_name(args.out.name + "_two_models")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(two_models_markdown(result))
+    print(two_models_markdown(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from toolchain.config import data_root
     from toolchain.hardware import detect_cpu
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("full", "two-models"), default="full",
+                        help="full: accuracy and cost of the three models; two-models: the served cost of "
+                             "sentiment alone vs sentiment + topic (no --joint)")
     for name in ("sentiment", "topic", "joint"):
-        parser.add_argument(f"--{name}", type=Path, required=True, help=f"export dir of the {name} model")
+        parser.add_argument(f"--{name}", type=Path, help=f"export dir of the {name} model")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "topic_sentiment")
     args = parser.parse_args(argv)
+    needed = ("sentiment", "topic") if args.mode == "two-models" else ("sentiment", "topic", "joint")
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--mode {args.mode} needs {', '.join(missing)} (export dirs)")
     root = data_root()
     if root is None:
         sys.exit("no data folder: set TOOLCHAIN_DATA_DIR (the folder holding sentfin/ and twitter_financial_news_topic/)")
-    exports = {"sentiment": args.sentiment, "topic": args.topic, "joint": args.joint}
-    models = {name: served(path) for name, path in exports.items()}
-    sentfin = read_jsonl(root / "sentfin" / "test.jsonl")
     half = args.texts // 2
     texts = [r["text"] for r in read_jsonl(root / "financial_phrasebank" / "splits" / "allagree" / "test.jsonl")][:half]
     texts += [r["text"] for r in read_jsonl(root / "twitter_financial_news_topic" / "test.jsonl")][:half]
+    if args.mode == "two-models":
+        return two_models(args, texts)
+    exports = {"sentiment": args.sentiment, "topic": args.topic, "joint": args.joint}
+    models = {name: served(path) for name, path in exports.items()}
+    sentfin = read_jsonl(root / "sentfin" / "test.jsonl")
     topic_rows = read_jsonl(root / "twitter_financial_news_topic" / "test.jsonl")
     started = time.time()
     result = {"machine": detect_cpu().summary().get("isa") or "cpu", "command": "python " + " ".join(sys.argv),

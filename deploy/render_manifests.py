@@ -2,8 +2,10 @@
 """Render a kustomize overlay of this folder without kubectl (for CI machines that lack it).
 
 Covers exactly the kustomize features these overlays use: `resources` (files and folders),
-`namespace`, `images` and `patches` given by `path` (strategic merge, matched by kind and name).
-Anything else in a kustomization.yaml is refused rather than silently ignored. When kubectl is
+`namespace`, `nameSuffix`, `images` and `patches` given by `path` (strategic merge, matched by kind
+and the name before the suffix, as kustomize applies patches first). Anything else in a
+kustomization.yaml is refused rather than silently ignored, and so is a suffix that kustomize would
+also have to rewrite references to (a renamed ConfigMap that a Deployment of the same kustomization names). When kubectl is
 present, tests check that this renderer and `kubectl kustomize` produce the same objects.
 
     python deploy/render_manifests.py deploy/overlays/cpu > cpu.yaml
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "nameSuffix", "images", "patches"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "PersistentVolume"}
 # Strategic-merge keys of the lists these patches touch (the Kubernetes API's patchMergeKey).
@@ -42,6 +44,8 @@ def render(folder: str | Path) -> list[dict]:
         objects.extend(_load_resource(folder / entry))
     for patch in spec.get("patches", []):
         _apply_patch(objects, patch, folder)
+    if "nameSuffix" in spec:
+        _add_name_suffix(objects, spec["nameSuffix"], path)
     for image in spec.get("images", []):
         _set_image(objects, image)
     if "namespace" in spec:
@@ -70,6 +74,37 @@ def _apply_patch(objects: list[dict], patch: dict, folder: Path) -> None:
         merged = strategic_merge(matches[0], doc)
         matches[0].clear()
         matches[0].update(merged)
+
+
+def _add_name_suffix(objects: list[dict], suffix: str, path: Path) -> None:
+    renamed = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for obj in objects:
+        for ref in _name_references(obj):
+            if ref in renamed:
+                raise KustomizeError(f"{path}: nameSuffix renames {ref[0]} {ref[1]!r}, which {obj['kind']} "
+                                     f"{obj['metadata']['name']!r} refers to; reference rewriting is not covered")
+    for obj in objects:
+        obj["metadata"]["name"] += suffix
+
+
+def _name_references(obj: dict):
+    """(kind, name) of the objects that ``obj`` names: those kustomize would rename along with a suffix."""
+    spec = obj.get("spec", {})
+    if "scaleTargetRef" in spec:
+        yield spec["scaleTargetRef"]["kind"], spec["scaleTargetRef"]["name"]
+    pod = spec.get("template", {}).get("spec", {})
+    if "serviceAccountName" in pod:
+        yield "ServiceAccount", pod["serviceAccountName"]
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"]
+        if "secret" in volume:
+            yield "Secret", volume["secret"]["secretName"]
+    for ctr in pod.get("containers", []) + pod.get("initContainers", []):
+        for source in ctr.get("envFrom", []):
+            for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if key in source:
+                    yield kind, source[key]["name"]
 
 
 def strategic_merge(base, patch, key: str | None = None):

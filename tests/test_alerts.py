@@ -30,7 +30,13 @@ def load_render_rules():
 rr = load_render_rules()
 # Recording: items and negative share over two windows for three scopes (overall, predicted topic,
 # source) = 12, plus p95 latency and error ratio; alerts: the surge per scope (3) and 5 service alerts.
-RULE_COUNT = 12 + 2 + 3 + 5
+# The canary group (tests/test_deploy.py tests it): per track requests, 5xx share, p95, items and negative share,
+# and its 3 alerts.
+CANARY_RULE_COUNT = 5 + 3
+# The drift group: predictions, label shares, their reference, label distance, mean confidence, low-confidence
+# and unseen-token shares over drift_window, and one alert per signal (4).
+DRIFT_RULE_COUNT = 7 + 4
+RULE_COUNT = 12 + 2 + 3 + 5 + CANARY_RULE_COUNT + DRIFT_RULE_COUNT
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -196,3 +202,75 @@ def test_dashboard_surge_bars_use_the_shipped_settings():
     assert f"clamp_min(job_topic:toolchain_negative_share:ratio_rate{settings.baseline_window}" in topic and bar in topic
     assert f"job_topic:toolchain_predictions:rate{settings.topic_window}" in topic
     assert f"* {rr.seconds(settings.topic_window):g}" in topic
+
+
+# --------------------------------------------------------------------------- drift (toolchain.serve.drift)
+
+@needs_promtool
+def test_drift_unit_tests_pass():
+    """Sustained drift of each signal fires its own SentimentModelDrift; in-domain traffic, a short burst, a
+    drift held under drift_for, low volume and a model without a reference fire nothing."""
+    result = promtool("test", "rules", "drift_test.yml", cwd=PROM / "tests")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def drift_tests_with(tmp_path: Path, overrides: dict) -> str:
+    """The shipped drift promtool tests run against rules rendered with ``overrides``: their output."""
+    settings = rr.load_settings(overrides=overrides)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "toolchain.rules.yml").write_text(rr.plain_rule_file(settings))
+    (tmp_path / "tests").mkdir()
+    shutil.copy(PROM / "tests" / "drift_test.yml", tmp_path / "tests")
+    result = promtool("test", "rules", "drift_test.yml", cwd=tmp_path / "tests")
+    assert result.returncode != 0, f"the drift promtool tests pass with {overrides}: they do not test it"
+    return result.stdout + result.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize("overrides, failing", [
+    ({"drift_label_distance": 0.01}, "in-domain traffic fires nothing"),
+    ({"drift_confidence_drop": 0.01}, "in-domain traffic fires nothing"),
+    ({"drift_low_confidence_margin": 0.01}, "in-domain traffic fires nothing"),
+    ({"drift_unseen_token_margin": 0.001}, "in-domain traffic fires nothing"),
+    ({"drift_unseen_token_margin": 0.3}, "inputs from a new domain fire unseen_tokens"),
+    ({"drift_min_items": 0}, "low volume cannot fire"),
+    ({"drift_for": "15m"}, "a drift held under drift_for cannot fire"),
+    ({"drift_window": "10m", "drift_for": "5m"}, "a short burst of foreign text cannot fire"),
+])
+def test_drift_unit_tests_catch_a_broken_threshold(tmp_path, overrides, failing):
+    """Each drift setting is guarded: a margin that in-domain traffic passes, one a new domain never reaches,
+    no volume minimum, a shorter hold or window each make the promtool test guarding it fail."""
+    assert failing in drift_tests_with(tmp_path, overrides)
+
+
+def test_drift_rules_compare_live_signals_with_the_reference():
+    settings = rr.AlertSettings(drift_window="2h", drift_for="45m", drift_min_items=50, drift_label_distance=0.3,
+                                drift_confidence_drop=0.2, drift_low_confidence_margin=0.1,
+                                drift_unseen_token_margin=0.07)
+    groups = {g["name"]: g["rules"] for g in rr.rule_groups(settings)}
+    records = {r["record"]: r["expr"] for r in groups["toolchain.drift"] if "record" in r}
+    assert "toolchain_drift_tokens_total" in records["job:toolchain_unseen_tokens:ratio_rate2h"]
+    assert "or 0 * job_label:toolchain_reference_label_share:max" in records["job:toolchain_label_drift:distance_rate2h"]
+    alerts = {r["labels"]["signal"]: r for r in groups["toolchain.drift"] if r.get("alert") == "SentimentModelDrift"}
+    assert set(alerts) == {"label_distribution", "mean_confidence", "low_confidence", "unseen_tokens"}
+    assert all(a["for"] == "45m" and "job:toolchain_drift_predictions:rate2h * 7200 >= 50" in a["expr"]
+               for a in alerts.values())
+    assert "distance_rate2h > 0.3" in alerts["label_distribution"]["expr"]
+    assert "toolchain_reference_confidence_mean" in alerts["mean_confidence"]["expr"] and \
+        ") - 0.2)" in alerts["mean_confidence"]["expr"] and "< on (job)" in alerts["mean_confidence"]["expr"]
+    assert ") + 0.1)" in alerts["low_confidence"]["expr"]
+    assert "toolchain_reference_unseen_token_share" in alerts["unseen_tokens"]["expr"] and \
+        ") + 0.07)" in alerts["unseen_tokens"]["expr"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"drift_window": "an hour"}, "drift_window must be a Prometheus duration"),
+    ({"drift_label_distance": 0}, "drift_label_distance must be a distance in (0, 1], got 0"),
+    ({"drift_unseen_token_margin": 1.5}, "drift_unseen_token_margin must be a share in [0, 1), got 1.5"),
+    ({"drift_min_items": True}, "drift_min_items must be a number of items >= 0, got True"),
+])
+def test_bad_drift_settings_are_refused_naming_the_key(overrides, message):
+    with pytest.raises(ValueError) as info:
+        rr.load_settings(overrides=overrides)
+    assert message in str(info.value)

@@ -60,6 +60,8 @@ def test_bento_is_labelled_with_metrics_and_config_hash(built):
     assert 0.0 <= float(labels["test_accuracy"]) <= 1.0 and 0.0 <= float(labels["test_macro_f1"]) <= 1.0
     assert info["args"] == {"model_tag": labels["model"], "variant": packed}
     assert info["services"][0]["models"][0]["tag"] == labels["model"]
+    # a run trained from a base model: generation 0, no parent
+    assert (labels["generation"], labels["parent_config_hash"], labels["lineage"]) == ("0", "none", "none")
 
 
 def test_model_in_store_holds_the_variant_tokenizer_and_manifest(built):

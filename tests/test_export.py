@@ -342,3 +342,24 @@ def test_the_export_stores_a_temperature_per_variant_and_reports_ece(basic_expor
         assert heads["main"]["temperature"] == manifest["calibration"][variant]["main"]
         assert heads["main"]["test_ece_before"] >= 0 and heads["main"]["test_ece_after"] >= 0
         assert heads["main"]["dev_items"] == 30 and heads["main"]["test_items"] == 30
+
+
+def test_the_service_runtime_returns_calibrated_scores(basic_export):
+    """OnnxModel divides the logits by the variant's temperature: calibrated probabilities, same labels."""
+    import numpy as np
+
+    from toolchain.artifacts import load_export
+    from toolchain.export.calibration import softmax
+    from toolchain.serve.runtime import OnnxModel
+
+    info = load_export(basic_export)
+    variant = info.serve_variant
+    temperature = info.manifest["calibration"][variant]["main"]
+    served = OnnxModel(info, variant)
+    raw = OnnxModel.from_files(info.variant_file(variant), info.tokenizer_dir, info.max_length, info.labels, variant)
+    texts = ["profit rose in helsinki .", "the board met on monday .", "sales fell this quarter ."]
+    calibrated, plain = np.stack(served.infer(texts).logits), np.stack(raw.infer(texts).logits)
+    assert temperature != 1.0
+    np.testing.assert_allclose(calibrated, plain / temperature, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(softmax(calibrated), softmax(plain, temperature), rtol=1e-5, atol=1e-6)
+    assert (calibrated.argmax(-1) == plain.argmax(-1)).all()

@@ -152,6 +152,11 @@ def served_variant(export_dir) -> str:
     return load_export(export_dir).serve_variant
 
 
+def served_temperature(export, variant: str) -> float:
+    """The temperature the export fitted on dev for the variant (1 without calibration)."""
+    return float(((export.manifest.get("calibration") or {}).get(variant) or {}).get("main", 1.0))
+
+
 def offline_scores(export_dir, texts):
     """The export dir's served variant run offline: transformers tokenizer + onnxruntime, one text per call."""
     import onnxruntime as ort
@@ -163,10 +168,12 @@ def offline_scores(export_dir, texts):
     tokenizer = AutoTokenizer.from_pretrained(export.tokenizer_dir)
     session = ort.InferenceSession(str(export.variant_file(served_variant(export_dir))), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    temperature = served_temperature(export, served_variant(export_dir))
     rows = []
     for text in texts:
         encoded = tokenizer(text, truncation=True, max_length=export.max_length, return_tensors="np")
         logits = session.run(None, {n: encoded[n].astype(np.int64) for n in names})[0][0].astype(np.float64)
+        logits = logits / temperature   # the service returns temperature-scaled (calibrated) scores
         probs = np.exp(logits - logits.max())
         rows.append(probs / probs.sum())
     return export.labels, np.array(rows)
@@ -210,7 +217,7 @@ def test_export_gate_scores_are_the_served_scores(client, built):
     gate_model = OnnxModel.from_files(export.variant_file(), export.tokenizer_dir, export.max_length, export.labels,
                                       export.serve_variant, threads=1)
     logits = served_logits(gate_model, get_task(export.task), [SimpleNamespace(text=t) for t in texts], None,
-                           export.max_length)
+                           export.max_length) / served_temperature(export, export.serve_variant)
     gate = np.exp(logits - logits.max(axis=1, keepdims=True))
     gate /= gate.sum(axis=1, keepdims=True)
     for served in ([classify(client, [text])[0] for text in texts], classify(client, texts)):

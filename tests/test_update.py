@@ -76,7 +76,8 @@ def test_update_records_its_parent_and_scores_both_test_sets(parent_run, tmp_pat
     assert m["lineage"][0]["config_hash"] == parent_m["config_hash"]
     assert m["lineage"][0]["test"]["accuracy"] == metrics(parent_run)["test"]["accuracy"]
     assert m["config"]["model"]["base"] == str(parent_run / "model")
-    assert m["data_files"]["replay"]["examples"] == 45          # 0.5 x 90 new examples
+    assert m["data_files"]["replay"]["examples"] == 45          # 0.5 x 90 new examples (given over the 0.3 default)
+    assert m["config"]["update"]["replay"] == 0.5
     assert m["data_files"]["parent.test"]["sha256"] == parent_m["data_files"]["test"]["sha256"]
     report = metrics(child)["update"]
     # the parent's own figure on its test set is the stored one; the run's is a fresh score of the new model
@@ -97,6 +98,7 @@ def test_update_records_its_parent_and_scores_both_test_sets(parent_run, tmp_pat
     # the lineage of a grandchild names both ancestors, nearest first
     assert update(child, data, tmp_path / "grandchild") == 0
     assert [a["run"] for a in manifest(tmp_path / "grandchild")["lineage"]] == [str(child), str(parent_run)]
+    assert manifest(tmp_path / "grandchild")["config"]["update"]["replay"] == 0.3   # the measured default
     # compare shows the ancestry and the update's figures
     assert main(["compare", str(parent_run), str(tmp_path / "grandchild")]) == 0
     shown = capsys.readouterr().out
@@ -108,6 +110,7 @@ def test_forgetting_over_the_limit_is_not_promotable(parent_run, tmp_path, capsy
     """New data that contradicts the parent (its phrases with rotated labels) makes it forget."""
     flipped = new_data(tmp_path, flipped=True)
     assert update(parent_run, flipped, tmp_path / "child", "update.max_forgetting=1.0", "update.parent_dev=false",
+                  "update.replay=0",
                   "train.epochs=6") == 0
     report = metrics(tmp_path / "child")["update"]
     assert report["parent_test"]["drop_points"] > 1.0
@@ -125,8 +128,8 @@ def weight_distance(run_a, run_b) -> float:
 
 def test_the_penalty_keeps_the_weights_near_the_parent(parent_run, tmp_path):
     data = new_data(tmp_path)
-    assert update(parent_run, data, tmp_path / "free") == 0
-    assert update(parent_run, data, tmp_path / "anchored", "update.l2sp=50") == 0
+    assert update(parent_run, data, tmp_path / "free", "update.replay=0") == 0
+    assert update(parent_run, data, tmp_path / "anchored", "update.replay=0", "update.l2sp=50") == 0
     free, anchored = weight_distance(parent_run, tmp_path / "free"), weight_distance(parent_run, tmp_path / "anchored")
     assert anchored < 0.5 * free, (anchored, free)
 
@@ -184,3 +187,24 @@ def test_update_from_a_lora_parent_continues_its_merged_weights(tiny_overrides, 
 def test_missing_parent_is_a_clear_error(tmp_path, tiny_data, capsys):
     assert main(["update", str(tmp_path / "nowhere"), "--data", str(tiny_data["train"])]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_exports_and_bentos_carry_the_lineage_and_refuse_an_unpromotable_run(parent_run, tmp_path):
+    from toolchain.artifacts import ArtifactError, ExportInfo, load_run
+    from toolchain.build import check_promotable, lineage_labels
+    from toolchain.export.pipeline import lineage_section
+
+    data = new_data(tmp_path)
+    assert update(parent_run, data, tmp_path / "child", "update.max_forgetting=0") == 0
+    child = load_run(tmp_path / "child")
+    section = lineage_section(child)
+    assert section["lineage"] == child.manifest["lineage"] and section["promotable"] == child.manifest["promotable"]
+    labels = lineage_labels(section)
+    assert labels["generation"] == "1"
+    assert labels["parent_config_hash"] == manifest(parent_run)["config_hash"]
+    assert labels["lineage"] == manifest(parent_run)["config_hash"][:8]
+    assert labels["promotable"] == str(section["promotable"]).lower()
+    assert lineage_section(load_run(parent_run)) == {"lineage": []}
+    check_promotable(ExportInfo(tmp_path, {"promotable": True}))
+    with pytest.raises(ArtifactError, match="not promotable.*--allow-unpromotable"):
+        check_promotable(ExportInfo(tmp_path, {"promotable": False, "run_dir": str(tmp_path / "child")}))

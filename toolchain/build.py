@@ -12,6 +12,14 @@ Runs only the stages that are missing or out of date, detected by config hash:
 
 Overrides starting with ``export.`` go to the export config (``export.variants=fp32,int8``); the
 others to the run config (``train.epochs=3``). ``--export-dir DIR`` skips training and export.
+
+With ``--topic-config PRESET`` (or ``--topic-export-dir DIR``) a single-task topic model goes into the
+same Bento: its train and export stages run as the main model's (hash-cached), with the ``export.``
+overrides applied to both exports and ``--topic-override KEY=VALUE`` to its own configs only; it is
+registered as a second BentoML model, the Bento arguments gain ``topic_model_tag`` and
+``topic_variant``, and its labels ``topic_model`` and the topic model's ``topic_``-prefixed labels
+(``topic_test_accuracy``, ...). The pair is refused (before any training where the configs say so)
+when the main model has a topic head, the topic model is itself joint, or either is an NER model.
 """
 from __future__ import annotations
 
@@ -88,15 +96,52 @@ def export_state(export_dir: Path, run_hash: str, export_hash: str) -> str:
     return "up to date" if same else "export"
 
 
-def check_data(cfg) -> None:
-    """Fail before a long job when a data file is missing, saying which path or setting to give."""
+def check_data(cfg, option: str = "") -> None:
+    """Fail before a long job when a data file is missing, saying which path or setting to give (``option``:
+    the flag that passes the override, for the topic model ``--topic-override``)."""
     for role in ("train", "dev", "test"):
         value = getattr(cfg.data, role)
         path = expand_data_path(value)
         if path and not Path(path).exists():
             raise ConfigError(
                 f"data.{role}: {path} not found. Set TOOLCHAIN_DATA_DIR to the folder holding "
-                f"financial_phrasebank/ (now {data_root() or 'not found'}), or pass data.{role}=PATH")
+                f"financial_phrasebank/ (now {data_root() or 'not found'}), or pass {option}data.{role}=PATH")
+
+
+def plan_topic(preset: str, overrides: list[str], topic_overrides: list[str],
+               export_preset: str | None = None) -> Stages:
+    """The topic model's stages: its preset, the main overrides' ``export.`` part (shared by both exports),
+    then ``topic_overrides`` (its own run config, or with ``export.`` its own export config)."""
+    shared = [o for o in overrides if o.startswith(EXPORT_PREFIX)]
+    return plan(preset, shared + list(topic_overrides), export_preset)
+
+
+def check_topic_configs(main_cfg, topic_cfg) -> None:
+    """Refuse, before anything trains, a pair that the configs already show cannot be served together
+    (``main_cfg`` None: the main model is a given export dir, checked once both exports exist)."""
+    if main_cfg is None:
+        pass
+    elif main_cfg.model.task != "sequence-classification":
+        raise ConfigError(f"--topic-config: the main model is a {main_cfg.model.task} (NER) model; a topic model "
+                          "goes with a sequence-classification main model (e.g. --config sentiment-full)")
+    elif main_cfg.topic.train:
+        raise ConfigError(f"--topic-config: the main model already has a topic head (topic.train="
+                          f"{main_cfg.topic.train}); build it alone, or drop topic.train to pair a single-task "
+                          "main model with the topic model")
+    if topic_cfg.model.task != "sequence-classification":
+        raise ConfigError(f"--topic-config: the topic model is a {topic_cfg.model.task} (NER) model; give a "
+                          "sequence-classification topic preset (topic-full)")
+    if topic_cfg.topic.train:
+        raise ConfigError(f"--topic-config: the topic model would be a joint model itself (topic.train="
+                          f"{topic_cfg.topic.train}); give a single-task topic preset (topic-full)")
+
+
+def check_topic_exports(export_dir: Path, topic_export_dir: Path) -> None:
+    """The two exports can be served together (toolchain.serve.runtime.check_topic_pair); raises ArtifactError."""
+    from toolchain.artifacts import load_export
+    from toolchain.serve.runtime import check_topic_pair
+
+    check_topic_pair(load_export(export_dir), load_export(topic_export_dir))
 
 
 def ensure_run(stages: Stages) -> None:
@@ -143,10 +188,40 @@ def model_labels(export, variant: str) -> dict[str, str]:
               "config_hash": str(manifest.get("run_config_hash")),
               "export_config_hash": str(manifest.get("export_config_hash"))}
     labels.update({f"test_{k}": f"{v:.4f}" for k, v in variant_metrics(export, variant).items()})
+    labels.update(lineage_labels(manifest))
     return labels
 
 
-def register_model(export_dir: Path, variant: str | None):
+def lineage_labels(manifest: dict) -> dict[str, str]:
+    """The model's ancestry (``toolchain update``): generation (0 = trained from a base model), the parent's
+    config hash, the chain of ancestors' config hashes (nearest first, 8 characters each) and promotable."""
+    lineage = manifest.get("lineage") or []
+    labels = {"generation": str(len(lineage)),
+              "parent_config_hash": str(lineage[0].get("config_hash")) if lineage else "none",
+              "lineage": ">".join(str(a.get("config_hash"))[:8] for a in lineage[:6]) or "none"}
+    if "promotable" in manifest:
+        labels["promotable"] = str(bool(manifest["promotable"])).lower()
+    return labels
+
+
+def check_promotable(export) -> None:
+    """An update that forgot more than its limit (``update.max_forgetting``) is not built into a Bento."""
+    from toolchain.artifacts import ArtifactError
+
+    if export.manifest.get("promotable", True) is False:
+        raise ArtifactError(f"{export.path}: its run is not promotable (it forgot more of its parent's test set than "
+                            f"update.max_forgetting allows: see {export.manifest.get('run_dir')}/metrics.json, "
+                            f"'update'); pass --allow-unpromotable to build it anyway")
+
+
+def topic_labels(topic_model) -> dict[str, str]:
+    """The Bento labels of the topic model: its tag and its own labels prefixed ``topic_`` (topic_variant,
+    topic_config_hash, topic_test_accuracy, ...)."""
+    own = {k: str(v) for k, v in topic_model.info.labels.items() if k != "task"}
+    return {"topic_model": str(topic_model.tag), **{f"topic_{k}": v for k, v in own.items()}}
+
+
+def register_model(export_dir: Path, variant: str | None, allow_unpromotable: bool = False):
     """The export's variant as a BentoML model (reused when the tag exists); returns (model, variant)."""
     import bentoml
     from bentoml.exceptions import NotFound
@@ -155,6 +230,8 @@ def register_model(export_dir: Path, variant: str | None):
     from toolchain.serve.runtime import verify_variant
 
     export = load_export(export_dir)
+    if not allow_unpromotable:
+        check_promotable(export)
     variant = variant or export.serve_variant
     export.variant_file(variant)  # names the variants on a typo
     manifest = export.manifest
@@ -195,19 +272,24 @@ def copy_into(source: Path, target: Path) -> None:
         os.chmod(target, 0o644)
 
 
-def build_bento(model, variant: str):
-    """``bentoml build`` of bentofile.yaml with the model's labels and the Bento arguments."""
+def build_bento(model, variant: str, topic: tuple | None = None):
+    """``bentoml build`` of bentofile.yaml with the model's labels and the Bento arguments; ``topic`` is
+    (topic model, its variant) to serve beside it."""
     import bentoml
 
     if not BENTOFILE.is_file():
         raise ConfigError(f"{BENTOFILE} not found: `toolchain build` runs from a source checkout of toolchain")
     labels = {**{k: str(v) for k, v in model.info.labels.items()}, "model": str(model.tag)}
+    args = {"model_tag": str(model.tag), "variant": variant}
+    if topic is not None:
+        labels.update(topic_labels(topic[0]))
+        args.update(topic_model_tag=str(topic[0].tag), topic_variant=topic[1])
     copy = context_copy(REPO_ROOT, BENTOFILE)
     context, previous = copy or REPO_ROOT, os.getcwd()
     os.chdir(context)  # bentoml resolves the bentofile's paths against the working directory
     try:
         return bentoml.bentos.build_bentofile(str(context / BENTOFILE.name), build_ctx=str(context), labels=labels,
-                                              reload=True, args={"model_tag": str(model.tag), "variant": variant})
+                                              reload=True, args=args)
     finally:
         os.chdir(previous)
         if copy:
@@ -266,22 +348,26 @@ def context_copy(root: Path, bentofile: Path) -> Path | None:
     return copy
 
 
-def packed_variant_line(export_dir: Path, variant: str, pinned: bool) -> str:
+def packed_variant_line(export_dir: Path, variant: str, pinned: bool, what: str = "variant",
+                        flag: str = "--variant") -> str:
     """Which variant the Bento serves and why: the export's gate and throughput ranking, or a pin."""
     report_file = export_dir / "report.json"
     report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
     selection = report.get("selection") or {}
     if pinned or selection.get("variant") != variant:
-        return f"variant {variant} (given by --variant)"
+        return f"{what} {variant} (given by {flag})"
     cpu = report.get("cpu") or {}
     where = f"{cpu.get('machine')}, {', '.join(cpu.get('features') or []) or 'no vector extensions detected'}"
-    return f"variant {variant} ({selection.get('mode')}, measured on {where}): {selection.get('why')}"
+    return f"{what} {variant} ({selection.get('mode')}, measured on {where}): {selection.get('why')}"
 
 
-def print_summary(bento, model) -> None:
+def print_summary(bento, model, topic_model=None) -> None:
     tag = str(bento.tag)
+    topic = [] if topic_model is None else [
+        f"topic   {topic_model.tag}   (BentoML model store; POST /classify adds its topic per text)"]
     print("\n".join([
         f"model   {model.tag}   (BentoML model store)",
+        *topic,
         f"bento   {tag}",
         "",
         "Serve it (API keys: a file with one key or sha256:<hex> per line):",

@@ -50,6 +50,21 @@ class AlertSettings:
     error_ratio: float = 0.05
     errors_for: str = "5m"
     not_ready_for: str = "5m"
+    drift_window: str = "1h"
+    drift_for: str = "30m"
+    drift_min_items: int = 200
+    drift_label_distance: float = 0.25
+    drift_confidence_drop: float = 0.10
+    drift_low_confidence_margin: float = 0.15
+    drift_unseen_token_margin: float = 0.05
+    canary_window: str = "15m"
+    canary_for: str = "10m"
+    canary_min_requests: int = 100
+    canary_min_items: int = 200
+    canary_error_margin: float = 0.02
+    canary_latency_factor: float = 1.5
+    canary_latency_margin_seconds: float = 0.05
+    canary_negative_margin: float = 0.10
     evaluation_interval: str | None = None
 
     def __post_init__(self):
@@ -72,6 +87,38 @@ class AlertSettings:
             if seconds(getattr(self, name)) >= seconds(self.baseline_window):
                 raise ValueError(f"{name} {getattr(self, name)!r} must be shorter than "
                                  f"baseline_window {self.baseline_window!r}")
+        _check_drift_settings(self)
+        _check_canary_settings(self)
+
+
+def _check_drift_settings(s: "AlertSettings") -> None:
+    for name in ("drift_window", "drift_for"):
+        _check_duration(name, getattr(s, name))
+    if isinstance(s.drift_min_items, bool) or not isinstance(s.drift_min_items, (int, float)) or s.drift_min_items < 0:
+        raise ValueError(f"drift_min_items must be a number of items >= 0, got {s.drift_min_items!r}")
+    if isinstance(s.drift_label_distance, bool) or not isinstance(s.drift_label_distance, (int, float)) \
+            or not 0 < s.drift_label_distance <= 1:
+        raise ValueError(f"drift_label_distance must be a distance in (0, 1], got {s.drift_label_distance!r}")
+    for name in ("drift_confidence_drop", "drift_low_confidence_margin", "drift_unseen_token_margin"):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be a share in [0, 1), got {value!r}")
+
+
+def _check_canary_settings(s: "AlertSettings") -> None:
+    for name in ("canary_window", "canary_for"):
+        _check_duration(name, getattr(s, name))
+    checks = {"canary_min_requests": (0, None, "a number of requests >= 0"),
+              "canary_min_items": (0, None, "a number of items >= 0"),
+              "canary_error_margin": (0, 1, "a share in [0, 1)"),
+              "canary_negative_margin": (0, 1, "a share in [0, 1)"),
+              "canary_latency_factor": (1, None, "a factor >= 1"),
+              "canary_latency_margin_seconds": (0, None, "a number of seconds >= 0")}
+    for name, (low, high, what) in checks.items():
+        value = getattr(s, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value < low or (high is not None and value >= high):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def _check_duration(name: str, value) -> None:
@@ -193,6 +240,175 @@ def service_alerts(s: AlertSettings) -> list[dict]:
     ]
 
 
+DRIFT_SELECTOR = 'task="sequence-classification"'   # the task whose exports carry a drift reference
+
+
+def drift_rules(s: AlertSettings) -> list[dict]:
+    """Live drift signals over `drift_window` (toolchain.serve.drift): volume, predicted-label shares and their
+    total variation distance from the train split's shares, mean confidence, low-confidence share, share of
+    input tokens no training text holds. Nothing is recorded for a model without a reference."""
+    w, sel = s.drift_window, f'job="{s.job}", {DRIFT_SELECTOR}'
+
+    def ratio(numerator: str, denominator: str, by: str = "job") -> str:
+        return f"sum by ({by}) (rate({numerator}[{w}]))\n/ on (job){' group_left' if by != 'job' else ''}\n" \
+               f"sum by (job) (rate({denominator}[{w}]))\n"
+
+    share, reference = f"job_label:toolchain_predicted_share:ratio_rate{w}", "job_label:toolchain_reference_label_share:max"
+    scored = f"toolchain_prediction_confidence_count{{{sel}}}"
+    return [
+        {"record": f"job:toolchain_drift_predictions:rate{w}", "expr": f"sum by (job) (rate({scored}[{w}]))"},
+        {"record": share, "expr": ratio(f"toolchain_predictions_total{{{sel}}}", f"toolchain_predictions_total{{{sel}}}",
+                                        "job, label")},
+        {"record": reference, "expr": f"max by (job, label) (toolchain_reference_label_share{{{sel}}})"},
+        # `or 0 * reference`: a label the model stopped predicting counts with share 0.
+        {"record": f"job:toolchain_label_drift:distance_rate{w}",
+         "expr": f"0.5 * sum by (job) (abs(\n  ({share} or 0 * {reference})\n  - {reference}\n))\n"
+                 f"and on (job) job:toolchain_drift_predictions:rate{w} > 0\n"},
+        {"record": f"job:toolchain_prediction_confidence:mean_rate{w}",
+         "expr": ratio(f"toolchain_prediction_confidence_sum{{{sel}}}", scored)},
+        {"record": f"job:toolchain_low_confidence:ratio_rate{w}",
+         "expr": ratio(f"toolchain_low_confidence_predictions_total{{{sel}}}", scored)},
+        {"record": f"job:toolchain_unseen_tokens:ratio_rate{w}",
+         "expr": ratio(f'toolchain_drift_tokens_total{{{sel}, vocabulary="unseen"}}', f"toolchain_drift_tokens_total{{{sel}}}")},
+    ]
+
+
+def drift_alerts(s: AlertSettings) -> list[dict]:
+    """SentimentModelDrift per signal (its `signal` label): each live signal over `drift_window` past its
+    training-time reference by the set margin, with `drift_min_items` predictions in the window, for `drift_for`."""
+    w, sel = s.drift_window, f'job="{s.job}", {DRIFT_SELECTOR}'
+    volume = f"and on (job)\n  job:toolchain_drift_predictions:rate{w} * {seconds(w):g} >= {s.drift_min_items:g}\n"
+
+    def past(live: str, op: str, reference: str, margin: float) -> str:
+        bound = f"max by (job) ({reference}{{{sel}}}) {'-' if op == '<' else '+'} {margin:g}"
+        return f"{live}\n  {op} on (job) ({bound})\n{volume}"
+
+    signals = [
+        ("label_distribution", f"job:toolchain_label_drift:distance_rate{w} > {s.drift_label_distance:g}\n{volume}",
+         "Predicted sentiment labels drifting from the training distribution",
+         f"Predicted-label shares over {w} are {{{{ $value | printf \"%.2f\" }}}} (total variation distance) from the "
+         f"train split's (threshold {s.drift_label_distance:g})."),
+        ("mean_confidence", past(f"job:toolchain_prediction_confidence:mean_rate{w}", "<",
+                                 "toolchain_reference_confidence_mean", s.drift_confidence_drop),
+         "Sentiment model confidence dropping below its reference",
+         f"Mean confidence over {w} is {{{{ $value | printf \"%.3f\" }}}}, more than {s.drift_confidence_drop:g} below "
+         "the dev-set mean (toolchain_reference_confidence_mean)."),
+        ("low_confidence", past(f"job:toolchain_low_confidence:ratio_rate{w}", ">",
+                                "toolchain_reference_low_confidence_share", s.drift_low_confidence_margin),
+         "Low-confidence sentiment predictions rising above their reference",
+         f"{{{{ $value | humanizePercentage }}}} of predictions over {w} scored below the low-confidence threshold, "
+         f"more than {s.drift_low_confidence_margin:g} above the dev-set share."),
+        ("unseen_tokens", past(f"job:toolchain_unseen_tokens:ratio_rate{w}", ">",
+                               "toolchain_reference_unseen_token_share", s.drift_unseen_token_margin),
+         "Sentiment inputs drifting: tokens unseen in training",
+         f"{{{{ $value | humanizePercentage }}}} of input tokens over {w} occur in no training text, more than "
+         f"{s.drift_unseen_token_margin:g} above the dev-set share (new vocabulary, publishers or language)."),
+    ]
+    alerts = []
+    for signal, expr, summary, description in signals:
+        alert = _alert("SentimentModelDrift", expr, s.drift_for, "warning", "drift",
+                       {"summary": summary, "description": description})
+        alert["labels"]["signal"] = signal
+        alerts.append(alert)
+    return alerts
+
+
+CANARY_RUNBOOK = "docs/DEPLOY.md#canary-rollout"
+
+
+def canary_rules(s: AlertSettings) -> list[dict]:
+    """Per track over `canary_window`: requests, 5xx share, p95 latency, items and negative share. The
+    `track` label (stable / canary) is the pod's, copied onto every series at scrape time."""
+    w = s.canary_window
+    selector = f'job="{s.job}", track=~"stable|canary"'
+
+    def rate(metric: str, extra: str = "", by: str = "job, track") -> str:
+        return f"sum by ({by}) (rate({metric}{{{selector}{extra}}}[{w}]))"
+
+    def share(part: str, total: str) -> str:   # 0, not "no data", when the part is empty
+        return f"(\n  {part}\n  or 0 * {total}\n)\n/ {total}\n"
+
+    requests, items = rate("toolchain_requests_total"), rate("toolchain_predictions_total")
+    buckets = rate("toolchain_request_seconds_bucket", f', route=~"{s.latency_route}"', "job, track, le")
+    return [
+        {"record": f"job_track:toolchain_requests:rate{w}", "expr": requests},
+        {"record": f"job_track:toolchain_request_errors:ratio_rate{w}",
+         "expr": share(rate("toolchain_requests_total", ', status=~"5.."'), requests)},
+        {"record": f"job_track:toolchain_request_seconds:p95_rate{w}", "expr": f"histogram_quantile(0.95, {buckets})"},
+        {"record": f"job_track:toolchain_predictions:rate{w}", "expr": items},
+        {"record": f"job_track:toolchain_negative_share:ratio_rate{w}",
+         "expr": share(rate("toolchain_predictions_total", ', label="negative"'), items)},
+    ]
+
+
+def _canary_versions(s: AlertSettings, track: str) -> str:
+    """Template text: the model version(s) of the track's targets (two while one of them rolls out)."""
+    query = f'count by (model_version) (up{{job="{s.job}", track="{track}"}})'
+    return (f"{{{{ range $i, $t := query `{query}` }}}}{{{{ if $i }}}}, {{{{ end }}}}"
+            "{{ $t.Labels.model_version }}{{ end }}")
+
+
+def _stable_value(s: AlertSettings, record: str, humanize: str) -> str:
+    """Template text: the stable track's value of a recording rule."""
+    return (f'{{{{ with query `{record}{{job="{s.job}", track="stable"}}` }}}}'
+            f"{{{{ . | first | value | {humanize} }}}}{{{{ end }}}}")
+
+
+def canary_alerts(s: AlertSettings) -> list[dict]:
+    """The canary against the stable track, with volume minimums on both tracks (a quiet canary's few
+    requests cannot fire): more 5xx, a slower p95, a negative share moved either way."""
+    w, n = s.canary_window, seconds(s.canary_window)
+    errors = f"job_track:toolchain_request_errors:ratio_rate{w}"
+    p95 = f"job_track:toolchain_request_seconds:p95_rate{w}"
+    negative = f"job_track:toolchain_negative_share:ratio_rate{w}"
+
+    def against_stable(record: str, op: str, bound: float, outer: str = "") -> str:
+        # `A and on (job) (A - B) > m`: the alert's value is the canary's own, its labels keep `track`.
+        return (f'and on (job)\n  {outer}(\n    {record}{{track="canary"}}\n'
+                f'    {op} on (job) {record}{{track="stable"}}\n  ) > {bound:g}\n')
+
+    def on_each_track(record: str, minimum: float) -> str:
+        return f"and on (job)\n  min by (job) ({record}) * {n:g} >= {minimum:g}\n"
+
+    enough_requests = on_each_track(f"job_track:toolchain_requests:rate{w}", s.canary_min_requests)
+    exprs = {
+        "SentimentCanaryErrors": f'{errors}{{track="canary"}}\n' + against_stable(errors, "-", s.canary_error_margin)
+        + enough_requests,
+        "SentimentCanaryHighLatency": f'{p95}{{track="canary"}}\n' + against_stable(p95, "/", s.canary_latency_factor)
+        + against_stable(p95, "-", s.canary_latency_margin_seconds) + enough_requests,
+        "SentimentCanaryNegativeShareShift": f'{negative}{{track="canary"}}\n'
+        + against_stable(negative, "-", s.canary_negative_margin, "abs")
+        + on_each_track(f"job_track:toolchain_predictions:rate{w}", s.canary_min_items),
+    }
+    canary, stable = _canary_versions(s, "canary"), _canary_versions(s, "stable")
+    volume = f"with at least {s.canary_min_requests:g} requests on each track in {w}."
+    annotations = {
+        "SentimentCanaryErrors": {
+            "summary": f"Canary {canary} answers more server errors than stable {stable}",
+            "description": f"{{{{ $value | humanizePercentage }}}} of the canary's requests got a 5xx answer over {w}, "
+                           f"{_stable_value(s, errors, 'humanizePercentage')} of the stable track's: more than "
+                           f"{s.canary_error_margin * 100:g} points above, {volume}"},
+        "SentimentCanaryHighLatency": {
+            "summary": f"Canary {canary} is slower than stable {stable}",
+            "description": f"The canary's p95 request latency on {s.latency_route} over {w} is "
+                           f"{{{{ $value | humanizeDuration }}}}, the stable track's "
+                           f"{_stable_value(s, p95, 'humanizeDuration')}: above {s.canary_latency_factor:g}x and "
+                           f"{s.canary_latency_margin_seconds * 1000:g}ms more, {volume}"},
+        "SentimentCanaryNegativeShareShift": {
+            "summary": f"Canary {canary} predicts a different negative share than stable {stable}",
+            "description": f"{{{{ $value | humanizePercentage }}}} of the canary's items are negative over {w}, "
+                           f"{_stable_value(s, negative, 'humanizePercentage')} of the stable track's: more than "
+                           f"{s.canary_negative_margin * 100:g} points apart on the same mix of news, with at least "
+                           f"{s.canary_min_items:g} items on each track in {w}."},
+    }
+    severity = {"SentimentCanaryErrors": "critical"}
+    alerts = [_alert(name, expr, s.canary_for, severity.get(name, "warning"), "canary", annotations[name])
+              for name, expr in exprs.items()]
+    for alert in alerts:
+        alert["annotations"]["runbook"] = CANARY_RUNBOOK
+    return alerts
+
+
 def _alert(name: str, expr: str, for_: str, severity: str, scope: str, annotations: dict) -> dict:
     annotations = {**annotations, "runbook": RUNBOOK}
     return {"alert": name, "expr": expr, "for": for_,
@@ -202,6 +418,8 @@ def _alert(name: str, expr: str, for_: str, severity: str, scope: str, annotatio
 def rule_groups(s: AlertSettings) -> list[dict]:
     groups = [{"name": "toolchain.recording", "rules": share_rules(s) + service_rules(s)},
               {"name": "toolchain.alerts", "rules": surge_alerts(s) + service_alerts(s)}]
+    groups.append({"name": "toolchain.drift", "rules": drift_rules(s) + drift_alerts(s)})
+    groups.append({"name": "toolchain.canary", "rules": canary_rules(s) + canary_alerts(s)})
     if s.evaluation_interval:
         for group in groups:
             group["interval"] = s.evaluation_interval

@@ -106,6 +106,7 @@ def keep_failed(job: ExportJob, final: Path, why: str) -> None:
 
 def build(job: ExportJob) -> dict:
     """Every stage in order; returns the report (also written to report.json)."""
+    from toolchain.export.drift_reference import write_drift_references
     from toolchain.export.merge import merge_run
     from toolchain.export.scoring import load_run_splits
 
@@ -119,6 +120,7 @@ def build(job: ExportJob) -> dict:
         log.info("building variant %s", name)
         VARIANT_BUILDERS[name](job)
     report = evaluate_variants(job)
+    write_drift_references(job, report)
     report["wall_seconds"] = round(time.time() - started, 1)
     return report
 

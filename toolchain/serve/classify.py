@@ -8,7 +8,9 @@ text, in input order::
       "truncated": false, "topic": {"label": "Earnings", "score": 0.93}}]
 
 ``topic`` is there when the model has a topic head (:mod:`toolchain.tasks.joint`): the same model call
-gives both; each head's scores are a softmax over its own classes.
+gives both; each head's scores are a softmax over its own classes. A deployment of two single-task models
+(a sentiment export and a topic export, :class:`toolchain.serve.runtime.TopicPair`) gives the same
+response: the pair's output has the joint model's layout, the main model's logits then the topic model's.
 
 :mod:`toolchain.serve.ner` is the token-classification route with the same parts.
 """
@@ -75,19 +77,25 @@ def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) ->
             for row, k, cut in zip(probs, best, truncated)]
 
 
-def joint_predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
-    """Main-head prediction (label, score, scores) plus the topic head's label and score, per row."""
-    main, topic = heads_of(labels)
-    out = predictions(main.columns(logits), list(main.labels), truncated)
-    probs = softmax(topic.columns(logits))
+def with_topics(out: list[Prediction], topic_logits: np.ndarray, topic_labels: list[str]) -> list[Prediction]:
+    """Each prediction with the topic of its row of ``topic_logits``: the most likely topic and its probability
+    (a softmax over the topic classes only)."""
+    probs = softmax(topic_logits)
     for prediction, row in zip(out, probs):
         best = int(row.argmax())
-        prediction.topic = TopicPrediction(label=topic.labels[best], score=float(row[best]))
+        prediction.topic = TopicPrediction(label=topic_labels[best], score=float(row[best]))
     return out
 
 
+def joint_predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
+    """Main-head prediction (label, score, scores) plus the topic head's label and score, per row."""
+    main, topic = heads_of(labels)
+    return with_topics(predictions(main.columns(logits), list(main.labels), truncated), topic.columns(logits),
+                       list(topic.labels))
+
+
 def infer(model, texts: list[str]):
-    """The model's logits per text (truncated to its max length): ``OnnxModel.infer``."""
+    """The model's logits per text (truncated to its max length): ``OnnxModel.infer`` (or ``TopicPair.infer``)."""
     return model.infer(texts)
 
 

@@ -10,6 +10,13 @@ So the default is one single-thread worker per usable CPU, unless
 - memory cannot hold that many copies of the model (each worker loads its own);
 - the model runs on a GPU: one worker drives it.
 
+With a topic model beside the main one (two models per worker), each worker holds both (the memory
+cap counts both files), each model gets the worker's threads, and the two run concurrently in a batch
+(the topic model in a thread of its own) when the machine has a CPU beyond the worker's threads for it:
+a lone request then waits for the slower model instead of both in turn, while under full load the
+workers already share every CPU and the cost per text is the two models' either way.
+``TOOLCHAIN_TOPIC_CALLS`` (concurrent, sequential) overrides that choice.
+
 ``TOOLCHAIN_WORKERS`` and ``TOOLCHAIN_THREADS`` override either choice; the reasons are logged.
 """
 from __future__ import annotations
@@ -31,6 +38,7 @@ class Layout:
     workers: int
     threads: int
     why: str
+    concurrent_models: bool = False   # with a topic model: the two models of a batch run at the same time
 
 
 def memory_limit_bytes() -> int:
@@ -61,8 +69,29 @@ def measured_threads(measured: dict | None, cpus: int) -> tuple[int, str]:
 
 
 def choose_layout(cpus: int, memory_bytes: int, model_bytes: int, measured: dict | None, workers: int = 0,
-                  threads: int = 0, gpu: bool = False) -> Layout:
-    """Workers x threads for ``cpus`` usable CPUs; ``workers``/``threads`` > 0 are the user's settings."""
+                  threads: int = 0, gpu: bool = False, models: int = 1, topic_calls: str = "auto") -> Layout:
+    """Workers x threads for ``cpus`` usable CPUs; ``workers``/``threads`` > 0 are the user's settings.
+    ``models`` is 2 with a topic model (``model_bytes`` is then both models' bytes), whose calls run
+    concurrently per ``topic_calls`` (auto: when there is a CPU for it, see the module docstring)."""
+    layout = worker_layout(cpus, memory_bytes, model_bytes, measured, workers, threads, gpu, models)
+    if models < 2:
+        return layout
+    concurrent, why = two_model_calls(cpus, layout.threads, topic_calls)
+    return Layout(layout.workers, layout.threads, f"{layout.why}; {why}", concurrent)
+
+
+def two_model_calls(cpus: int, threads: int, topic_calls: str) -> tuple[bool, str]:
+    """Whether a worker runs its two models concurrently, and why."""
+    if topic_calls != "auto":
+        return topic_calls == "concurrent", f"main and topic model {topic_calls} (TOOLCHAIN_TOPIC_CALLS)"
+    if cpus >= 2 * threads:
+        return True, (f"main and topic model concurrently ({cpus} CPUs: a lone batch waits for the slower model, "
+                      "not both)")
+    return False, f"main and topic model one after the other ({cpus} CPU(s): none left for a second model call)"
+
+
+def worker_layout(cpus: int, memory_bytes: int, model_bytes: int, measured: dict | None, workers: int,
+                  threads: int, gpu: bool, models: int) -> Layout:
     reasons = []
     if threads:
         reasons.append(f"{threads} threads per worker (TOOLCHAIN_THREADS)")
@@ -85,9 +114,17 @@ def choose_layout(cpus: int, memory_bytes: int, model_bytes: int, measured: dict
     by_memory = max(1, int(memory_bytes * MEMORY_SHARE) // per_worker)
     chosen = min(by_cpu, by_memory, MAX_WORKERS)
     limit = ("memory" if by_memory < by_cpu else "CPUs") if chosen < MAX_WORKERS or by_cpu <= MAX_WORKERS else "cap"
+    held = " (both models)" if models > 1 else ""
     reasons.append(f"{chosen} workers ({cpus} CPUs / {threads} threads = {by_cpu}; memory for {by_memory} at "
-                   f"{per_worker / 2**20:.0f} MB each; limited by {limit})")
+                   f"{per_worker / 2**20:.0f} MB each{held}; limited by {limit})")
     return Layout(chosen, threads, "; ".join(reasons))
+
+
+def slower_figures(first: dict | None, second: dict | None) -> dict | None:
+    """Of two models' thread-scaling figures, those of the model slower on one thread (it sets the threads)."""
+    def one_thread_ms(figures: dict | None) -> float:
+        return float((((figures or {}).get("by_threads") or {}).get("1") or {}).get("b1_ms") or -1)
+    return first if one_thread_ms(first) >= one_thread_ms(second) else second
 
 
 def export_layout_figures(export_dir: str | Path | None, variant: str | None) -> tuple[int, dict | None]:

@@ -22,6 +22,7 @@ INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+VOCABULARY_LABELS = ("seen", "unseen")   # an input token the training texts hold, or one they never did
 
 
 @dataclass
@@ -37,6 +38,13 @@ class ServiceMetrics:
     request_seconds: Any
     model_info: Any
     model_ready: Any
+    drift_reference: Any
+    reference_label_share: Any
+    reference_confidence_mean: Any
+    reference_low_confidence_share: Any
+    reference_unseen_token_share: Any
+    low_confidence: Any
+    drift_tokens: Any
 
     def observe_model_call(self, task: str, seconds: float, tokens: Iterable[int], truncated: int) -> None:
         tokens = list(tokens)
@@ -65,8 +73,32 @@ class ServiceMetrics:
         self.requests.labels(route=route, status=str(status)).inc()
         self.request_seconds.labels(route=route).observe(seconds)
 
-    def set_model(self, model: str, variant: str, config_hash: str, provider: str) -> None:
-        self.model_info.labels(model=model, variant=variant, config_hash=config_hash, provider=provider).set(1)
+    def set_model(self, model: str, variant: str, config_hash: str, provider: str, version: str) -> None:
+        self.model_info.labels(model=model, variant=variant, config_hash=config_hash, provider=provider,
+                               version=version).set(1)
+
+    def set_drift_reference(self, task: str, reference) -> None:
+        """Expose a loaded reference (toolchain.serve.drift.DriftReference) and create the drift counters at 0,
+        so rates exist from the first scrape; ``None`` (an export without one) marks the reference absent."""
+        self.drift_reference.labels(task=task).set(0 if reference is None else 1)
+        if reference is None:
+            return
+        for label, share in reference.label_shares.items():
+            self.reference_label_share.labels(task=task, label=label).set(share)
+        self.reference_confidence_mean.labels(task=task).set(reference.confidence_mean)
+        self.reference_low_confidence_share.labels(task=task).set(reference.low_confidence_share)
+        self.reference_unseen_token_share.labels(task=task).set(reference.unseen_token_share)
+        self.low_confidence.labels(task=task)
+        for vocabulary in VOCABULARY_LABELS:
+            self.drift_tokens.labels(task=task, vocabulary=vocabulary)
+
+    def observe_drift(self, task: str, low_confidence: int, seen_tokens: int, unseen_tokens: int) -> None:
+        if low_confidence:
+            self.low_confidence.labels(task=task).inc(low_confidence)
+        if seen_tokens:
+            self.drift_tokens.labels(task=task, vocabulary="seen").inc(seen_tokens)
+        if unseen_tokens:
+            self.drift_tokens.labels(task=task, vocabulary="unseen").inc(unseen_tokens)
 
     def set_ready(self, ready: bool) -> None:
         self.model_ready.set(1 if ready else 0)
@@ -94,10 +126,46 @@ def service_metrics() -> ServiceMetrics:
         request_seconds=Histogram("toolchain_request_seconds", "Whole-request time of inference routes", ["route"],
                                   buckets=REQUEST_BUCKETS),
         model_info=Gauge("toolchain_model_info", "The served model (value 1)",
-                         ["model", "variant", "config_hash", "provider"], multiprocess_mode="max"),
+                         ["model", "variant", "config_hash", "provider", "version"], multiprocess_mode="max"),
         model_ready=Gauge("toolchain_model_ready", "1 once the model has loaded and answered a warm-up request",
                           multiprocess_mode="livemin"),
+        **drift_metrics(Counter, Gauge),
     )
+
+
+def drift_metrics(Counter, Gauge) -> dict:
+    """Drift signals and the training-time reference they are compared with (toolchain.serve.drift)."""
+    def reference(name: str, text: str, labels: tuple[str, ...] = ("task",)):
+        return Gauge(name, text + " (training-time reference of the served variant)", list(labels),
+                     multiprocess_mode="max")
+
+    return dict(
+        drift_reference=Gauge("toolchain_drift_reference", "1 when the served variant has a drift reference "
+                              "(drift_reference.json), 0 when it has none and drift signals are off", ["task"],
+                              multiprocess_mode="max"),
+        reference_label_share=reference("toolchain_reference_label_share", "Share of each label in the train split",
+                                        ("task", "label")),
+        reference_confidence_mean=reference("toolchain_reference_confidence_mean", "Mean score of the predicted "
+                                            "label on dev"),
+        reference_low_confidence_share=reference("toolchain_reference_low_confidence_share", "Share of dev "
+                                                 "predictions scored below the low-confidence threshold"),
+        reference_unseen_token_share=reference("toolchain_reference_unseen_token_share", "Share of dev input "
+                                               "tokens that no training text holds"),
+        low_confidence=Counter("toolchain_low_confidence_predictions", "Predictions whose score is below the "
+                               "reference's low-confidence threshold", ["task"]),
+        drift_tokens=Counter("toolchain_drift_tokens", "Input tokens (special tokens excluded) by whether the "
+                             "training texts hold them", ["task", "vocabulary"]),
+    )
+
+
+def model_version(configured: str | None, bento_model, config_hash: str) -> str:
+    """The ``version`` label of toolchain_model_info: TOOLCHAIN_MODEL_VERSION when set, else the tag version of
+    the Bento's model when served from a Bento, else the export's run config hash (its first 8 characters)."""
+    if configured:
+        return configured
+    if bento_model is not None:
+        return str(bento_model.tag.version)
+    return config_hash[:8]
 
 
 def source_label(source: str | None, allowed: frozenset[str]) -> str:

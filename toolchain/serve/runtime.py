@@ -3,18 +3,24 @@
 Only ONNX (protobuf), JSON and YAML are read: no pickle. The variant's model file and the tokenizer
 files are checked against the export manifest's sha256 before anything is loaded, so an altered or
 truncated file stops start-up with an error naming it.
+
+A deployment that answers sentiment and topic with two single-task models wraps them in a
+:class:`TopicPair`: one ``infer`` per batch runs both, and its output has the layout of a joint model
+(:mod:`toolchain.tasks.joint`), so ``/classify`` answers exactly as it does for a joint model.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolchain.artifacts import ArtifactError, ExportInfo, load_export
+from toolchain.tasks.joint import has_topic_head, joint_labels
 
 log = logging.getLogger("toolchain.serve")
 
@@ -23,6 +29,7 @@ CPU = "CPUExecutionProvider"
 PROVIDER_LABELS = {CUDA: "cuda", CPU: "cpu"}
 BUCKET_TOKENS = 16
 MAX_CALL_TEXTS = 32   # most texts in one model call (the adaptive batcher's default max_batch_size)
+SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
 @dataclass
@@ -143,6 +150,7 @@ class OnnxModel:
         self.export = export
         self._setup(export.variant_file(variant), export.tokenizer_dir, export.max_length, export.labels, variant,
                     provider, threads, spin, calls)
+        self.scale = temperature_scale(export, variant)
         log.info("loaded %s variant %s (%s) with ONNX Runtime provider %s, %d intra-op threads, %s model calls",
                  export.path, variant, self.model_file.name, self.provider, threads, self.call_pattern)
 
@@ -150,7 +158,7 @@ class OnnxModel:
     def from_files(cls, model_file: Path, tokenizer_dir: Path, max_length: int, labels: list[str],
                    variant: str, provider: str = "cpu", threads: int = 1, calls: str = "auto") -> "OnnxModel":
         model = cls.__new__(cls)
-        model.export = None
+        model.export, model.scale = None, None
         model._setup(Path(model_file), Path(tokenizer_dir), max_length, labels, variant, provider, threads, False,
                      calls)
         return model
@@ -177,11 +185,15 @@ class OnnxModel:
         return "per-text" if self.per_text else "length-grouped"
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-        """Logits of one padded model call and the seconds it took."""
+        """Logits of one padded model call (temperature-scaled where the export calibrated the variant) and the
+        seconds it took."""
         feed = {name: inputs[name] for name in self.input_names}
         started = time.perf_counter()
         (logits,) = self.session.run([self.output_name], feed)
-        return logits, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if self.scale is not None and logits.ndim == 2:
+            logits = logits * self.scale   # temperature scaling: calibrated scores, the same argmax
+        return logits, seconds
 
     def run_encoded(self, encodings: list) -> tuple[list[np.ndarray], float]:
         """Logits per encoding (rows of its call, unpadded for token tasks), grouped into calls as the
@@ -212,6 +224,21 @@ class Features:
         self.type_ids = list(feature.get("token_type_ids", [0] * len(self.ids)))
 
 
+def temperature_scale(export: ExportInfo, variant: str) -> np.ndarray | None:
+    """1 / T per output column from the export's temperature scaling of this variant (each head its own T),
+    or None when the export has none (older exports, NER, ``calibrate=false``)."""
+    from toolchain.export.calibration import head_columns
+
+    fitted = (export.manifest.get("calibration") or {}).get(variant)
+    if not fitted or export.task != SEQUENCE_CLASSIFICATION:
+        return None
+    scale = np.ones(len(export.labels), dtype=np.float32)
+    for head, columns in head_columns(export.labels).items():
+        if head in fitted:
+            scale[columns] = 1.0 / float(fitted[head])
+    return scale
+
+
 def verify_variant(export: ExportInfo, variant: str) -> None:
     """Check the variant's files and the tokenizer against the manifest; refuse files it does not list."""
     export.variant_file(variant)  # an unknown variant: the error names the ones there are
@@ -229,6 +256,94 @@ def load_model(export_dir: str | Path, variant: str | None, settings, threads: i
     export = load_export(export_dir)
     return OnnxModel(export, variant or export.serve_variant, settings.provider, threads, settings.spin,
                      settings.model_calls)
+
+
+def listed(labels: list[str], most: int = 6) -> str:
+    shown = ", ".join(labels[:most])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > most else "")
+
+
+def check_topic_pair(main: ExportInfo, topic: ExportInfo) -> None:
+    """Refuse a main model and a topic model that ``/classify`` cannot serve together as sentiment + topic:
+    both must be single-task sequence-classification exports, and the topic model's labels topics (none of
+    them a class of the main model). Raises ArtifactError naming the export and what to give instead."""
+    if main.task != SEQUENCE_CLASSIFICATION:
+        raise ArtifactError(f"{main.path}: the main model is a {main.task} export (NER is served on POST /ner); a "
+                            f"topic model goes with a {SEQUENCE_CLASSIFICATION} main model (e.g. sentiment)")
+    if topic.task != SEQUENCE_CLASSIFICATION:
+        raise ArtifactError(f"{topic.path}: the topic model is a {topic.task} export; a topic model is a "
+                            f"{SEQUENCE_CLASSIFICATION} export whose labels are topics (preset topic-full)")
+    if has_topic_head(main.labels):
+        raise ArtifactError(f"{main.path}: the main model already has a topic head (labels {listed(main.labels)}): "
+                            "serve it alone (it answers the topic itself), or pair a single-task main model with "
+                            "the topic model")
+    if has_topic_head(topic.labels):
+        raise ArtifactError(f"{topic.path}: the topic model is itself a joint model (main and topic heads, labels "
+                            f"{listed(topic.labels)}); give a single-task topic export (preset topic-full)")
+    shared = [label for label in topic.labels if label in main.labels]
+    if len(topic.labels) < 2 or shared:
+        why = f"{', '.join(shared)} are classes of the main model too" if shared else "it has fewer than 2 classes"
+        raise ArtifactError(f"{topic.path}: not a topic model: {why} (its labels: {listed(topic.labels)}); give the "
+                            "export of a topic classifier (preset topic-full)")
+
+
+class TopicPair:
+    """The main (e.g. sentiment) model and a single-task topic model, answering each batch together.
+
+    ``infer`` has the output layout of a joint model (:mod:`toolchain.tasks.joint`): each text's row is the
+    main model's logits followed by the topic model's, and ``labels`` are the main classes then ``topic:`` +
+    each topic, so the route post-processing builds exactly the joint model's response, each softmax over
+    its own model's classes. Each model tokenizes with its own tokenizer and max length; a text counts as
+    truncated when either model cut it; ``tokens`` and ``encodings`` are the main model's; ``seconds`` is
+    both models' model-call time.
+
+    With ``concurrent`` the topic model runs in a thread of its own while the main model runs in the
+    caller's (ONNX Runtime releases the GIL in a model call), so a batch waits for the slower model
+    rather than for both in turn; the worker layout decides (see :mod:`toolchain.serve.layout`).
+    """
+
+    def __init__(self, main: OnnxModel, topic: OnnxModel, concurrent: bool = False):
+        if main.export is not None and topic.export is not None:
+            check_topic_pair(main.export, topic.export)
+        self.main, self.topic, self.concurrent = main, topic, concurrent
+        self._labels = joint_labels(main.labels, topic.labels)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="topic-model") if concurrent else None
+
+    @property
+    def labels(self) -> list[str]:
+        return self._labels
+
+    @property
+    def export(self) -> ExportInfo | None:
+        return self.main.export
+
+    @property
+    def variant(self) -> str:
+        return self.main.variant
+
+    @property
+    def provider(self) -> str:
+        return self.main.provider
+
+    def infer(self, texts: list[str]) -> BatchOutput:
+        if self._pool is None:
+            main, topic = self.main.infer(texts), self.topic.infer(texts)
+        else:
+            pending = self._pool.submit(self.topic.infer, texts)
+            main, topic = self.main.infer(texts), pending.result()
+        return BatchOutput([np.concatenate([m, t]) for m, t in zip(main.logits, topic.logits)], main.tokens,
+                           [a or b for a, b in zip(main.truncated, topic.truncated)], main.encodings,
+                           main.seconds + topic.seconds)
+
+
+def load_topic_pair(main: OnnxModel, topic_dir: str | Path, variant: str | None, settings, threads: int = 1,
+                    concurrent: bool = False) -> TopicPair:
+    """The main model paired with the topic export's variant (default: its serve_variant), checksums verified."""
+    topic_export = load_export(topic_dir)
+    check_topic_pair(main.export, topic_export)
+    topic = OnnxModel(topic_export, variant or topic_export.serve_variant, settings.provider, threads, settings.spin,
+                      settings.model_calls)
+    return TopicPair(main, topic, concurrent)
 
 
 def wants_gpu(provider: str) -> bool:

@@ -1,7 +1,10 @@
 """The BentoML service: one export dir variant, loaded once per worker, behind the request gate.
 
 The model comes from the Bento (``toolchain build`` packs the variant as a BentoML model and records
-its tag as the Bento argument ``model_tag``) or, for local runs, from ``TOOLCHAIN_EXPORT_DIR``.
+its tag as the Bento argument ``model_tag``) or, for local runs, from ``TOOLCHAIN_EXPORT_DIR``. A topic
+model served beside it (``toolchain build --topic-config``: Bento argument ``topic_model_tag``, or
+``TOOLCHAIN_TOPIC_EXPORT_DIR``) adds the predicted topic to every ``/classify`` answer; ``/explain``
+keeps explaining the main model.
 Settings are read from ``TOOLCHAIN_*`` environment variables (see :mod:`toolchain.serve.settings`).
 
 Routes: ``POST /classify`` for a sequence-classification export (see :mod:`toolchain.serve.classify`),
@@ -26,7 +29,8 @@ from toolchain.serve import classify as text_classification
 from toolchain.serve import explain as explanation
 from toolchain.serve import ner as token_classification
 from toolchain.serve.gate import BENTOML_ERROR_LOGGER, RequestGate, Route
-from toolchain.serve.metrics import service_metrics
+from toolchain.serve.drift import drift_monitor
+from toolchain.serve.metrics import model_version, service_metrics
 from toolchain.serve.settings import load_settings
 
 log = logging.getLogger("toolchain.serve")
@@ -64,15 +68,28 @@ def served_task() -> str | None:
     return SERVED["task"]
 
 
-def bento_model():
-    """The model packed in the Bento, when this code runs from one built by `toolchain build`."""
-    tag = getattr(BENTO_ARGS, "model_tag", None)
+def bento_model(argument: str = "model_tag"):
+    """The model packed in the Bento (``topic_model_tag``: the topic model), when this code runs from one built
+    by `toolchain build`."""
+    tag = getattr(BENTO_ARGS, argument, None)
     return bentoml.models.BentoModel(tag) if tag else None
 
 
-def serving_layout(settings, model):
-    """Workers x threads for this machine and model (decided once, before the workers start)."""
-    from toolchain.serve.layout import export_layout_figures
+def topic_source(settings, model) -> tuple[str | None, str | None]:
+    """(export dir, variant) of the topic model, (None, None) without one: TOOLCHAIN_TOPIC_EXPORT_DIR wins over
+    the Bento's topic model."""
+    if settings.topic_export_dir:
+        return settings.topic_export_dir, settings.topic_variant
+    if model is None:
+        return None, None
+    # the class attribute is a BentoModel (resolve() names a missing model); an instance sees the stored model
+    stored = (model.stored or model.resolve()) if hasattr(model, "stored") else model
+    return stored.path, settings.topic_variant or getattr(BENTO_ARGS, "topic_variant", None)
+
+
+def serving_layout(settings, model, topic_model=None):
+    """Workers x threads for this machine and model(s) (decided once, before the workers start)."""
+    from toolchain.serve.layout import export_layout_figures, slower_figures
     from toolchain.serve.runtime import wants_gpu
 
     if settings.export_dir:
@@ -82,11 +99,17 @@ def serving_layout(settings, model):
     else:
         source, variant = None, None
     size, measured = export_layout_figures(source, variant)
-    return settings.layout(size, measured, wants_gpu(settings.provider))
+    topic_dir, topic_variant = topic_source(settings, topic_model)
+    if topic_dir is None:
+        return settings.layout(size, measured, wants_gpu(settings.provider))
+    topic_size, topic_measured = export_layout_figures(topic_dir, topic_variant)
+    return settings.layout(size + topic_size, slower_figures(measured, topic_measured), wants_gpu(settings.provider),
+                           models=2)
 
 
 BENTO_MODEL = bento_model()
-LAYOUT = serving_layout(SETTINGS, BENTO_MODEL)
+TOPIC_BENTO_MODEL = bento_model("topic_model_tag")
+LAYOUT = serving_layout(SETTINGS, BENTO_MODEL, TOPIC_BENTO_MODEL)
 log.info("serving layout: %d worker(s) x %d thread(s): %s", LAYOUT.workers, LAYOUT.threads, LAYOUT.why)
 
 
@@ -98,6 +121,7 @@ log.info("serving layout: %d worker(s) x %d thread(s): %s", LAYOUT.workers, LAYO
 )
 class ToolchainService:
     bento_model = BENTO_MODEL
+    topic_bento_model = TOPIC_BENTO_MODEL   # None without a topic model (BentoML packs the models set here)
 
     def __init__(self) -> None:
         from toolchain.serve.runtime import load_model
@@ -116,7 +140,11 @@ class ToolchainService:
         self.route = TASK_ROUTES[self.task]
         SERVED["task"] = self.task
         SERVED_LABELS[:] = self.model.labels
-        self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider)
+        self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider,
+                               model_version(self.settings.model_version, None if self.settings.export_dir else
+                                             self.bento_model, self.config_hash()))
+        self.drift = drift_monitor(self.metrics, self.model)
+        self.classifier = self.with_topic_model()   # what predict runs: the model, or it and the topic model
         self.warm_up()
 
     def model_source(self) -> tuple[str, str | None]:
@@ -127,6 +155,24 @@ class ToolchainService:
             raise RuntimeError("no model to serve: set TOOLCHAIN_EXPORT_DIR=EXPORT_DIR, or serve a Bento built "
                                "by `toolchain build`")
         return self.bento_model.path, self.settings.variant or getattr(BENTO_ARGS, "variant", None)
+
+    def with_topic_model(self):
+        """The main model, or with a topic model configured the two as a TopicPair (the pair checked, both
+        models' checksums verified); the topic model gets its own toolchain_model_info series."""
+        from toolchain.serve.runtime import load_topic_pair
+
+        topic_dir, topic_variant = topic_source(self.settings, self.topic_bento_model)
+        if topic_dir is None:
+            return self.model
+        pair = load_topic_pair(self.model, topic_dir, topic_variant, self.settings, LAYOUT.threads,
+                               LAYOUT.concurrent_models)
+        topic_hash = str(pair.topic.export.manifest.get("run_config_hash") or "unknown")
+        packed = None if self.settings.topic_export_dir else self.topic_bento_model
+        self.metrics.set_model(packed.tag.name if packed else Path(topic_dir).name, pair.topic.variant, topic_hash,
+                               pair.topic.provider, model_version(self.settings.model_version, packed, topic_hash))
+        log.info("topic model %s variant %s beside the main model: %d topics, %s calls", topic_dir,
+                 pair.topic.variant, len(pair.topic.labels), "concurrent" if pair.concurrent else "sequential")
+        return pair
 
     def model_name(self, export_dir: str) -> str:
         if self.settings.export_dir or self.bento_model is None:
@@ -150,11 +196,12 @@ class ToolchainService:
         return self.ready
 
     def predict(self, texts: list[str], observe: bool = True) -> list:
-        output = self.route.infer(self.model, texts)
-        result = self.route.results(texts, output.logits, output.encodings, self.model.labels, output.truncated)
+        output = self.route.infer(self.classifier, texts)
+        result = self.route.results(texts, output.logits, output.encodings, self.classifier.labels, output.truncated)
         if observe:
             self.metrics.observe_model_call(self.task, output.seconds, output.tokens, sum(output.truncated))
             self.metrics.observe_confidence(self.task, self.route.scores(result))
+            self.drift.observe(self.route.scores(result), output.encodings)
         return result
 
     def require(self, task: str) -> None:

@@ -8,6 +8,10 @@ server at start-up with a message naming the variable.
 |-------------------------------|----------------|---------|
 | TOOLCHAIN_EXPORT_DIR          | (Bento model)  | export dir to serve; overrides the model packed in the Bento |
 | TOOLCHAIN_VARIANT             | (manifest)     | ONNX variant to load (fp32, optimized, int8, ...) |
+| TOOLCHAIN_TOPIC_EXPORT_DIR    | (Bento topic model) | export dir of a single-task topic model served beside the main one: /classify adds its topic per text; overrides the topic model packed in the Bento |
+| TOOLCHAIN_TOPIC_VARIANT       | (manifest)     | ONNX variant of the topic model to load |
+| TOOLCHAIN_TOPIC_CALLS         | auto           | how the two models run per batch: auto (concurrently where the worker layout leaves a CPU for it, else one after the other), concurrent, sequential |
+| TOOLCHAIN_MODEL_VERSION       | (Bento tag)    | ``version`` label of toolchain_model_info; default: the Bento model's tag version, else the run config hash (8 characters) |
 | TOOLCHAIN_PROVIDER            | auto           | auto (CUDA when a GPU and onnxruntime-gpu are present), cpu, cuda |
 | TOOLCHAIN_THREADS             | 0              | ONNX Runtime intra-op threads per worker (0 = auto, see toolchain.serve.layout) |
 | TOOLCHAIN_SPIN                | false          | let idle ONNX Runtime threads spin: a little lower latency on dedicated cores, burnt CPU on shared ones |
@@ -46,6 +50,15 @@ ENV_PREFIX = "TOOLCHAIN_"
 class ServeSettings:
     export_dir: str | None = opt(None, "export dir to serve (overrides the model packed in the Bento)")
     variant: str | None = opt(None, "ONNX variant to load; default: the Bento's, else the manifest's serve_variant")
+    model_version: str | None = opt(None, "version label of toolchain_model_info; default: the Bento model's tag "
+                                          "version, else the export's run config hash (8 characters)")
+    topic_export_dir: str | None = opt(None, "export dir of a single-task topic model served beside the main one "
+                                             "(overrides the topic model packed in the Bento)")
+    topic_variant: str | None = opt(None, "ONNX variant of the topic model; default: the Bento's, else its manifest's "
+                                          "serve_variant")
+    topic_calls: str = opt("auto", "with a topic model, how the two models run per batch: auto (concurrently when "
+                                   "the worker layout leaves a CPU for it), concurrent or sequential",
+                           choices=("auto", "concurrent", "sequential"))
     provider: str = opt("auto", "ONNX Runtime execution provider", choices=("auto", "cpu", "cuda"))
     threads: int = opt(0, "ONNX Runtime intra-op threads per worker (0 = auto from the export's measured "
                           "thread scaling)", min=0, max=256)
@@ -74,12 +87,13 @@ class ServeSettings:
     def source_allow_list(self) -> frozenset[str]:
         return frozenset(t.strip() for t in f"{self.sources},{self.topics}".split(",") if t.strip())
 
-    def layout(self, model_bytes: int = 0, measured: dict | None = None, gpu: bool = False):
-        """Workers x threads for this machine (toolchain.serve.layout), these settings overriding."""
+    def layout(self, model_bytes: int = 0, measured: dict | None = None, gpu: bool = False, models: int = 1):
+        """Workers x threads for this machine (toolchain.serve.layout), these settings overriding; ``models`` is
+        2 with a topic model (``model_bytes`` then the two models' bytes together)."""
         from toolchain.serve.layout import choose_layout, memory_limit_bytes
 
         return choose_layout(available_cpus(), memory_limit_bytes(), model_bytes, measured, self.workers,
-                             self.threads, gpu)
+                             self.threads, gpu, models, self.topic_calls)
 
 
 def available_cpus() -> int:
