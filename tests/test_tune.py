@@ -198,7 +198,15 @@ def test_a_study_refuses_another_configuration(fake_overrides, space_file, tmp_p
 def test_timeout_starts_no_further_trial(fake_overrides, space_file, tmp_path, monkeypatch, capsys):
     from toolchain.train import runner
 
-    monkeypatch.setattr(runner, "train", fake_train([]))
+    import time
+
+    quick = fake_train([])
+
+    def slow_train(*args, **kwargs):   # a trial outlasts the 0.12 s budget on any machine
+        time.sleep(0.3)
+        return quick(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", slow_train)
     assert tune(fake_overrides, space_file, tmp_path / "study", 5, "--timeout", "0.002") == 0
     out = capsys.readouterr()
     assert "--timeout 0.002 min reached" in out.err + out.out and len(load_trials(tmp_path / "study")) == 1
