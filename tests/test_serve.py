@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from test_serve_support import (HASHED_KEY, PLAIN_KEY, Server, built, metric_samples, metric_total,  # noqa: F401
+from test_serve_support import (HASHED_KEY, PLAIN_KEY, Server, built, flip_middle_byte, never_ready, metric_samples, metric_total,  # noqa: F401
                                 raw_request, read_response, toolchain_env, write_keys)
 
 pytestmark = pytest.mark.server
@@ -372,19 +372,11 @@ def test_tampered_model_file_stops_startup_loudly(built, tmp_path):
     copy = tmp_path / "export"
     shutil.copytree(built.export_dir, copy)
     model_file = load_export(copy).variant_file(served_variant(copy))
-    with open(model_file, "r+b") as handle:  # flip one byte in the middle of the weights
-        handle.seek(model_file.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, 1)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_middle_byte(model_file)
     env = toolchain_env(built.home, TOOLCHAIN_API_KEYS=PLAIN_KEY, TOOLCHAIN_EXPORT_DIR=str(copy),
                         BENTOML_CONTAINERIZED="true")  # as in the container image: no worker respawn
     running = Server(built.tag, env, tmp_path / "server.log")
-    ever_ready, deadline = False, time.time() + 120
-    while running.process.poll() is None and not ever_ready and time.time() < deadline:
-        ever_ready = running.ready()
-        time.sleep(0.3)
-    code = running.stop()
-    assert not ever_ready and code != 0
+    stayed_unready, code = never_ready(running)
+    assert stayed_unready and code != 0
     output = running.output()
     assert f"{model_file.name}: sha256" in output and "does not match the manifest" in output

@@ -133,6 +133,24 @@ class Server:
         return self.process.returncode
 
 
+def flip_middle_byte(path: Path) -> None:
+    """Alter a model file in place: one byte in the middle of the weights inverted."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def never_ready(running: "Server", seconds: float = 120) -> tuple[bool, int]:
+    """(whether the server ever answered ready, its exit code): polls until it exits or the time is up."""
+    ever_ready, deadline = False, time.time() + seconds
+    while running.process.poll() is None and not ever_ready and time.time() < deadline:
+        ever_ready = running.ready()
+        time.sleep(0.3)
+    return not ever_ready, running.stop()
+
+
 def metric_samples(text: str, name: str) -> dict[tuple, float]:
     """{sorted label items: value} of one metric in Prometheus text format."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from test_serve_support import PLAIN_KEY, Server, built, metric_samples, metric_total, toolchain_env, write_keys  # noqa: F401
+from test_serve_support import PLAIN_KEY, Server, built, flip_middle_byte, metric_samples, never_ready, metric_total, toolchain_env, write_keys  # noqa: F401
 
 pytestmark = pytest.mark.server
 
@@ -214,20 +214,12 @@ def test_an_altered_topic_model_file_stops_startup_and_readiness_stays_false(top
     copy = tmp_path / "topic-export"
     shutil.copytree(topic_build.topic_export_dir, copy)
     model_file = load_export(copy).variant_file()
-    with open(model_file, "r+b") as handle:   # flip one byte in the middle of the weights
-        handle.seek(model_file.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, 1)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_middle_byte(model_file)
     env = toolchain_env(topic_build.home, TOOLCHAIN_API_KEYS=PLAIN_KEY, TOOLCHAIN_TOPIC_EXPORT_DIR=str(copy),
                         BENTOML_CONTAINERIZED="true")   # as in the container image: no worker respawn
     running = Server(topic_build.tag, env, tmp_path / "server.log")
-    ever_ready, deadline = False, time.time() + 120
-    while running.process.poll() is None and not ever_ready and time.time() < deadline:
-        ever_ready = running.ready()
-        time.sleep(0.3)
-    code = running.stop()
-    assert not ever_ready and code != 0
+    stayed_unready, code = never_ready(running)
+    assert stayed_unready and code != 0
     assert f"{model_file.name}: sha256" in running.output() and "does not match the manifest" in running.output()
 
 
