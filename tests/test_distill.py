@@ -58,6 +58,38 @@ def test_alpha_zero_is_the_plain_cross_entropy():
     assert DistillLoss(0.7, 2.0)(logits, labels, teacher).item() != pytest.approx(plain.item(), rel=1e-3)
 
 
+def test_token_loss_is_the_mean_kl_over_the_tokens_with_a_teacher_row():
+    """NER: per-token KL, averaged over the tokens whose teacher row is set (padding and unlabelled pieces are
+    zero rows); the hard part is the cross-entropy over the labelled tokens."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 3, generator=generator)
+    labels = torch.tensor([[IGNORE, 0, 2, IGNORE], [IGNORE, 1, IGNORE, IGNORE]])
+    teacher = torch.softmax(torch.randn(2, 4, 3, generator=generator), -1) * (labels != IGNORE)[..., None]
+    loss = DistillLoss(alpha=0.6, temperature=2.0)
+    kept = [(0, 1), (0, 2), (1, 1)]
+    flat_logits = torch.stack([logits[i, j] for i, j in kept])
+    flat_labels = torch.tensor([labels[i, j] for i, j in kept])
+    flat_teacher = torch.stack([teacher[i, j] for i, j in kept])
+    expected = formula(flat_logits, flat_labels, flat_teacher, 0.6, 2.0)
+    assert float(loss(logits, labels, teacher)) == pytest.approx(expected, rel=1e-5)
+    assert loss.soft(logits, teacher).shape == (3,)
+
+
+def test_collator_pads_per_token_teacher_rows_to_the_batch(tiny_bert):
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    collate = TeacherCollator(DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE))
+    features = [{"input_ids": [2, 5, 6, 3], "attention_mask": [1] * 4, "labels": [IGNORE, 0, 1, IGNORE],
+                 TEACHER_KEY: [[0, 0], [0.9, 0.1], [0.2, 0.8], [0, 0]]},
+                {"input_ids": [2, 7, 3], "attention_mask": [1] * 3, "labels": [IGNORE, 1, IGNORE],
+                 TEACHER_KEY: [[0, 0], [0.3, 0.7], [0, 0]]}]
+    batch = collate(features)
+    assert batch[TEACHER_KEY].shape == (2, 4, 2) and batch["labels"].shape == (2, 4)
+    assert batch[TEACHER_KEY][1, 3].tolist() == [0.0, 0.0]
+    assert batch[TEACHER_KEY][1, 1].tolist() == pytest.approx([0.3, 0.7])
+
+
 def test_unlabeled_examples_get_only_the_soft_loss():
     """d loss / d z of an unlabeled item is alpha * T * (softmax(z/T) - teacher) / batch: the soft term alone; an
     unlabeled item that already matches its teacher pulls nothing, a labelled one with the same logits does."""
@@ -134,8 +166,9 @@ def test_mixin_composes_with_the_head_loss_trainer(tiny_bert, tmp_path):
 def test_config_errors_name_the_key(tiny_overrides):
     with pytest.raises(ConfigError, match="distill.unlabeled: needs distill.teacher"):
         load_config("sentiment-full", ["distill.unlabeled=u.jsonl"])
-    with pytest.raises(ConfigError, match="distill.teacher: distillation is for sequence classification"):
-        load_config("ner-conll-full", ["distill.teacher=runs/x"])
+    assert load_config("ner-conll-full", ["distill.teacher=runs/x"]).distill.teacher == "runs/x"
+    with pytest.raises(ConfigError, match="distill.unlabeled: unlabeled texts are for sequence classification"):
+        load_config("ner-conll-full", ["distill.teacher=runs/x", "distill.unlabeled=u.jsonl"])
     with pytest.raises(ConfigError, match="distill.alpha: 1.5 is above the maximum"):
         load_config("sentiment-full", ["distill.teacher=runs/x", "distill.alpha=1.5"])
     with pytest.raises(ConfigError, match="distill.temperature: 0.0 is below the minimum"):
@@ -280,3 +313,94 @@ def test_export_compresses_the_distilled_student(distilled, tmp_path):
     info.verify()
     report = json.loads((out / "report.json").read_text())
     assert report["gate"]["passed"]
+
+
+# --------------------------------------------------------------------------- NER
+
+def swapped_tags(path, target):
+    """The CoNLL file with PER and ORG swapped in every tag."""
+    swap = {"PER": "ORG", "ORG": "PER"}
+    lines = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3][2:] in swap:
+            parts[3] = parts[3][:2] + swap[parts[3][2:]]
+        lines.append(" ".join(parts))
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+@pytest.fixture(scope="module")
+def ner_distilled(tmp_path_factory, tiny_bert, tiny_conll):
+    """A NER teacher trained with PER and ORG swapped, then two students of the true tags with the same seed
+    and settings: one plain, one distilled from that teacher (alpha 0.9)."""
+    root = tmp_path_factory.mktemp("ner-distill")
+    common = [f"model.base={tiny_bert}", "train.batch_size=8", "train.eval_steps=20", "train.learning_rate=5e-3",
+              "data.max_length=32", "train.early_stopping_patience=0", "train.precision=fp32", "train.epochs=4"]
+    teacher_data = [f"data.{s}={swapped_tags(tiny_conll[s], root / f'swapped-{s}.txt')}" for s in ("train", "dev", "test")]
+    assert main(["train", "--config", "ner-conll-full", *common, *teacher_data, f"output_dir={root / 'teacher'}"]) == 0
+    student = [*common, *(f"data.{s}={tiny_conll[s]}" for s in ("train", "dev", "test")), "data.subtoken_labels=all"]
+    assert main(["train", "--config", "ner-conll-full", *student, f"output_dir={root / 'plain'}"]) == 0
+    assert main(["train", "--config", "ner-conll-full", *student, f"output_dir={root / 'student'}",
+                 f"distill.teacher={root / 'teacher'}", "distill.alpha=0.9", "distill.temperature=1"]) == 0
+    return {k: root / k for k in ("teacher", "plain", "student")}
+
+
+def test_ner_student_follows_its_teacher_token_by_token(ner_distilled, tiny_conll):
+    from toolchain.ensemble import ensemble_probabilities, gold_ids, labelled_examples
+    from toolchain.artifacts import load_run
+
+    teacher_run = load_run(ner_distilled["teacher"])
+    labels = list(teacher_run.labels)
+    examples, _ = labelled_examples(teacher_run, None, "test")
+    gold = gold_ids(teacher_run, examples, labels)
+    scored = gold != IGNORE
+
+    def probs(name):
+        return ensemble_probabilities([load_run(ner_distilled[name])], examples, labels)[0]
+
+    teacher, plain, student = probs("teacher"), probs("plain"), probs("student")
+    width = gold.shape[1]
+
+    def agreement(p):
+        return float(np.mean((p[:, :width].argmax(-1) == teacher[:, :width].argmax(-1))[scored]))
+
+    # the teacher swapped PER and ORG: the plain student follows the true tags, the distilled one the teacher
+    assert agreement(student) >= agreement(plain) + 0.1, (agreement(student), agreement(plain))
+    record = json.loads((ner_distilled["student"] / "metrics.json").read_text())["distill"]
+    assert record["student_test_agreement"] == pytest.approx(agreement(student), abs=0.02)
+    assert set(record["teacher_test"]) == {"f1", "precision", "recall"}
+    from toolchain.evaluate import evaluate_file
+
+    on_student_test = evaluate_file(str(ner_distilled["teacher"]), str(tiny_conll["test"]))   # the true tags
+    assert record["teacher_test"]["f1"] == pytest.approx(on_student_test["f1"], abs=1e-6)
+    assert record["train_examples"] == 80 and record["unlabeled"] is None
+
+
+def test_ner_test_predictions_keep_the_test_files_order(ner_distilled, tiny_conll):
+    """ner-conll-full batches by length (group_by_length), which also reorders transformers' evaluation batches:
+    the final predictions must still follow the test file, window by window."""
+    from toolchain.artifacts import load_run
+    from toolchain.ensemble import labelled_examples
+
+    run = load_run(ner_distilled["plain"])
+    assert run.config["train"]["group_by_length"] is True
+    examples, _ = labelled_examples(run, None, "test")
+    recorded = json.loads((ner_distilled["plain"] / "test_predictions.json").read_text())["gold"]
+    words = [tag for ex in examples for tag in ex.label]
+    assert [tag for window in recorded for tag in window] == words
+
+
+def test_ner_teacher_with_another_vocabulary_is_refused(ner_distilled, tiny_ner_overrides, tmp_path):
+    import shutil
+
+    from toolchain.train.runner import train
+
+    other = tmp_path / "other-teacher"
+    shutil.copytree(ner_distilled["teacher"], other)
+    vocab = other / "model" / "vocab.txt"
+    words = vocab.read_text().splitlines()
+    vocab.write_text("\n".join(words[:-1] + ["zzzunseen"]) + "\n")
+    (other / "model" / "tokenizer.json").unlink(missing_ok=True)   # rebuilt from vocab.txt
+    with pytest.raises(ConfigError, match=r"other-teacher has another vocabulary"):
+        train(load_config("ner-conll-full", [*tiny_ner_overrides, f"distill.teacher={other}"]))

@@ -226,8 +226,12 @@ class RunConfig:
         if not self.distill.teacher:
             raise ConfigError("distill.unlabeled: needs distill.teacher (unlabeled texts are trained on the teacher's "
                               "probabilities only)")
-        if self.model.task != "sequence-classification":
-            raise ConfigError(f"distill.teacher: distillation is for sequence classification, not {self.model.task!r}")
+        if self.model.task not in ("sequence-classification", "token-classification"):
+            raise ConfigError(f"distill.teacher: distillation is for sequence or token classification, not "
+                              f"{self.model.task!r}")
+        if self.distill.unlabeled and self.model.task != "sequence-classification":
+            raise ConfigError("distill.unlabeled: unlabeled texts are for sequence classification; a token-"
+                              "classification student is distilled on its labelled sentences")
         if self.topic.train:
             raise ConfigError("distill.teacher: distilling a model with a topic head is not supported; distill the "
                               "single-task model")

@@ -37,10 +37,15 @@ def load_run_model(run: RunInfo, merge: bool = False):
 def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size: int = 64) -> np.ndarray:
     """Logits for examples in order (sequence tasks: (n, labels); token tasks: padded (n, len, labels))."""
     dataset = task.encode(examples, tokenizer, None, max_length)
-    collate = task.collator(tokenizer)
+    return feature_logits(model, task.collator(tokenizer), dataset.features, batch_size)
+
+
+@torch.no_grad()
+def feature_logits(model, collate, features: list[dict], batch_size: int = 64) -> np.ndarray:
+    """Logits of already encoded features, in order (token tasks: padded to the longest feature)."""
     outputs = []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for start in range(0, len(features), batch_size):
+        batch = collate(features[start:start + batch_size])
         batch = {k: v for k, v in batch.items() if k != "labels"}
         outputs.append(model(**batch).logits.float().cpu().numpy())
     if outputs and outputs[0].ndim == 3:  # token classification: pad to a common length

@@ -2,7 +2,10 @@
 
 The teacher (``distill.teacher``) is one run dir, a comma list of run dirs or a seed group: an ensemble
 whose probabilities are the mean of its members' (:mod:`toolchain.ensemble`), of any method or base model
-(a larger model is brought as a run dir trained with ``model.base=...``). Its tempered probabilities,
+(a larger model is brought as a run dir trained with ``model.base=...``). For token classification (NER) the
+teachers must share the student's vocabulary: they read the student's own encoded windows, and the soft loss
+is the mean per-token KL over the tokens that carry a label (``data.subtoken_labels=all``: every word piece);
+unlabeled text is for sequence classification only. Its tempered probabilities,
 ``mean_m softmax(z_m / T)``, are computed once before training on the training split and on the unlabeled
 texts (``distill.unlabeled``) and carried with each example as ``teacher_probs``. The loss, a small
 Trainer mixin that overrides ``compute_loss`` as the head loss does, is
@@ -37,10 +40,12 @@ class DistillLoss:
         self.alpha, self.temperature = alpha, temperature
 
     def soft(self, logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-        """Per example: KL(teacher || softmax(logits / T)) * T^2 (teacher_probs are already tempered)."""
+        """Per example (per scored token for token logits): KL(teacher || softmax(logits / T)) * T^2 (teacher_probs
+        are already tempered; a token's all-zero teacher row, padding or a token without a label, is left out)."""
         teacher = teacher_probs.float()
         log_student = F.log_softmax(logits.float() / self.temperature, dim=-1)
-        return (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1) * self.temperature ** 2
+        kl = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1) * self.temperature ** 2
+        return kl[teacher.sum(-1) > 0] if kl.dim() > 1 else kl
 
     @staticmethod
     def hard(logits: torch.Tensor, labels: torch.Tensor | None, head_loss=None) -> torch.Tensor:
@@ -56,7 +61,9 @@ class DistillLoss:
         hard = self.hard(logits, labels, head_loss)
         if teacher_probs is None:
             return hard
-        return self.alpha * self.soft(logits, teacher_probs).mean() + (1 - self.alpha) * hard
+        soft = self.soft(logits, teacher_probs)
+        soft = soft.mean() if soft.numel() else logits.float().sum() * 0.0
+        return self.alpha * soft + (1 - self.alpha) * hard
 
 
 class TeacherCollator:
@@ -69,6 +76,9 @@ class TeacherCollator:
         teacher = [f.get(TEACHER_KEY) for f in features]
         batch = self.collate([{k: v for k, v in f.items() if k != TEACHER_KEY} for f in features])
         if all(t is not None for t in teacher):
+            if isinstance(teacher[0][0], list):   # per-token rows: zero rows up to the batch's padded length
+                width, classes = batch["input_ids"].shape[1], len(teacher[0][0])
+                teacher = [t + [[0.0] * classes] * (width - len(t)) for t in teacher]
             batch[TEACHER_KEY] = torch.tensor(teacher, dtype=torch.float32)
         return batch
 
@@ -205,7 +215,8 @@ class Distillation:
         note_other_test_sets(teachers, splits.files.get("test", {}).get("sha256"))
         d = cfg.distill
         unlabeled = read_unlabeled(d.unlabeled, d.max_unlabeled) if d.unlabeled else []
-        check_no_overlap(unlabeled, {"dev": splits.dev, "test": splits.test})
+        if unlabeled:
+            check_no_overlap(unlabeled, {"dev": splits.dev, "test": splits.test})
         return cls(cfg, labels, teachers, unlabeled)
 
     def attach(self, task, splits, datasets: dict, tokenizer) -> None:
@@ -213,6 +224,8 @@ class Distillation:
         from toolchain.tasks.base import FeatureDataset
 
         d, train, unlabeled = self.cfg.distill, datasets["train"], self.unlabeled
+        if self.cfg.model.task == "token-classification":
+            return self.attach_tokens(task, datasets, tokenizer)
         if len(train.features) != len(splits.train):
             raise ConfigError(f"distill.teacher: {len(train.features)} training features for {len(splits.train)} "
                               f"examples; distillation needs one feature per example")
@@ -226,23 +239,72 @@ class Distillation:
             features += unlabeled_features(self.cfg, task, tokenizer, unlabeled, tempered[n_train:])
         datasets["train"] = FeatureDataset(features)
         self.test_probs = tempered_mean([z[n_seen:] for z in logits], 1.0)
-        self.record = {"teachers": [teacher_entry(run) for run in self.teachers], "alpha": d.alpha,
-                       "temperature": d.temperature, "train_examples": n_train,
-                       "unlabeled": unlabeled_record(d, len(unlabeled))}
+        self.record = self.base_record(n_train, len(unlabeled))
+
+    def attach_tokens(self, task, datasets: dict, tokenizer) -> None:
+        """Token classification: each teacher reads the student's own windows (same vocabulary, checked); a
+        token's teacher row is kept where the token carries a label and zeroed elsewhere (left out of the loss)."""
+        from toolchain.tasks.base import FeatureDataset
+
+        check_same_vocabulary(self.teachers, tokenizer)
+        train, test = datasets["train"].features, datasets["test"].features
+        print(f"distill: teacher probabilities (T={self.cfg.distill.temperature:g}) of {len(train)} training windows "
+              f"from {len(self.teachers)} teacher run(s)", flush=True)
+        logits = [window_logits(run, task, tokenizer, train + test, self.labels) for run in self.teachers]
+        tempered = tempered_mean([z[:len(train)] for z in logits], self.cfg.distill.temperature)
+        features = []
+        for feature, probs in zip(train, tempered):
+            rows = probs[:len(feature["input_ids"])] * (np.asarray(feature["labels"]) != IGNORE)[:, None]
+            features.append({**feature, TEACHER_KEY: rows.tolist()})
+        datasets["train"] = FeatureDataset(features)
+        self.test_probs = tempered_mean([z[len(train):] for z in logits], 1.0)
+        self.record = self.base_record(len(train), 0)
+
+    def base_record(self, n_train: int, n_unlabeled: int) -> dict:
+        d = self.cfg.distill
+        return {"teachers": [teacher_entry(run) for run in self.teachers], "alpha": d.alpha,
+                "temperature": d.temperature, "train_examples": n_train, "unlabeled": unlabeled_record(d, n_unlabeled)}
 
     def trainer_class(self, trainer_cls: type) -> type:
         return with_distillation(trainer_cls)
 
     def report(self, student_logits: np.ndarray, gold: np.ndarray, labels: list[str], task) -> dict:
-        """The record plus the teacher's test metrics on this run's test split and the student's closeness."""
+        """The record plus the teacher's test metrics on this run's test split and the student's closeness
+        (token classification: over the tokens that carry a gold label)."""
         from toolchain.ensemble import softmax
 
         student, teacher = softmax(student_logits), self.test_probs
+        scored = np.ones(len(student), dtype=bool)
+        if student.ndim == 3:   # align the teacher's padded width with the student's, then keep gold tokens
+            width = student.shape[1]
+            teacher = np.pad(teacher[:, :width], ((0, 0), (0, max(0, width - teacher.shape[1])), (0, 0)))
+            scored = np.asarray(gold) != IGNORE
         kl = (np.where(teacher > 0, teacher * np.log(np.clip(teacher, 1e-12, None)), 0.0)
               - teacher * np.log(np.clip(student, 1e-12, None))).sum(-1)
         return {**self.record, "teacher_test": task.summary(task.metrics(teacher, gold, labels)),
-                "student_test_agreement": float(np.mean(student.argmax(-1) == teacher.argmax(-1))),
-                "student_test_kl": float(kl.mean())}
+                "student_test_agreement": float(np.mean((student.argmax(-1) == teacher.argmax(-1))[scored])),
+                "student_test_kl": float(kl[scored].mean())}
+
+
+def check_same_vocabulary(teachers: list[RunInfo], tokenizer) -> None:
+    """A token-classification teacher reads the student's word pieces: it needs the same vocabulary."""
+    from toolchain.modeling import load_tokenizer
+
+    vocabulary = tokenizer.get_vocab()
+    for run in teachers:
+        if load_tokenizer(str(run.model_dir)).get_vocab() != vocabulary:
+            raise ConfigError(f"distill.teacher: {run.path} has another vocabulary than this run's base model: a "
+                              f"token-classification teacher must share the student's tokenizer")
+
+
+def window_logits(run: RunInfo, task, tokenizer, features: list[dict], labels: list[str]) -> np.ndarray:
+    """A teacher's token logits on encoded windows (padded), columns in the order of ``labels``."""
+    from toolchain.evaluate import feature_logits, load_run_model
+
+    model, _ = load_run_model(run)
+    inputs = [{k: v for k, v in f.items() if k not in ("labels", TEACHER_KEY)} for f in features]
+    logits = feature_logits(model, task.collator(tokenizer), inputs)
+    return logits[..., [run.labels.index(label) for label in labels]]
 
 
 def unlabeled_features(cfg: RunConfig, task, tokenizer, unlabeled: list[Example], probs: np.ndarray) -> list[dict]:

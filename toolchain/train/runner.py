@@ -304,6 +304,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     elapsed = time.time() - started
 
+    # group_by_length also reorders evaluation batches (transformers' eval sampler): the final predictions keep
+    # the split's order, so test_predictions.json, the distillation report and paired comparisons line up
+    trainer.args.group_by_length = False
     dev = trainer.predict(datasets["dev"])
     test = trainer.predict(datasets["test"])
     if is_main() and not has_topic_head(labels):

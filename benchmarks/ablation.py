@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""What each accuracy lever contributes on PhraseBank allagree, 3 seeds each, with its cost in training minutes.
+
+Every lever is the ``sentiment-full`` preset plus a few overrides (``LEVERS``); each seed is its own run dir
+``runs/abl/LEVER/seed-S`` and each lever a seed group (``seeds.json``), so ``toolchain compare`` and
+``toolchain ensemble`` read them directly. Every run is also scored on SEntFiN test (out of domain, never
+trained on). ``export`` compresses a lever's runs with the export preset (int8 through the gate, temperature
+fitted on dev) and reads the served variant's test metrics and calibration error from each report.
+
+    python benchmarks/ablation.py pretrain                          # DAPT base: runs/abl/pretrain/model
+    python benchmarks/ablation.py train --levers baseline eda dapt --jobs 2
+    python benchmarks/ablation.py ensemble --name baseline3 --members baseline
+    python benchmarks/ablation.py train --levers distill            # teacher: the ensemble's members
+    python benchmarks/ablation.py export --levers baseline distill
+    python benchmarks/ablation.py table                             # results/ablation.{json,md}
+
+Each training is one process with one thread (``--jobs 2`` runs two at once on two cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from update_scenario import data_root, mean_std, run_logged
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "abl"
+EXPORTS = ROOT / "exports" / "abl"
+RESULTS = ROOT / "benchmarks" / "results"
+DAPT = RUNS / "pretrain" / "model"
+UNLABELED = ROOT / "runs" / "unlabeled-finance.jsonl"
+SEEDS = (42, 43, 44)
+
+
+def teacher(ensemble: str) -> str:
+    """The comma list of an ensemble's member runs (written by the ``ensemble`` step)."""
+    path = RUNS / f"ensemble-{ensemble}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: run `ensemble --name {ensemble} --members ...` first")
+    return ",".join(json.loads(path.read_text())["runs"])
+
+
+# lever -> (preset, overrides); callables are resolved when the lever is trained (its inputs exist by then)
+LEVERS = {
+    "baseline": ("sentiment-full", []),
+    "eda": ("sentiment-full", ["augment.method=eda", "augment.copies=1", "augment.p=0.1"]),
+    "mlm": ("sentiment-full", ["augment.method=mlm", "augment.copies=1", "augment.p=0.15", f"augment.mlm_model={DAPT}"]),
+    "fgm": ("sentiment-fgm", []),
+    "lora": ("sentiment-lora", []),
+    "dapt": ("sentiment-full", [f"model.base={DAPT}"]),
+    "distill": ("sentiment-distill", [lambda: f"distill.teacher={teacher('baseline3')}", f"distill.unlabeled={UNLABELED}"]),
+    "all": ("sentiment-distill", [f"model.base={DAPT}", "augment.method=eda", "augment.copies=1", "augment.p=0.1",
+                                  lambda: f"distill.teacher={teacher('best')}", f"distill.unlabeled={UNLABELED}"]),
+}
+
+
+def resolved(lever: str) -> tuple[str, list[str]]:
+    preset, overrides = LEVERS[lever]
+    return preset, [o() if callable(o) else o for o in overrides]
+
+
+def sentfin() -> Path:
+    return data_root() / "sentfin" / "test.jsonl"
+
+
+def train_one(lever: str, seed: int) -> None:
+    out = RUNS / lever / f"seed-{seed}"
+    if not (out / "metrics.json").is_file():
+        preset, overrides = resolved(lever)
+        run_logged(["toolchain", "train", "--config", preset, f"output_dir={out}", f"train.seed={seed}", *overrides],
+                   ROOT / "logs" / f"abl-{lever}-s{seed}.log")
+    if not (out / "sentfin.json").is_file():
+        run_logged(["toolchain", "evaluate", str(out), "--data", str(sentfin()), "--json", str(out / "sentfin.json")],
+                   ROOT / "logs" / f"abl-{lever}-s{seed}-sentfin.log")
+
+
+def summarize_group(lever: str) -> None:
+    from toolchain.train.seeds import GROUP_FILE, summarize
+
+    runs = sorted(str(p.parent) for p in (RUNS / lever).glob("seed-*/metrics.json"))
+    if runs:
+        (RUNS / lever / GROUP_FILE).write_text(json.dumps(summarize(runs), indent=2) + "\n")
+
+
+def ensemble(name: str, members: list[str]) -> None:
+    """Average the members' probabilities on allagree test and on SEntFiN: runs/abl/ensemble-NAME.json."""
+    runs = sorted(str(p.parent) for m in members for p in (RUNS / m).glob("seed-*/metrics.json"))
+    result = {"members": members, "runs": runs}
+    for split, data in (("test", None), ("sentfin", sentfin())):
+        out = RUNS / f"ensemble-{name}-{split}.json"
+        cmd = ["toolchain", "ensemble", *runs, "--json", str(out)] + (["--data", str(data)] if data else [])
+        run_logged(cmd, ROOT / "logs" / f"abl-ensemble-{name}-{split}.log")
+        result[split] = json.loads(out.read_text())["ensemble"]
+    (RUNS / f"ensemble-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def export_one(lever: str, seed: int) -> None:
+    out = EXPORTS / f"{lever}-s{seed}"
+    if not (out / "report.json").is_file():
+        run_logged(["toolchain", "export", str(RUNS / lever / f"seed-{seed}"), "--out", str(out), "latency.rounds=5"],
+                   ROOT / "logs" / f"abl-export-{lever}-s{seed}.log")
+
+
+def served_row(lever: str) -> dict:
+    """The served variant's test metrics and ECE (before / after temperature) of each exported seed."""
+    row = {"variant": [], "acc": [], "f1": [], "ece_before": [], "ece_after": [], "temperature": []}
+    for report_file in sorted(EXPORTS.glob(f"{lever}-s*/report.json")):
+        report = json.loads(report_file.read_text())
+        variant = report["serve_variant"]
+        test = report["variants"][variant]["test"]
+        calibration = report.get("calibration", {}).get(variant, {}).get("main", {})
+        row["variant"].append(variant)
+        row["acc"].append(test["accuracy"])
+        row["f1"].append(test["macro_f1"])
+        for key, name in (("ece_before", "test_ece_before"), ("ece_after", "test_ece_after"), ("temperature", "temperature")):
+            if name in calibration:
+                row[key].append(calibration[name])
+    return row
+
+
+def collect() -> dict:
+    rows = {}
+    for lever in LEVERS:
+        runs = sorted((RUNS / lever).glob("seed-*/metrics.json"))
+        if not runs:
+            continue
+        row = {"seeds": [], "acc": [], "f1": [], "sf_acc": [], "sf_f1": [], "train_minutes": []}
+        for metrics_file in runs:
+            metrics = json.loads(metrics_file.read_text())
+            row["seeds"].append(int(metrics_file.parent.name.split("-")[1]))
+            row["acc"].append(metrics["test"]["accuracy"])
+            row["f1"].append(metrics["test"]["macro_f1"])
+            row["train_minutes"].append(metrics["train"]["wall_seconds"] / 60)
+            sf_file = metrics_file.parent / "sentfin.json"
+            if sf_file.is_file():
+                sf = json.loads(sf_file.read_text())
+                row["sf_acc"].append(sf["accuracy"])
+                row["sf_f1"].append(sf["macro_f1"])
+        row["overrides"] = resolved_safely(lever)
+        row["served"] = served_row(lever)
+        rows[lever] = row
+    ensembles = {p.stem.removeprefix("ensemble-"): json.loads(p.read_text())
+                 for p in sorted(RUNS.glob("ensemble-*.json")) if p.stem.count("-") == 1}
+    return {"levers": rows, "ensembles": ensembles}
+
+
+def resolved_safely(lever: str) -> list[str]:
+    try:
+        return resolved(lever)[1]
+    except SystemExit:
+        return [o if isinstance(o, str) else "distill.teacher=(ensemble members)" for o in LEVERS[lever][1]]
+
+
+def cell(values: list[float]) -> str:
+    return mean_std(values) if values else "-"
+
+
+def table(result: dict) -> str:
+    lines = ["| lever | seeds | allagree test acc | macro-F1 | served int8 acc | served macro-F1 | served ECE raw -> "
+             "calibrated | SEntFiN acc | SEntFiN macro-F1 | train min (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for lever, r in result["levers"].items():
+        s = r["served"]
+        ece = f"{cell(s['ece_before'])} -> {cell(s['ece_after'])}" if s["ece_after"] else "-"
+        lines.append(f"| {lever} | {len(r['seeds'])} | {cell(r['acc'])} | {cell(r['f1'])} | {cell(s['acc'])} | "
+                     f"{cell(s['f1'])} | {ece} | {cell(r['sf_acc'])} | {cell(r['sf_f1'])} | "
+                     f"{statistics.median(r['train_minutes']):.1f} |")
+    for name, e in result["ensembles"].items():
+        lines.append(f"| ensemble {name} ({len(e['runs'])} runs: {'+'.join(e['members'])}) | - | "
+                     f"{100 * e['test']['accuracy']:.2f} | {100 * e['test']['macro_f1']:.2f} | - | - | - | "
+                     f"{100 * e['sentfin']['accuracy']:.2f} | {100 * e['sentfin']['macro_f1']:.2f} | - |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("pretrain", "train", "ensemble", "export", "table"))
+    parser.add_argument("--levers", nargs="+", default=["baseline"], choices=list(LEVERS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--name", help="ensemble step: its name (baseline3, best: the teachers of distill / all)")
+    parser.add_argument("--members", nargs="+", default=[], help="ensemble step: levers whose seeds it averages")
+    args = parser.parse_args(argv)
+    if args.step == "pretrain" and not (DAPT / "config.json").is_file():
+        run_logged(["toolchain", "pretrain", "--config", "pretrain-finance-news", f"output_dir={DAPT.parent}"],
+                   ROOT / "logs" / "abl-pretrain.log")
+    if args.step == "train" and any(lever in ("distill", "all") for lever in args.levers) and not UNLABELED.is_file():
+        subprocess.check_call([sys.executable, str(ROOT / "benchmarks" / "unlabeled_text.py"), "--output", str(UNLABELED)])
+    jobs = [(lever, seed) for lever in args.levers for seed in args.seeds]
+    if args.step in ("train", "export"):
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: (train_one if args.step == "train" else export_one)(*job), jobs))
+        for lever in args.levers:
+            summarize_group(lever)
+    if args.step == "ensemble":
+        if not args.name or not args.members:
+            parser.error("ensemble: needs --name and --members")
+        ensemble(args.name, args.members)
+    result = collect()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = table(result)
+    (RESULTS / "ablation.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
