@@ -42,16 +42,22 @@ def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size
 
 @torch.no_grad()
 def feature_logits(model, collate, features: list[dict], batch_size: int = 64) -> np.ndarray:
-    """Logits of already encoded features, in order (token tasks: padded to the longest feature)."""
+    """Logits of already encoded features, in order (token tasks: padded to the longest feature). Batches are
+    cut from the features sorted by length, so short texts are not padded to a long neighbour's length."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     outputs = []
-    for start in range(0, len(features), batch_size):
-        batch = collate(features[start:start + batch_size])
+    for start in range(0, len(order), batch_size):
+        batch = collate([features[i] for i in order[start:start + batch_size]])
         batch = {k: v for k, v in batch.items() if k != "labels"}
         outputs.append(model(**batch).logits.float().cpu().numpy())
     if outputs and outputs[0].ndim == 3:  # token classification: pad to a common length
         width = max(o.shape[1] for o in outputs)
         outputs = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in outputs]
-    return np.concatenate(outputs)
+    if not outputs:
+        return np.zeros((0,))
+    logits = np.empty_like(np.concatenate(outputs))
+    logits[order] = np.concatenate(outputs)
+    return logits
 
 
 def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides: dict | None = None) -> dict:
