@@ -73,7 +73,7 @@ def served_predictions(export_dir: Path, texts: list[str], batch: int = 32, log:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolchain.artifacts import load_export
+    from toolchain.artifacts import load_export, load_run
     from toolchain.export.calibration import expected_calibration_error
     from toolchain.tasks.classification import classification_metrics
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = json.loads((args.export_dir / "report.json").read_text())
     variant = report["serve_variant"]
-    data = args.data or Path(load_export(args.export_dir).run_config["data"]["test"])
+    data = args.data or Path(load_run(load_export(args.export_dir).manifest["run_dir"]).manifest["data_files"]["test"]["path"])
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
     started = time.time()
     served = served_predictions(args.export_dir, [r["text"] for r in rows],

@@ -315,6 +315,32 @@ def test_export_compresses_the_distilled_student(distilled, tmp_path):
     assert report["gate"]["passed"]
 
 
+@pytest.mark.server
+def test_served_student_scores_what_its_export_measured(distilled, tmp_path):
+    """benchmarks/served_accuracy.py: a real server on 127.0.0.1 answers the test set with the export's own
+    accuracy, and its scores are the calibrated probabilities (their ECE is the export's calibrated ECE)."""
+    import sys
+    from pathlib import Path
+
+    from toolchain.export.config import load_export_config
+    from toolchain.export.pipeline import export
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import served_accuracy
+
+    cfg = load_export_config(None, ["variants=int8", "serve_variant=int8", "latency.rounds=2", "latency.warmup=1",
+                                    "latency.batch_sizes=1", "rank_rounds=1", "gate.max_drop=100"])
+    out = export(distilled["student"], tmp_path / "export", cfg)
+    assert served_accuracy.main([str(out), "--json", str(tmp_path / "served.json")]) == 0
+    result = json.loads((tmp_path / "served.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    calibration = report["calibration"]["int8"]["main"]
+    assert result["items"] == 30 and result["variant"] == "int8"
+    assert result["served"]["accuracy"] == pytest.approx(report["variants"]["int8"]["test"]["accuracy"], abs=1e-9)
+    assert calibration["temperature"] != pytest.approx(1.0, abs=1e-3)
+    assert result["served"]["ece"] == pytest.approx(calibration["test_ece_after"], abs=1e-5)
+
+
 # --------------------------------------------------------------------------- NER
 
 def swapped_tags(path, target):
