@@ -310,13 +310,17 @@ def gate_section(baseline: dict | None) -> list[str]:
                   f"{baseline['load_average_1min']}.", ""] + [f"Note: {n}" for n in baseline.get("notes", [])] + [""]
 
 
-def targets_section(page: Path) -> list[str]:
-    """The serving-targets run (benchmarks/serve_targets.py writes its own page), one level down."""
+def page_section(page: Path, title: str, command: str) -> list[str]:
+    """A benchmark that writes its own page (``# TITLE`` first), one level down; or how to measure it."""
     if not page.is_file():
-        return ["## Serving targets", "", "_Not measured yet: run `python benchmarks/serve_targets.py "
-                "--export-dir EXPORT_DIR`._", ""]
-    text = page.read_text(encoding="utf-8").replace("# Serving targets", "## Serving targets", 1)
+        return [f"## {title}", "", f"_Not measured yet: run `{command}`._", ""]
+    text = page.read_text(encoding="utf-8").replace(f"# {title}", f"## {title}", 1)
     return [text.rstrip(), ""]
+
+
+def targets_section(page: Path) -> list[str]:
+    """The serving-targets run (benchmarks/serve_targets.py writes its own page)."""
+    return page_section(page, "Serving targets", "python benchmarks/serve_targets.py --export-dir EXPORT_DIR")
 
 
 def render_results(repo: Path, results: Path) -> Path:
@@ -341,6 +345,8 @@ def render_results(repo: Path, results: Path) -> Path:
     lines += serving_section(read_json(results / "serve.json"))
     lines += targets_section(results / "serve_targets.md")
     lines += training_section(repo, read_json(results / "train_throughput.json"))
+    lines += page_section(results / "ablation.md", "Accuracy levers",
+                          "python benchmarks/ablation.py (see its --help for the steps)")
     lines += export_section(repo)
     lines += gate_section(committed_baseline(repo / "benchmarks" / "baseline.json"))
     path = results.parent / "RESULTS.md"
