@@ -41,6 +41,24 @@ def test_fitted_temperature_minimises_dev_nll():
     assert nll(logits, labels, t) <= min(nll(logits, labels, t * f) for f in (0.9, 1.1)) + 1e-9
 
 
+def test_ece_objective_reaches_a_lower_dev_ece_than_the_nll_fit():
+    """Logits whose errors are a few very confident ones: the NLL fit softens everything to pay for them, the
+    ECE fit keeps the confident correct majority calibrated. Each objective is the best at its own measure."""
+    rng = np.random.default_rng(7)
+    logits, labels = overconfident(600, seed=6, scale=1.5)
+    wrong = rng.choice(len(labels), 12, replace=False)
+    logits[wrong] = 0.0
+    logits[wrong, (labels[wrong] + 1) % 3] = 12.0   # confidently wrong
+    t_nll, t_ece = fit_temperature(logits, labels, "nll"), fit_temperature(logits, labels, "ece")
+    ece_at = lambda t: expected_calibration_error(softmax(logits, t), labels)  # noqa: E731
+    assert ece_at(t_ece) < ece_at(t_nll) - 0.005, (t_ece, ece_at(t_ece), t_nll, ece_at(t_nll))
+    assert nll(logits, labels, t_nll) <= nll(logits, labels, t_ece)
+    report = calibration_report(logits, labels, logits, labels, "ece")
+    assert report["objective"] == "ece" and report["temperature"] == pytest.approx(t_ece, rel=1e-5)
+    with pytest.raises(ValueError, match="calibration objective 'mse'"):
+        fit_temperature(logits, labels, "mse")
+
+
 def test_ece_of_a_crafted_case():
     # 10 items at confidence 0.9 of which 6 are right: one bin, |0.6 - 0.9| = 0.3
     probs = np.tile([0.9, 0.05, 0.05], (10, 1))

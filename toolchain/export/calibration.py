@@ -29,11 +29,24 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising dev NLL: golden-section search on log T (NLL is unimodal in T)."""
+OBJECTIVES = ("ece", "nll")
+ECE_GRID = 400   # log-spaced temperatures over T_RANGE searched by the ece objective
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, objective: str = "nll") -> float:
+    """The T minimising dev NLL (golden-section search on log T: NLL is unimodal in T), or with
+    ``objective="ece"`` the T minimising dev ECE over a log-spaced grid (ECE is a step function of T; among
+    equal ECEs the lowest NLL wins)."""
     labels = np.asarray(labels, dtype=int)
     if len(labels) == 0:
         raise ValueError("temperature scaling needs labelled dev items; the dev split is empty")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"calibration objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if objective == "ece":
+        grid = np.exp(np.linspace(np.log(T_RANGE[0]), np.log(T_RANGE[1]), ECE_GRID))
+        errors = np.array([expected_calibration_error(softmax(logits, t), labels) for t in grid])
+        best = grid[errors <= errors.min() + 1e-12]
+        return float(min(best, key=lambda t: nll(logits, labels, t)))
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
     ratio = (np.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
@@ -65,11 +78,11 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(total)
 
 
-def calibration_report(dev_logits, dev_labels, test_logits, test_labels) -> dict:
-    """T fitted on dev; test ECE and NLL before (T = 1) and after."""
-    t = fit_temperature(dev_logits, dev_labels)
+def calibration_report(dev_logits, dev_labels, test_logits, test_labels, objective: str = "nll") -> dict:
+    """T fitted on dev (minimising ``objective``); test ECE and NLL before (T = 1) and after."""
+    t = fit_temperature(dev_logits, dev_labels, objective)
     return {
-        "temperature": round(t, 6),
+        "temperature": round(t, 6), "objective": objective,
         "test_ece_before": expected_calibration_error(softmax(test_logits), test_labels),
         "test_ece_after": expected_calibration_error(softmax(test_logits, t), test_labels),
         "test_nll_before": nll(test_logits, np.asarray(test_labels, dtype=int), 1.0),
@@ -93,13 +106,13 @@ def head_items(logits: np.ndarray, gold: np.ndarray, columns: slice) -> tuple[np
     return logits[rows][:, columns], gold[rows] - columns.start
 
 
-def calibrate_logits(labels: list[str], dev: tuple, test: tuple) -> dict:
+def calibrate_logits(labels: list[str], dev: tuple, test: tuple, objective: str = "nll") -> dict:
     """Per head: the calibration report of (dev logits, dev gold) and (test logits, test gold)."""
     out = {}
     for head, columns in head_columns(labels).items():
         dev_logits, dev_gold = head_items(np.asarray(dev[0]), np.asarray(dev[1]), columns)
         test_logits, test_gold = head_items(np.asarray(test[0]), np.asarray(test[1]), columns)
-        out[head] = calibration_report(dev_logits, dev_gold, test_logits, test_gold)
+        out[head] = calibration_report(dev_logits, dev_gold, test_logits, test_gold, objective)
     return out
 
 

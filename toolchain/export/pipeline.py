@@ -303,7 +303,8 @@ def evaluate_variants(job: ExportJob) -> dict:
     report["layout"] = measure_layout(job)
     print("\n".join(selection_lines(report)), flush=True)
     for head, c in report.get("calibration", {}).get(job.serve_variant, {}).items():
-        print(f"calibration ({job.serve_variant}, {head} head): temperature {c['temperature']:.3f} fitted on dev; "
+        print(f"calibration ({job.serve_variant}, {head} head): temperature {c['temperature']:.3f} fitted on dev "
+              f"({c['objective']}); "
               f"test ECE {c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}", flush=True)
     write_report(report, metric, job.out)
     return report
@@ -318,11 +319,12 @@ def calibrate_variants(job: ExportJob) -> dict:
     run = job.run
     gold = {split: gold_ids(job.task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
             for split in ("dev", "test")}
+    objective = job.cfg.calibrate_objective
     calibration = {"pytorch": calibrate_logits(run.labels, (torch_logits(job, "pytorch", "dev"), gold["dev"]),
-                                               (torch_logits(job, "pytorch", "test"), gold["test"]))}
+                                               (torch_logits(job, "pytorch", "test"), gold["test"]), objective)}
     for name in job.variants:
         calibration[name] = calibrate_logits(run.labels, (variant_logits(job, name, "dev"), gold["dev"]),
-                                             (variant_logits(job, name, "test"), gold["test"]))
+                                             (variant_logits(job, name, "test"), gold["test"]), objective)
     job.extra["calibration"] = temperatures(calibration)
     return calibration
 
