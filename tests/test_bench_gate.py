@@ -102,6 +102,10 @@ def test_offline_benchmark_and_results_page(quick_export, tmp_path, monkeypatch)
     for heading in ("## Inference, offline", "### Efficiency against the physical limit", "## Serving",
                     "## Training", "## Export", "## Latency regression gate"):
         assert heading in page
+    assert "## Accuracy levers\n\n_Not measured yet: run `python benchmarks/ablation.py" in page
+    (out / "ablation.md").write_text("# Accuracy levers\n\n| lever | seeds |\n|---|---|\n| dapt | 3 |\n")
+    page = render_results(tmp_path / "repo", out).read_text()
+    assert "## Accuracy levers\n\n| lever | seeds |" in page and page.index("## Accuracy levers") < page.index("## Export")
     assert "| **pytorch** |" in page and "GFLOP/s fp32" in page
     for png in ("latency_vs_batch.png", "latency_vs_accuracy.png"):
         assert 5_000 < (out / png).stat().st_size < 200_000
