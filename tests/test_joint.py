@@ -85,9 +85,9 @@ def joint_run(tiny_bert, tiny_data, tiny_topic_data, tmp_path_factory):
     from toolchain.train.runner import train
 
     out = tmp_path_factory.mktemp("joint") / "run"
-    overrides = [f"model.base={tiny_bert}", f"output_dir={out}", "train.epochs=6", "train.batch_size=16",
+    overrides = [f"model.base={tiny_bert}", f"output_dir={out}", "train.epochs=10", "train.batch_size=16",
                  "train.eval_steps=20", "train.learning_rate=5e-3", "data.max_length=32",
-                 "train.early_stopping_patience=0", "topic.main_repeat=2",
+                 "train.early_stopping_patience=0", "topic.main_repeat=2", "train.precision=fp32",
                  *(f"data.{s}={p}" for s, p in tiny_data.items()), *(f"topic.{s}={p}" for s, p in tiny_topic_data.items())]
     return train(load_config("sentiment-full", overrides))
 
