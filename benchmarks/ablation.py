@@ -193,7 +193,8 @@ domain, never trained on). Each lever is the `sentiment-full` recipe plus its ov
 with seeds 42, 43 and 44 (mean ± sample std over the seeds, in %). "served int8" is the export's served
 variant (`toolchain export`, default preset: int8 through the accuracy gate, temperature fitted on dev) on
 the same test set; ECE is its expected calibration error (15 bins) before and after the temperature.
-Training minutes are wall time per run, one thread each, two runs at a time on 2 cores. Reproduce with
+Training minutes are wall time per run, one thread each, two runs at a time on 2 cores (when measured
+here: up to three, with exports and tests beside them at times, so they are upper bounds). Reproduce with
 `python benchmarks/ablation.py` (steps in its `--help`).
 
 {levers}
