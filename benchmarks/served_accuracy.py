@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does the served model score what the export measured? A real server on 127.0.0.1, the test set over HTTP.
 
-Starts ``toolchain serve EXPORT_DIR`` (auth on, a one-off key) on a free loopback port, sends every text of
+Serves the export as ``toolchain serve EXPORT_DIR`` does (auth on, a one-off key) on a free loopback port, sends every text of
 the labelled file to ``/classify`` in batches, and compares the served labels and scores with the export's
 own figures for the served variant (``report.json``: test accuracy, macro-F1 and, when the export fitted a
 temperature, the calibrated test ECE). The served scores are the service's probabilities, so their ECE is
@@ -17,46 +17,30 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # serve_bench beside this file
 
 
-def served_predictions(export_dir: Path, texts: list[str], batch: int = 32, log: Path | None = None) -> list[dict]:
+def served_predictions(export_dir: Path, texts: list[str], log: Path, batch: int = 32) -> list[dict]:
+    """Every text's prediction from a server on 127.0.0.1 (serve_bench's start/stop), ``batch`` texts a call."""
     import httpx
 
+    from serve_bench import free_port, start_server, stop_server
+
     key, port = secrets.token_hex(16), free_port()
-    env = {**os.environ, "TOOLCHAIN_API_KEYS": key, "HF_HUB_OFFLINE": "1"}
-    out = open(log or os.devnull, "wb")
-    server = subprocess.Popen(["toolchain", "serve", str(export_dir), "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCHAIN_")}
+    env.update(TOOLCHAIN_EXPORT_DIR=str(export_dir.resolve()), TOOLCHAIN_API_KEYS=key, BENTOML_DO_NOT_TRACK="true",
+               HF_HUB_OFFLINE="1")
+    server = start_server("toolchain.serve.service:ToolchainService", env, port, log)
     try:
-        deadline = time.time() + 180
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited with {server.returncode} (log: {log})")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit(f"server not ready after 180 s (log: {log})")
-            time.sleep(0.5)
         predictions = []
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                          timeout=60) as client:
             for start in range(0, len(texts), batch):
                 response = client.post("/classify", json={"texts": texts[start:start + batch]})
                 response.raise_for_status()
@@ -64,12 +48,7 @@ def served_predictions(export_dir: Path, texts: list[str], batch: int = 32, log:
                 predictions += body["predictions"] if isinstance(body, dict) else body
         return predictions
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        out.close()
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
     started = time.time()
     served = served_predictions(args.export_dir, [r["text"] for r in rows],
-                                log=args.export_dir.parent / f"{args.export_dir.name}-served.log")
+                                args.export_dir.parent / f"{args.export_dir.name}-served.log")
     labels = list(served[0]["scores"])
     gold = np.array([labels.index(r["label"]) for r in rows])
     probs = np.array([[p["scores"][c] for c in labels] for p in served])

@@ -67,13 +67,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
+def in_label_order(run: RunInfo, logits: np.ndarray, labels: list[str]) -> np.ndarray:
+    """A run's logits with their columns in the order of ``labels`` (members are aligned by label name)."""
+    return logits[..., [run.labels.index(label) for label in labels]]
+
+
 def member_logits(run: RunInfo, examples: list, labels: list[str]) -> np.ndarray:
     """One run's logits on ``examples``, columns in the order of ``labels``."""
     from toolchain.evaluate import load_run_model, predict_logits
 
     model, tokenizer = load_run_model(run)
-    logits = predict_logits(model, tokenizer, get_task(run.task), examples, run.max_length)
-    return logits[..., [run.labels.index(label) for label in labels]]
+    return in_label_order(run, predict_logits(model, tokenizer, get_task(run.task), examples, run.max_length), labels)
 
 
 def member_probabilities(run: RunInfo, examples: list, labels: list[str], temperature: float = 1.0) -> np.ndarray:

@@ -55,8 +55,9 @@ def feature_logits(model, collate, features: list[dict], batch_size: int = 64) -
         outputs = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in outputs]
     if not outputs:
         return np.zeros((0,))
-    logits = np.empty_like(np.concatenate(outputs))
-    logits[order] = np.concatenate(outputs)
+    stacked = np.concatenate(outputs)
+    logits = np.empty_like(stacked)
+    logits[order] = stacked   # back to the features' order
     return logits
 
 

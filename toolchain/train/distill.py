@@ -299,12 +299,12 @@ def check_same_vocabulary(teachers: list[RunInfo], tokenizer) -> None:
 
 def window_logits(run: RunInfo, task, tokenizer, features: list[dict], labels: list[str]) -> np.ndarray:
     """A teacher's token logits on encoded windows (padded), columns in the order of ``labels``."""
+    from toolchain.ensemble import in_label_order
     from toolchain.evaluate import feature_logits, load_run_model
 
     model, _ = load_run_model(run)
     inputs = [{k: v for k, v in f.items() if k not in ("labels", TEACHER_KEY)} for f in features]
-    logits = feature_logits(model, task.collator(tokenizer), inputs)
-    return logits[..., [run.labels.index(label) for label in labels]]
+    return in_label_order(run, feature_logits(model, task.collator(tokenizer), inputs), labels)
 
 
 def unlabeled_features(cfg: RunConfig, task, tokenizer, unlabeled: list[Example], probs: np.ndarray) -> list[dict]:
