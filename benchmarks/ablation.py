@@ -84,7 +84,8 @@ def train_one(lever: str, seed: int) -> None:
 
 
 def summarize_group(lever: str) -> None:
-    from toolchain.train.seeds import GROUP_FILE, summarize
+    from toolchain.core.artifacts import GROUP_FILE
+    from toolchain.train.seeds import summarize
 
     runs = sorted(str(p.parent) for p in (RUNS / lever).glob("seed-*/metrics.json"))
     if runs:

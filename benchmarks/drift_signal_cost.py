@@ -3,7 +3,7 @@
     python benchmarks/drift_signal_cost.py --export-dir EXPORT_DIR [--data TEST.jsonl] [--rounds 600]
 
 Each round serves one text twice, as ``ToolchainService.predict`` serves it (tokenize, model call, response,
-metrics), once with the drift observation (toolchain.serve.drift: low-confidence count and the unseen-token
+metrics), once with the drift observation (toolchain.inference.drift: low-confidence count and the unseen-token
 lookup) and once without, which of the two goes first alternating so that each text goes first either way; the medians of both and their ratio, and the
 median of the per-round ratios (each round's two requests serve the same text back to back, so this one is less
 moved by other jobs on the machine). The drift observation is also timed alone, on one text and on 32. Writes
@@ -22,12 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toolchain.artifacts import load_export  # noqa: E402
-from toolchain.config import data_root  # noqa: E402
+from toolchain.core.artifacts import load_export  # noqa: E402
+from toolchain.core.config import data_root  # noqa: E402
 from toolchain.serve import classify  # noqa: E402
-from toolchain.serve.drift import drift_monitor  # noqa: E402
+from toolchain.inference.drift import drift_monitor  # noqa: E402
 from toolchain.serve.metrics import service_metrics  # noqa: E402
-from toolchain.serve.runtime import OnnxModel  # noqa: E402
+from toolchain.inference.runtime import OnnxModel  # noqa: E402
 
 TASK = classify.TASK
 

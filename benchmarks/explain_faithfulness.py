@@ -81,7 +81,7 @@ def onnx_probabilities(model):
     """texts -> served-variant probabilities, each text run as the service runs it."""
     import numpy as np
 
-    from toolchain.explain.result import softmax
+    from toolchain.core.probability import softmax
 
     return lambda texts: softmax(np.stack(model.infer(texts).logits))
 
@@ -159,9 +159,9 @@ def accuracy(rows, explanations) -> float | None:
 def run_occlusion(args, texts, ks, result) -> list:
     from tqdm import tqdm
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.explain.occlusion import explain_text
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     export = load_export(args.export_dir)
     model = OnnxModel(export, export.serve_variant, "cpu", 1)

@@ -195,8 +195,8 @@ def run_mode(args, mode: str, log_dir: Path) -> list[PhaseResult]:
 def model_cpu_per_text(export_dir: str) -> list[dict]:
     """Model-only CPU time per text, the sentence alone vs in one call of 32: the most batching can save."""
     sys.path.insert(0, str(REPO))
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel
 
     rows = []
     for threads in (1, 2):

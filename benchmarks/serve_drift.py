@@ -20,9 +20,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toolchain.artifacts import load_export  # noqa: E402
-from toolchain.serve.classify import softmax  # noqa: E402
-from toolchain.serve.runtime import OnnxModel  # noqa: E402
+from toolchain.core.artifacts import load_export  # noqa: E402
+from toolchain.core.probability import softmax  # noqa: E402
+from toolchain.inference.runtime import OnnxModel  # noqa: E402
 
 
 def scores_of_call(model: OnnxModel, texts: list[str]) -> np.ndarray:

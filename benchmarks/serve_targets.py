@@ -2,7 +2,7 @@
 
     python benchmarks/serve_targets.py --export-dir EXPORT_DIR [--seconds 10] [--out benchmarks/results/serve_targets]
 
-1. Model-only figures on this machine, through the serving runtime (toolchain.serve.runtime), real
+1. Model-only figures on this machine, through the serving runtime (toolchain.inference.runtime), real
    test sentences: every variant that passed the export's gate, one text per call on 1 thread
    (the ceiling is the best of these x the usable CPUs) and 32-text calls on all CPUs.
 2. The service with default settings (its own worker layout) on 127.0.0.1, loaded with Debian's
@@ -33,8 +33,8 @@ from serve_bench import free_port, start_server, stop_server  # noqa: E402
 
 
 def model_only(export, texts: list[str], cpus: int) -> dict:
-    from toolchain.measure import served_rates
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.measure import served_rates
+    from toolchain.inference.runtime import OnnxModel
 
     report = json.loads((export.path / "report.json").read_text())
     names = [n for n, v in (report.get("gates") or {}).items() if v.get("passed")] or export.variant_names()
@@ -167,10 +167,10 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    from toolchain.artifacts import load_export, load_run
+    from toolchain.core.artifacts import load_export, load_run
     from toolchain.bench.machine import detect_machine
     from toolchain.export.scoring import load_run_splits
-    from toolchain.serve.settings import available_cpus
+    from toolchain.core.hardware import available_cpus
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--export-dir", required=True, type=Path)

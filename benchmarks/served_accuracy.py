@@ -52,7 +52,7 @@ def served_predictions(export_dir: Path, texts: list[str], log: Path, batch: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolchain.artifacts import load_export, load_run
+    from toolchain.core.artifacts import load_export, load_run
     from toolchain.export.calibration import expected_calibration_error
     from toolchain.tasks.classification import classification_metrics
 

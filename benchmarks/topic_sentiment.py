@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def served(export_dir: Path, variant: str | None = None):
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel
 
     info = load_export(export_dir)
     return OnnxModel(info, variant or info.serve_variant, "cpu", threads=1)
@@ -76,7 +76,7 @@ def sentiment_scores(model, rows: list[dict], head: str = "main") -> dict:
 
 
 def costs(models: dict, texts: list[str], rounds: int) -> dict:
-    from toolchain.measure import served_rates
+    from toolchain.core.measure import served_rates
 
     rates = served_rates(models, texts, (1, 32), rounds)
     out = {name: {str(bs): {"texts_per_s": round(s["texts_per_s"], 1)} for bs, s in per.items()}
@@ -172,8 +172,8 @@ def two_models(args, texts: list[str]) -> int:
     """Sentiment alone vs sentiment + topic as the service serves them (see the module docstring)."""
     import os
 
-    from toolchain.hardware import detect_cpu
-    from toolchain.serve.runtime import TopicPair
+    from toolchain.core.hardware import detect_cpu
+    from toolchain.inference.runtime import TopicPair
 
     sentiment, topic = served(args.sentiment), served(args.topic)
     models = {"sentiment": sentiment, "sentiment + topic, sequential": TopicPair(sentiment, topic),
@@ -192,8 +192,8 @@ def two_models(args, texts: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolchain.config import data_root
-    from toolchain.hardware import detect_cpu
+    from toolchain.core.config import data_root
+    from toolchain.core.hardware import detect_cpu
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("full", "two-models"), default="full",

@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolchain.config import data_root, load_config  # noqa: E402
+from toolchain.core.config import data_root, load_config  # noqa: E402
 
 
 class PeakRSS:
@@ -74,7 +74,7 @@ def plain_trainer(cfg, steps: int, warmup: int, out: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from toolchain.data.dataset import label_list, load_splits
-    from toolchain.modeling import load_tokenizer, resolve_base_model
+    from toolchain.inference.modeling import load_tokenizer, resolve_base_model
     from toolchain.tasks import get_task
 
     splits, base = load_splits(cfg.data), resolve_base_model(cfg.model.base)

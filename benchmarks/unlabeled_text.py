@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolchain.config import data_root  # noqa: E402
+from toolchain.core.config import data_root  # noqa: E402
 
 ALLAGREE = "financial_phrasebank/splits/allagree"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")

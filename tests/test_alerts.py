@@ -204,7 +204,7 @@ def test_dashboard_surge_bars_use_the_shipped_settings():
     assert f"* {rr.seconds(settings.topic_window):g}" in topic
 
 
-# --------------------------------------------------------------------------- drift (toolchain.serve.drift)
+# --------------------------------------------------------------------------- drift (toolchain.inference.drift)
 
 @needs_promtool
 def test_drift_unit_tests_pass():

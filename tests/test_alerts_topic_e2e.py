@@ -106,7 +106,7 @@ def small_encoder(path: Path) -> Path:
     """A randomly initialised 2-layer, hidden-64 BERT with the packaged model's tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def small_encoder(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def joint_export(tmp_path_factory) -> Path:
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
     from toolchain.train.runner import train

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from toolchain.artifacts import atomic_write_text, write_json, write_yaml
+from toolchain.core.artifacts import atomic_write_text, write_json, write_yaml
 
 
 @pytest.fixture

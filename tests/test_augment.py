@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from toolchain.cli import main
-from toolchain.config import AugmentConfig, ConfigError, load_config
+from toolchain.core.config import AugmentConfig, ConfigError, load_config
 from toolchain.data.augment import augment_examples, eda_delete, eda_insert, eda_swap
 from toolchain.data.readers import Example
 
@@ -53,7 +53,7 @@ def tiny_mlm(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
 
     path = tmp_path_factory.mktemp("tiny-mlm")
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))

@@ -31,7 +31,7 @@ def run_bench(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_quick_export_has_the_gate_variants(quick_export):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     export = load_export(quick_export)
     assert export.variant_names() == ["fp32", "int8"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from toolchain.artifacts import load_export
+from toolchain.core.artifacts import load_export
 
 from test_serve_support import REPO, built, toolchain_env  # noqa: F401  (session fixture)
 
@@ -48,7 +48,7 @@ def test_second_plan_reuses_both_stages_and_a_changed_config_retrains(built):
 
 
 def test_bento_is_labelled_with_metrics_and_config_hash(built):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = bento_info(built)
     manifest = load_export(built.export_dir).manifest

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.config import PRESET_DIR, ConfigError, RunConfig, config_hash, load_config, read_yaml
+from toolchain.core.config import PRESET_DIR, ConfigError, RunConfig, config_hash, load_config, read_yaml
 
 
 def run_presets() -> list[str]:
@@ -74,8 +74,8 @@ def test_config_hash_changes_with_values():
 
 
 def test_missing_data_root_gives_instructions(monkeypatch, tmp_path):
-    from toolchain.config import expand_data_path
-    import toolchain.config as config
+    from toolchain.core.config import expand_data_path
+    import toolchain.core.config as config
 
     monkeypatch.delenv("TOOLCHAIN_DATA_DIR", raising=False)
     monkeypatch.setattr(config, "data_root", lambda: None)
@@ -84,7 +84,7 @@ def test_missing_data_root_gives_instructions(monkeypatch, tmp_path):
 
 
 def test_train_metric_defaults_per_task_and_a_wrong_name_lists_the_valid_ones():
-    from toolchain.config import train_metric
+    from toolchain.core.config import train_metric
 
     assert train_metric(load_config(None, [])) == "macro_f1"
     assert train_metric(load_config(None, ["model.task=token-classification"])) == "f1"
@@ -100,7 +100,7 @@ def test_train_metric_names_are_the_ones_the_task_reports(task_name):
     """The Trainer sees ``task.summary(...)``; every valid train.metric must be one of its keys."""
     import numpy as np
 
-    from toolchain.config import TASK_METRICS
+    from toolchain.core.config import TASK_METRICS
     from toolchain.tasks import get_task
 
     task = get_task(task_name)
@@ -119,7 +119,7 @@ def test_config_command_resolves_export_and_pretrain_presets(capsys):
     import yaml
 
     from toolchain.cli import main
-    from toolchain.config import to_dict
+    from toolchain.core.config import to_dict
     from toolchain.export.config import load_export_config
 
     assert main(["config", "--list"]) == 0

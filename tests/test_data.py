@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from toolchain.config import DataConfig
+from toolchain.core.config import DataConfig
 from toolchain.data.dataset import check_labels, label_list, load_splits, stratified_split
 from toolchain.data.readers import DataError, read_examples
 

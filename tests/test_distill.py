@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 
 from toolchain.cli import main
-from toolchain.config import ConfigError, load_config
+from toolchain.core.config import ConfigError, load_config
 from toolchain.data.readers import DataError, Example
 from toolchain.train.distill import (IGNORE, TEACHER_KEY, DistillLoss, TeacherCollator, check_no_overlap,
                                      read_unlabeled)
@@ -236,10 +236,10 @@ def distilled(tmp_path_factory, tiny_bert, tiny_data):
 
 
 def probabilities(run_dir, path):
-    from toolchain.artifacts import load_run
-    from toolchain.config import DataConfig
+    from toolchain.core.artifacts import load_run
+    from toolchain.core.config import DataConfig
     from toolchain.data.dataset import read_file
-    from toolchain.ensemble import member_probabilities
+    from toolchain.inference.members import member_probabilities
 
     run = load_run(run_dir)
     return member_probabilities(run, read_file(DataConfig(), str(path)), ["negative", "neutral", "positive"])
@@ -302,7 +302,7 @@ def test_teacher_with_other_labels_is_refused(distilled, tiny_overrides, tmp_pat
 
 
 def test_export_compresses_the_distilled_student(distilled, tmp_path):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
 
@@ -373,8 +373,9 @@ def ner_distilled(tmp_path_factory, tiny_bert, tiny_conll):
 
 
 def test_ner_student_follows_its_teacher_token_by_token(ner_distilled, tiny_conll):
-    from toolchain.ensemble import ensemble_probabilities, gold_ids, labelled_examples
-    from toolchain.artifacts import load_run
+    from toolchain.ensemble import gold_ids, labelled_examples
+    from toolchain.inference.members import ensemble_probabilities
+    from toolchain.core.artifacts import load_run
 
     teacher_run = load_run(ner_distilled["teacher"])
     labels = list(teacher_run.labels)
@@ -406,7 +407,7 @@ def test_ner_student_follows_its_teacher_token_by_token(ner_distilled, tiny_conl
 def test_ner_test_predictions_keep_the_test_files_order(ner_distilled, tiny_conll):
     """ner-conll-full batches by length (group_by_length), which also reorders transformers' evaluation batches:
     the final predictions must still follow the test file, window by window."""
-    from toolchain.artifacts import load_run
+    from toolchain.core.artifacts import load_run
     from toolchain.ensemble import labelled_examples
 
     run = load_run(ner_distilled["plain"])

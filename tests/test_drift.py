@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from test_serve_support import built  # noqa: F401  (session fixture)
-from toolchain.artifacts import ArtifactError, load_export
-from toolchain.serve.drift import (REFERENCE_FILE, DriftMonitor, count_tokens, drift_monitor, load_reference,
+from toolchain.core.artifacts import ArtifactError, load_export
+from toolchain.inference.drift import (REFERENCE_FILE, DriftMonitor, count_tokens, drift_monitor, load_reference,
                                    serving_tokenizer)
 from toolchain.serve.metrics import model_version, service_metrics
 
@@ -59,7 +59,7 @@ def test_label_shares_are_the_train_split_labels(built, tiny_data):
 
 def test_confidence_is_the_served_variant_scoring_dev(built, tiny_data):
     from toolchain.serve.classify import results
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     export = load_export(built.export_dir)
     texts = [row["text"] for row in read_jsonl(tiny_data["dev"])]
@@ -143,7 +143,7 @@ def test_an_altered_or_unlisted_reference_stops_start_up(built, tmp_path):
     (lambda d: d.pop("tokens"), "missing section 'tokens'"),
 ])
 def test_a_malformed_reference_is_refused_naming_the_field(built, tmp_path, change, message):
-    from toolchain.data.dataset import sha256_file
+    from toolchain.core.artifacts import sha256_file
 
     copy = copy_export(built, tmp_path)
     path = reference_path(copy)
@@ -162,7 +162,7 @@ def test_a_malformed_reference_is_refused_naming_the_field(built, tmp_path, chan
 def test_an_export_without_a_reference_has_no_drift_signals(built, tmp_path):
     from prometheus_client import REGISTRY
 
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     copy = copy_export(built, tmp_path)
     reference_path(copy, "int8").unlink()
@@ -183,7 +183,7 @@ def test_an_export_without_a_reference_has_no_drift_signals(built, tmp_path):
 def test_the_monitor_counts_low_confidence_and_unseen_tokens(built):
     from prometheus_client import REGISTRY
 
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     model = OnnxModel(load_export(built.export_dir), "fp32")
     metrics = service_metrics()

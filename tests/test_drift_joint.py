@@ -8,12 +8,12 @@ import pytest
 
 from test_drift import read_jsonl, reference_of, word_tokens
 from test_joint import joint_export, joint_run  # noqa: F401  (module fixtures)
-from toolchain.artifacts import load_export
+from toolchain.core.artifacts import load_export
 
 
 def test_a_joint_models_reference_covers_its_main_head(joint_export, tiny_data, tiny_topic_data):
     from toolchain.serve.classify import results
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     export = load_export(joint_export)
     reference = reference_of(joint_export, export.serve_variant)

@@ -94,7 +94,7 @@ def signals_of(server, texts: list[str], shares: dict) -> dict:
 
 
 def test_in_domain_news_stays_within_every_bar_and_other_domains_pass_theirs(server, export_dir):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     settings = load_render_rules().load_settings()
     reference = reference_of(export_dir, load_export(export_dir).serve_variant)

@@ -17,7 +17,7 @@ from conftest import make_sentences
 from test_alerts import load_render_rules
 from test_drift import reference_of, remove_reference
 from test_serve_support import PLAIN_KEY, Server, built, metric_samples, metric_total, toolchain_env, write_keys  # noqa: F401
-from toolchain.artifacts import load_export
+from toolchain.core.artifacts import load_export
 
 pytestmark = pytest.mark.server
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from toolchain.artifacts import ArtifactError, load_run
+from toolchain.core.artifacts import ArtifactError, load_run
 from toolchain.cli import main
 from toolchain.data.dataset import read_file
-from toolchain.config import DataConfig
+from toolchain.core.config import DataConfig
 
 
 def trained(overrides, out, *extra, seeds=None):
@@ -37,7 +37,7 @@ def members(tmp_path_factory, tiny_bert, tiny_data):
 
 def probabilities_by_hand(run_dir, texts: list[str]) -> tuple[np.ndarray, list[str]]:
     """softmax of the run's model on each text alone (no batching, no padding), columns as its labels."""
-    from toolchain.evaluate import load_run_model
+    from toolchain.inference.run_model import load_run_model
 
     run = load_run(run_dir)
     model, tokenizer = load_run_model(run)
@@ -50,7 +50,7 @@ def probabilities_by_hand(run_dir, texts: list[str]) -> tuple[np.ndarray, list[s
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members(members):
-    from toolchain.ensemble import ensemble_probabilities, expand_members
+    from toolchain.inference.members import ensemble_probabilities, expand_members
 
     runs = expand_members([str(members["group"]), str(members["lora"])])
     assert [r.path for r in runs] == [*members["runs"], members["lora"]]   # the group stands for its runs
@@ -111,7 +111,7 @@ def relabelled_copy(run_dir, target, labels=None, order=None, **manifest):
 
 def test_members_are_aligned_by_label_name(members, tmp_path):
     """A member whose classes are in another order gives the same ensemble once its columns are aligned."""
-    from toolchain.ensemble import ensemble_probabilities, expand_members
+    from toolchain.inference.members import ensemble_probabilities, expand_members
 
     first = members["runs"][0]
     permuted = relabelled_copy(first, tmp_path / "permuted", order=[2, 0, 1])
@@ -159,7 +159,8 @@ def ner_members(tmp_path_factory, tiny_bert, tiny_conll):
 
 
 def test_ner_ensemble_averages_per_token_probabilities(ner_members, tiny_conll):
-    from toolchain.ensemble import ensemble_probabilities, evaluate_ensemble, expand_members, member_probabilities
+    from toolchain.ensemble import evaluate_ensemble
+    from toolchain.inference.members import ensemble_probabilities, expand_members, member_probabilities
     from toolchain.tasks.token_classification import IGNORE
 
     runs = expand_members([str(r) for r in ner_members])

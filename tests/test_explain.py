@@ -147,8 +147,8 @@ def test_topic_head_of_a_joint_model_is_its_own_softmax():
 
 @pytest.fixture(scope="module")
 def served(built):
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel
 
     export = load_export(built.export_dir)
     return {name: OnnxModel(export, name, "cpu", 1) for name in export.variant_names()}
@@ -158,7 +158,8 @@ def test_occlusion_is_the_served_models_own_arithmetic(served):
     """The prediction equals OnnxModel.infer's (what /classify answers), and a word's score equals the served
     probability of the text minus that of the text without the word, each run as the service runs it."""
     from toolchain.explain.occlusion import explain_text
-    from toolchain.explain.result import softmax, without_words
+    from toolchain.core.probability import softmax
+    from toolchain.explain.result import without_words
 
     for model in served.values():
         for text in SENTENCES:
@@ -281,7 +282,7 @@ def test_completeness_on_the_packaged_encoder_and_real_sentences():
 
     from toolchain.explain.gradients import Quadrature, explain_sequence
     from toolchain.explain.model import ExplainedModel
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
 
     base = packaged_model_dir("all-MiniLM-L6-v2")
     torch.manual_seed(0)

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.config import ConfigError
+from toolchain.core.config import ConfigError
 
 FAST = ["latency.rounds=3", "latency.warmup=1", "latency.batch_sizes=1,4", "rank_rounds=1"]
 
 
 def tiny_run(tmp_path_factory, tiny_bert, tiny_data, method: str):
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.train.runner import train
 
     out = tmp_path_factory.mktemp(f"run-{method}") / "run"
@@ -43,7 +43,7 @@ def basic_export(full_run, tmp_path_factory):
 
 
 def test_export_dir_is_complete_and_verifies(basic_export):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = load_export(basic_export)
     info.verify()
@@ -62,7 +62,7 @@ def test_int8_variant_runs_in_onnxruntime_with_integer_ops(basic_export):
     import onnxruntime
     from transformers import AutoTokenizer
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = load_export(basic_export)
     ops = {node.op_type for node in onnx.load(str(info.variant_file())).graph.node}
@@ -102,7 +102,7 @@ def full_export(lora_run, tmp_path_factory):
 
 
 def test_lora_merge_matches_unmerged_and_all_variants_are_built(full_export):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = load_export(full_export)
     info.verify()
@@ -124,7 +124,7 @@ def test_lora_merge_folds_the_adapter_into_the_base_weights(lora_run):
     import torch
     from safetensors.torch import load_file
 
-    from toolchain.artifacts import load_run
+    from toolchain.core.artifacts import load_run
     from toolchain.export.merge import merge_run
     from toolchain.export.scoring import load_run_splits, run_task
 
@@ -150,7 +150,7 @@ def test_optimized_graph_has_fused_nodes_and_fp32_parity(full_export):
     exported fp32 graph does not have, and the same logits."""
     import onnx
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = load_export(full_export)
     fp32, optimized = (onnx.load(str(info.variant_file(name))).graph.node for name in ("fp32", "optimized"))
@@ -164,7 +164,7 @@ def test_optimized_graph_has_fused_nodes_and_fp32_parity(full_export):
 def test_static_int8_graph_holds_quantized_activations(full_export):
     import onnx
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     ops = {n.op_type for n in onnx.load(str(load_export(full_export).variant_file("int8-static"))).graph.node}
     assert ops & {"QuantizeLinear", "QLinearMatMul", "QAttention", "QGemm"}
@@ -177,7 +177,7 @@ def test_pruned_export_reloads_and_matches_its_onnx(full_export):
     import torch
     from transformers import AutoTokenizer
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.export.onnx_export import load_ort_model
     from toolchain.export.prune import load_pruned
     from toolchain.tasks import get_task
@@ -212,7 +212,7 @@ def scramble_int8(job):
 
 
 def test_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatch):
-    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.core.artifacts import ArtifactError, load_export
     from toolchain.export import pipeline
     from toolchain.export.config import load_export_config
     from toolchain.export.gate import GateError
@@ -234,7 +234,7 @@ def test_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatc
 
 def test_auto_falls_back_to_the_next_passing_variant(full_run, tmp_path, monkeypatch):
     """A broken int8 fails the gate; auto serves a variant that passed, and the report says why."""
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.export import pipeline
     from toolchain.export.config import load_export_config
 
@@ -286,7 +286,7 @@ def test_bad_run_dirs_and_unrunnable_presets_leave_nothing(full_run, tmp_path):
 
     import yaml
 
-    from toolchain.artifacts import ArtifactError
+    from toolchain.core.artifacts import ArtifactError
     from toolchain.export.config import load_export_config
     from toolchain.export.cpu import detect_cpu
     from toolchain.export.pipeline import export
@@ -310,8 +310,8 @@ def test_bad_run_dirs_and_unrunnable_presets_leave_nothing(full_run, tmp_path):
 
 def test_token_classification_run_exports_through_its_task(request, tmp_path):
     """The export is task-generic: a tiny NER run gets ORTModelForTokenClassification variants and f1."""
-    from toolchain.artifacts import load_export
-    from toolchain.config import load_config
+    from toolchain.core.artifacts import load_export
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
     from toolchain.train.runner import train
@@ -333,7 +333,7 @@ def test_token_classification_run_exports_through_its_task(request, tmp_path):
 def test_the_export_stores_a_temperature_per_variant_and_reports_ece(basic_export):
     import json
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     manifest = load_export(basic_export).manifest
     report = json.loads((basic_export / "report.json").read_text())
@@ -348,9 +348,9 @@ def test_the_service_runtime_returns_calibrated_scores(basic_export):
     """OnnxModel divides the logits by the variant's temperature: calibrated probabilities, same labels."""
     import numpy as np
 
-    from toolchain.artifacts import load_export
-    from toolchain.export.calibration import softmax
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
+    from toolchain.core.probability import softmax
+    from toolchain.inference.runtime import OnnxModel
 
     info = load_export(basic_export)
     variant = info.serve_variant

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, requires_phrasebank()]
 @pytest.fixture(scope="module")
 def packaged_run(tmp_path_factory):
     """A run of the packaged MiniLM on slices of the allagree splits (a few steps: the export is under test)."""
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.train.runner import train
 
     root = tmp_path_factory.mktemp("pb")
@@ -34,7 +34,7 @@ def packaged_run(tmp_path_factory):
 def test_packaged_model_exports_with_parity_and_small_int8(packaged_run, tmp_path):
     import onnx
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
 

@@ -40,7 +40,7 @@ def second_device(monkeypatch):
 def prune_job(tiny_bert, tiny_data, tmp_path, recovery: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from toolchain.config import DataConfig
+    from toolchain.core.config import DataConfig
     from toolchain.data.dataset import read_file
     from toolchain.export.config import load_export_config
     from toolchain.tasks import get_task
@@ -88,7 +88,7 @@ def test_distillation_teacher_follows_the_student_and_goes_back_to_cpu(
 
 
 def test_finetune_recovery_returns_the_pruned_model_on_cpu(tiny_bert, tiny_data, tmp_path, second_device):
-    from toolchain.evaluate import predict_logits
+    from toolchain.inference.run_model import predict_logits
     from toolchain.export.prune import prune_and_recover
 
     job = prune_job(tiny_bert, tiny_data, tmp_path, "finetune")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.config import PRESET_DIR, ConfigError
+from toolchain.core.config import PRESET_DIR, ConfigError
 
 CPUINFO_AVX2 = "processor : 0\nflags : fpu sse sse2 avx avx2 fma\n"
 CPUINFO_VNNI = "processor : 0\nflags : fpu avx2 avx512f avx512bw avx512_vnni\n"
@@ -152,7 +152,7 @@ def test_entity_counts_give_seqeval_scores():
 def test_interleaved_latency_reports_every_variant_and_batch():
     import time
 
-    from toolchain.measure import measure_interleaved
+    from toolchain.core.measure import measure_interleaved
 
     calls = []
     runners = {"fast": lambda b: calls.append("fast"), "slow": lambda b: (time.sleep(0.002), calls.append("slow"))}
@@ -168,7 +168,7 @@ def tiny_classifier(tiny_bert, tiny_data):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from toolchain.config import DataConfig
+    from toolchain.core.config import DataConfig
     from toolchain.data.dataset import read_file
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ GRAVITON3 = "Features : fp asimd evtstrm aes sha1 crc32 asimddp sve bf16 i8mm\n"
 
 
 def cpu(tmp_path, text: str, machine: str):
-    from toolchain.hardware import detect_cpu
+    from toolchain.core.hardware import detect_cpu
 
     path = tmp_path / f"cpuinfo-{machine}-{len(text)}"
     path.write_text(text)
@@ -33,8 +33,8 @@ def test_features_per_cpu_family(tmp_path):
 def test_training_precision_auto_follows_the_cpu(tmp_path, monkeypatch, text, expected):
     import torch
 
-    from toolchain import hardware
-    from toolchain.train.runner import precision_flags
+    from toolchain.core import hardware
+    from toolchain.core.hardware import precision_flags
 
     info = cpu(tmp_path, text, "x86_64")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -45,6 +45,6 @@ def test_training_precision_auto_follows_the_cpu(tmp_path, monkeypatch, text, ex
 
 
 def test_default_optimizer_is_the_fused_adamw():
-    from toolchain.config import TrainConfig
+    from toolchain.core.config import TrainConfig
 
     assert TrainConfig().optimizer == "adamw_torch_fused"

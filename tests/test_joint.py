@@ -71,7 +71,7 @@ def test_joint_metrics_score_each_head_on_its_own_rows():
 
 
 def test_config_refuses_a_topic_head_on_token_classification():
-    from toolchain.config import ConfigError, load_config
+    from toolchain.core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="topic.train"):
         load_config("ner-conll-full", ["topic.train=x.jsonl"])
@@ -81,7 +81,7 @@ def test_config_refuses_a_topic_head_on_token_classification():
 
 @pytest.fixture(scope="module")
 def joint_run(tiny_bert, tiny_data, tiny_topic_data, tmp_path_factory):
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.train.runner import train
 
     out = tmp_path_factory.mktemp("joint") / "run"
@@ -130,8 +130,8 @@ def joint_export(joint_run, tmp_path_factory):
 
 def test_joint_export_gates_every_head_and_serves_both_answers(joint_export, tiny_topic_data):
     from toolchain.serve.classify import results
-    from toolchain.serve.runtime import OnnxModel
-    from toolchain.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
 
     report = json.loads((joint_export / "report.json").read_text())
     for name in ("fp32", "int8"):

@@ -1,4 +1,4 @@
-"""Masking of personal data (toolchain/privacy.py): exact outputs on real headlines with personal data put
+"""Masking of personal data (toolchain/core/privacy.py): exact outputs on real headlines with personal data put
 in, checksum-failing look-alikes and finance figures left alone, the real test sets left unchanged, the
 service's error messages and logs masked (the gate in process, and a real server).
 
@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DATA_ROOT, REPO
 from test_serve_support import built  # noqa: F401  (the fixture of the real-server test)
-from toolchain.privacy import MaskingFilter, clip, find, install_log_masking, mask
+from toolchain.core.privacy import MaskingFilter, clip, find, install_log_masking, mask
 from toolchain.serve.classify import ROUTE, TASK, parse_request, predicted_labels
 from toolchain.serve.gate import RequestGate, Route
 from toolchain.serve.settings import ServeSettings

@@ -78,7 +78,7 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
 # -- the model ---------------------------------------------------------------------------------
 
 def sentiment_export(path: Path) -> bool:
-    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.core.artifacts import ArtifactError, load_export
 
     try:
         return set(load_export(path).labels) == {"negative", "neutral", "positive"}
@@ -91,10 +91,10 @@ def train_small_export(root: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
     from toolchain.train.runner import train
 
     base = root / "encoder"

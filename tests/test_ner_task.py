@@ -18,7 +18,7 @@ ID = {label: i for i, label in enumerate(LABELS)}
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
     return AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import make_ner_sentences, write_conll
-from toolchain.config import load_config
+from toolchain.core.config import load_config
 from toolchain.evaluate import compare_runs, evaluate_file
 from toolchain.train.runner import train
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
-from toolchain.artifacts import ArtifactError
-from toolchain.config import PRESET_DIR, ConfigError, RunConfig, load_config
+from toolchain.core.artifacts import ArtifactError
+from toolchain.core.config import PRESET_DIR, ConfigError, RunConfig, load_config
 from toolchain.data.readers import DataError
 from toolchain.pretrain import PretrainConfig, load_preset_config, load_pretrain_config, resume_config
 from toolchain.pretrain.corpus import chunk_blocks, read_corpus, split_documents

@@ -6,9 +6,10 @@ import statistics
 
 import pytest
 
-from toolchain.artifacts import ArtifactError, write_json
+from toolchain.core.artifacts import ArtifactError, write_json
 from toolchain.cli import main
-from toolchain.train.seeds import GROUP_FILE, PREDICTIONS_FILE, compare_groups, paired_bootstrap
+from toolchain.core.artifacts import GROUP_FILE
+from toolchain.train.comparison import PREDICTIONS_FILE, compare_groups, paired_bootstrap
 
 
 def test_seeds_trains_each_seed_and_reports_mean_and_std(tiny_overrides, tmp_path, capsys):
@@ -80,7 +81,7 @@ def test_groups_on_different_test_sets_are_not_compared(tmp_path):
 
 
 def test_ner_items_resample_entity_counts():
-    from toolchain.train.seeds import entity_counts, group_score
+    from toolchain.train.comparison import entity_counts, group_score
 
     gold = [["B-ORG", "O"], ["B-PER", "I-PER"], ["O", "O"]]
     predicted = [["B-ORG", "O"], ["B-PER", "O"], ["B-LOC", "O"]]

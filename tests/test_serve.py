@@ -147,7 +147,7 @@ def test_oversize_bodies_get_a_fast_413(server, client):
 
 def served_variant(export_dir) -> str:
     """The variant the Bento packs and serves: the export's serve_variant (its own auto choice on this machine)."""
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     return load_export(export_dir).serve_variant
 
@@ -162,7 +162,7 @@ def offline_scores(export_dir, texts):
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     export = load_export(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export.tokenizer_dir)
@@ -180,7 +180,7 @@ def offline_scores(export_dir, texts):
 
 
 def test_response_has_label_score_and_all_class_scores_in_input_order(client, built):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     labels = load_export(built.export_dir).labels
     result = classify(client, TEXTS)
@@ -207,9 +207,9 @@ def test_export_gate_scores_are_the_served_scores(client, built):
     the running Bento must answer exactly those scores for the same texts, alone and in one request."""
     from types import SimpleNamespace
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.export.pipeline import served_logits
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
     from toolchain.tasks import get_task
 
     export = load_export(built.export_dir)
@@ -303,7 +303,7 @@ def test_source_label_is_bounded_by_the_allow_list(server, client):
 
 
 def test_model_info_and_readiness_gauges(server, built):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     text = scrape(server)
     (info,) = [dict(k) for k, v in metric_samples(text, "toolchain_model_info").items() if v == 1]
@@ -367,7 +367,7 @@ def test_sigterm_lets_in_flight_requests_finish(built, tmp_path):
 
 
 def test_tampered_model_file_stops_startup_loudly(built, tmp_path):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     copy = tmp_path / "export"
     shutil.copytree(built.export_dir, copy)

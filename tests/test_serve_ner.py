@@ -17,7 +17,7 @@ LABELS = ["O", "B-ORG", "I-ORG", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 def tokenizer():
     from tokenizers import Tokenizer
 
-    from toolchain.modeling import packaged_model_dir
+    from toolchain.inference.modeling import packaged_model_dir
 
     tok = Tokenizer.from_file(str(packaged_model_dir("all-MiniLM-L6-v2") / "tokenizer.json"))
     tok.no_padding()
@@ -25,7 +25,7 @@ def tokenizer():
 
 
 def words_of(text: str) -> list[str]:
-    from toolchain.serve.ner import word_spans
+    from toolchain.data.words import word_spans
 
     return [text[start:end] for start, end in word_spans(text)]
 
@@ -39,7 +39,7 @@ def test_words_split_like_conll_tokens():
 def tagged_logits(text: str, encoding, word_tags: dict[str, str]) -> np.ndarray:
     """Logits that give each word of ``text`` its tag from ``word_tags`` (default O) on its first
     sub-token and a wrong tag on the others (they must be ignored)."""
-    from toolchain.serve.ner import token_words
+    from toolchain.data.words import token_words
 
     words = words_of(text)
     logits = np.zeros((len(encoding.offsets), len(LABELS)))
@@ -122,7 +122,7 @@ def punctuated_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
 def ner_export(tiny_bert, tmp_path_factory):
     from conftest import write_conll
 
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
     from toolchain.train.runner import train
@@ -219,9 +219,9 @@ def training_window_entities(export_dir, variant: str, text: str) -> tuple[list[
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.data.readers import Example
-    from toolchain.serve.ner import word_spans
+    from toolchain.data.words import word_spans
     from toolchain.tasks.token_classification import IGNORE, TokenClassification, entity_spans
 
     export = load_export(export_dir)
@@ -243,9 +243,9 @@ def training_window_entities(export_dir, variant: str, text: str) -> tuple[list[
 
 def test_long_text_is_served_in_the_training_windows(ner_export):
     """Windows as in training: every word scored once, by the window that owns it; offsets into the text."""
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.serve import ner
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     export = load_export(ner_export)
     model = OnnxModel(export, "fp32")
@@ -266,9 +266,9 @@ def test_long_text_is_served_in_the_training_windows(ner_export):
 
 
 def test_windows_cover_every_word_once_and_clip_a_giant_word(ner_export):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.serve import ner
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     model = OnnxModel(load_export(ner_export), "int8")
     giant = "Nokia " + "x" * 3000 + " joined Reuters in Paris. " * 3
@@ -281,7 +281,7 @@ def test_windows_cover_every_word_once_and_clip_a_giant_word(ner_export):
 
 @pytest.mark.server
 def test_served_ner_finds_entities_after_the_models_max_length(ner_server, ner_export):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     export = load_export(ner_export)
     response = httpx.post(ner_server.url + "/ner", json={"texts": [LONG_TEXT, "Olga joined Nordea in London."]},

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from test_serve_support import REPO, built  # noqa: F401  (session fixture)
-from toolchain.artifacts import ArtifactError, load_export
-from toolchain.config import ConfigError
+from toolchain.core.artifacts import ArtifactError, load_export
+from toolchain.core.config import ConfigError
 from toolchain.serve import auth
 from toolchain.serve.classify import parse_request, predictions
 from toolchain.serve.metrics import source_label
-from toolchain.serve.runtime import CPU, CUDA, OnnxModel, choose_providers, plan_calls
-from toolchain.serve.settings import ServeSettings, available_cpus, load_settings, settings_table
+from toolchain.inference.runtime import CPU, CUDA, OnnxModel, choose_providers, plan_calls
+from toolchain.core.hardware import available_cpus
+from toolchain.serve.settings import ServeSettings, load_settings, settings_table
 from toolchain.serve.validation import Limits, RequestRejected
 
 LIMITS = Limits(max_items=4, max_chars=50)

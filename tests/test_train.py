@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from toolchain.artifacts import ArtifactError, load_run
-from toolchain.config import load_config
-from toolchain.evaluate import compare_runs, evaluate_file, load_run_model, predict_logits
+from toolchain.core.artifacts import ArtifactError, load_run
+from toolchain.core.config import load_config
+from toolchain.evaluate import compare_runs, evaluate_file
+from toolchain.inference.run_model import load_run_model, predict_logits
 from toolchain.data.readers import read_examples
 from toolchain.tasks import get_task
 from toolchain.train.runner import train
@@ -176,7 +177,7 @@ def still_classifier(tiny_bert):
 def adversarial_trainer(model, tmp_path, **adversarial):
     from transformers import TrainingArguments
 
-    from toolchain.config import AdversarialConfig
+    from toolchain.core.config import AdversarialConfig
     from toolchain.train.adversarial import AdversarialTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
@@ -411,7 +412,7 @@ def overwrite_cfg(output_dir):
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(tmp_path, monkeypatch):
     """`output_dir=. --overwrite` must not wipe the current folder (or any folder that is no run dir)."""
-    from toolchain.train.runner import prepare_run_dir
+    from toolchain.core.artifacts import prepare_run_dir
 
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "src").mkdir()
@@ -430,7 +431,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(tmp_path, monkeypatch)
 
 
 def test_overwrite_refuses_the_current_folder_even_if_it_is_a_run_dir(tmp_path, monkeypatch):
-    from toolchain.train.runner import prepare_run_dir
+    from toolchain.core.artifacts import prepare_run_dir
 
     (tmp_path / "toolchain.yaml").write_text("artifact_version: 1\nstage: train\nstatus: complete\n")
     monkeypatch.chdir(tmp_path)
@@ -441,7 +442,7 @@ def test_overwrite_refuses_the_current_folder_even_if_it_is_a_run_dir(tmp_path, 
 
 @pytest.mark.parametrize("marker", ["manifest", "incomplete", "checkpoint"])
 def test_overwrite_replaces_a_run_dir_an_empty_or_a_missing_one(tmp_path, marker):
-    from toolchain.train.runner import prepare_run_dir
+    from toolchain.core.artifacts import prepare_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

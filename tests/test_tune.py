@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from toolchain.cli import main
-from toolchain.config import ConfigError, load_config
+from toolchain.core.config import ConfigError, load_config
 
 pytest.importorskip("optuna")
 

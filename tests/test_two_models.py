@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
-from toolchain.artifacts import ArtifactError, ExportInfo
-from toolchain.config import ConfigError, load_config
-from toolchain.serve.classify import joint_predictions, predictions, results, softmax
-from toolchain.serve.runtime import BatchOutput, TopicPair, check_topic_pair
+from toolchain.core.artifacts import ArtifactError, ExportInfo
+from toolchain.core.config import ConfigError, load_config
+from toolchain.core.probability import softmax
+from toolchain.serve.classify import joint_predictions, predictions, results
+from toolchain.inference.runtime import BatchOutput, TopicPair, check_topic_pair
 from toolchain.tasks.joint import joint_labels
 
 from test_serve_support import toolchain_env
@@ -204,7 +205,7 @@ def test_concurrent_pair_runs_the_topic_model_in_its_own_thread_at_the_same_time
 
 def test_pair_load_verifies_the_topic_models_checksums(tmp_path):
     """A topic model file altered after export stops loading with an error naming it."""
-    from toolchain.serve.runtime import load_topic_pair
+    from toolchain.inference.runtime import load_topic_pair
     from toolchain.serve.settings import ServeSettings
 
     class Main:

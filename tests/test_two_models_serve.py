@@ -68,8 +68,8 @@ def bento_info(build: TopicBuild) -> dict:
 
 
 def offline(export_dir: Path, variant: str):
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel
 
     return OnnxModel(load_export(export_dir), variant)
 
@@ -108,7 +108,7 @@ def test_build_reuses_the_main_model_trains_the_topic_model_and_names_both(topic
 
 
 def test_bento_carries_both_models_their_arguments_and_the_topic_models_metrics(topic_build):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     info = bento_info(topic_build)
     labels, args = info["labels"], info["args"]
@@ -125,7 +125,7 @@ def test_bento_carries_both_models_their_arguments_and_the_topic_models_metrics(
 
 
 def test_classify_answers_sentiment_from_the_main_model_and_topic_from_the_topic_model(bento_server, topic_build):
-    from toolchain.serve.classify import softmax
+    from toolchain.core.probability import softmax
 
     info = bento_info(topic_build)
     main = offline(topic_build.export_dir, info["args"]["variant"])
@@ -209,7 +209,7 @@ def test_export_dirs_served_with_topic_export_dir_answer_the_same(topic_build, b
 
 
 def test_an_altered_topic_model_file_stops_startup_and_readiness_stays_false(topic_build, tmp_path):
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
 
     copy = tmp_path / "topic-export"
     shutil.copytree(topic_build.topic_export_dir, copy)

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import FILLER, NEGATIVE, NEUTRAL, POSITIVE, write_jsonl
 from toolchain.cli import main
-from toolchain.config import ConfigError, load_config
+from toolchain.core.config import ConfigError, load_config
 from toolchain.data.dataset import Splits
 from toolchain.data.readers import Example
 
@@ -190,7 +190,7 @@ def test_missing_parent_is_a_clear_error(tmp_path, tiny_data, capsys):
 
 
 def test_exports_and_bentos_carry_the_lineage_and_refuse_an_unpromotable_run(parent_run, tmp_path):
-    from toolchain.artifacts import ArtifactError, ExportInfo, load_run
+    from toolchain.core.artifacts import ArtifactError, ExportInfo, load_run
     from toolchain.build import check_promotable, lineage_labels
     from toolchain.export.pipeline import lineage_section
 

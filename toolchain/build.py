@@ -31,7 +31,8 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolchain.config import ConfigError, config_hash, data_root, expand_data_path
+from toolchain.core.artifacts import export_state, run_state
+from toolchain.core.config import ConfigError, config_hash, data_root, expand_data_path
 
 log = logging.getLogger("toolchain.build")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def plan(preset: str, overrides: list[str], export_preset: str | None = None) -> Stages:
     """Resolve both configs and decide, by config hash, which stages must run."""
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
 
     run_overrides, export_overrides = split_overrides(overrides)
@@ -73,27 +74,6 @@ def plan(preset: str, overrides: list[str], export_preset: str | None = None) ->
     export_dir = run_dir.with_name(f"{run_dir.name}-export-{export_hash}")
     return Stages(cfg, export_cfg, run_dir, run_hash, export_dir, export_hash,
                   run_state(run_dir, config_hash(cfg)), export_state(export_dir, config_hash(cfg), export_hash))
-
-
-def run_state(run_dir: Path, expected_hash: str) -> str:
-    from toolchain.artifacts import ArtifactError, load_run
-
-    try:
-        run = load_run(run_dir)
-    except ArtifactError:
-        return "resume" if (run_dir / "checkpoints").is_dir() else "train"
-    return "up to date" if run.manifest.get("config_hash") == expected_hash else "train"
-
-
-def export_state(export_dir: Path, run_hash: str, export_hash: str) -> str:
-    from toolchain.artifacts import ArtifactError, load_export
-
-    try:
-        manifest = load_export(export_dir).manifest
-    except ArtifactError:
-        return "export"
-    same = manifest.get("run_config_hash") == run_hash and manifest.get("export_config_hash") == export_hash
-    return "up to date" if same else "export"
 
 
 def check_data(cfg, option: str = "") -> None:
@@ -137,9 +117,9 @@ def check_topic_configs(main_cfg, topic_cfg) -> None:
 
 
 def check_topic_exports(export_dir: Path, topic_export_dir: Path) -> None:
-    """The two exports can be served together (toolchain.serve.runtime.check_topic_pair); raises ArtifactError."""
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import check_topic_pair
+    """The two exports can be served together (toolchain.inference.runtime.check_topic_pair); raises ArtifactError."""
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import check_topic_pair
 
     check_topic_pair(load_export(export_dir), load_export(topic_export_dir))
 
@@ -206,7 +186,7 @@ def lineage_labels(manifest: dict) -> dict[str, str]:
 
 def check_promotable(export) -> None:
     """An update that forgot more than its limit (``update.max_forgetting``) is not built into a Bento."""
-    from toolchain.artifacts import ArtifactError
+    from toolchain.core.artifacts import ArtifactError
 
     if export.manifest.get("promotable", True) is False:
         raise ArtifactError(f"{export.path}: its run is not promotable (it forgot more of its parent's test set than "
@@ -226,8 +206,8 @@ def register_model(export_dir: Path, variant: str | None, allow_unpromotable: bo
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from toolchain.artifacts import load_export
-    from toolchain.serve.runtime import verify_variant
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import verify_variant
 
     export = load_export(export_dir)
     if not allow_unpromotable:

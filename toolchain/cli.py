@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, trailing, getattr(args, trailing) + extra)
     elif extra:
         top.error(f"unrecognized arguments: {' '.join(extra)}")
-    from toolchain.errors import USER_ERRORS
+    from toolchain.core.errors import USER_ERRORS
     try:
         return int(module.run(args) or 0)
     except USER_ERRORS as exc:

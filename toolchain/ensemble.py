@@ -15,100 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.artifacts import ArtifactError, RunInfo, load_run
-from toolchain.config import DataConfig, from_dict
+from toolchain.core.artifacts import ArtifactError, RunInfo
+from toolchain.core.config import DataConfig, from_dict
 from toolchain.data.dataset import check_labels, read_file
 from toolchain.tasks import get_task
-from toolchain.tasks.joint import has_topic_head
+from toolchain.inference.members import check_members, ensemble_probabilities, expand_members
 
 
-def group_runs(path: Path) -> list[Path]:
-    """The run dirs of a seed group: its ``seeds.json`` runs, found beside it (seed-S) or as recorded."""
-    from toolchain.train.seeds import load_group
-
-    runs = []
-    for recorded in load_group(path)["runs"]:
-        inside = path / Path(recorded).name
-        runs.append(inside if inside.is_dir() else Path(recorded))
-    return runs
-
-
-def expand_members(paths: list[str]) -> list[RunInfo]:
-    """The member runs, in order: each run dir, and each seed group's runs in its place."""
-    from toolchain.train.seeds import is_group
-
-    if not paths:
-        raise ArtifactError("an ensemble needs at least one run dir or seed group")
-    runs = []
-    for path in paths:
-        runs += [load_run(p) for p in group_runs(Path(path))] if is_group(path) else [load_run(path)]
-    return runs
-
-
-def check_members(runs: list[RunInfo], task: str | None = None) -> None:
-    """Members must share the task and the label set (their order may differ); no topic heads."""
-    first = runs[0]
-    for run in runs:
-        if task is not None and run.task != task:
-            raise ArtifactError(f"{run.path} is a {run.task} run; expected {task}")
-        if run.task != first.task:
-            raise ArtifactError(f"{run.path} is a {run.task} run and {first.path} a {first.task} run: an ensemble "
-                                f"needs runs of one task")
-        if has_topic_head(run.labels):
-            raise ArtifactError(f"{run.path} has a topic head; ensembles take single-task runs")
-        if set(run.labels) != set(first.labels):
-            raise ArtifactError(f"{run.path} has labels {run.labels} and {first.path} has labels {first.labels}: "
-                                f"an ensemble needs runs trained for the same labels")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def in_label_order(run: RunInfo, logits: np.ndarray, labels: list[str]) -> np.ndarray:
-    """A run's logits with their columns in the order of ``labels`` (members are aligned by label name)."""
-    return logits[..., [run.labels.index(label) for label in labels]]
-
-
-def member_logits(run: RunInfo, examples: list, labels: list[str]) -> np.ndarray:
-    """One run's logits on ``examples``, columns in the order of ``labels``."""
-    from toolchain.evaluate import load_run_model, predict_logits
-
-    model, tokenizer = load_run_model(run)
-    return in_label_order(run, predict_logits(model, tokenizer, get_task(run.task), examples, run.max_length), labels)
-
-
-def member_probabilities(run: RunInfo, examples: list, labels: list[str], temperature: float = 1.0) -> np.ndarray:
-    """One run's softmax(logits / temperature) on ``examples``, columns in the order of ``labels``."""
-    return softmax(member_logits(run, examples, labels), temperature)
-
-
-def word_pieces_of(run: RunInfo, examples: list) -> list[list[int]]:
-    from toolchain.modeling import load_tokenizer
-
-    dataset = get_task(run.task).encode(examples, load_tokenizer(str(run.model_dir)), None, run.max_length)
-    return [f["input_ids"] for f in dataset.features]
-
-
-def check_same_pieces(runs: list[RunInfo], examples: list) -> None:
-    """Token classification: per-token probabilities average only over the same word pieces."""
-    reference = word_pieces_of(runs[0], examples)
-    for run in runs[1:]:
-        if word_pieces_of(run, examples) != reference:
-            raise ArtifactError(f"{run.path} and {runs[0].path} cut the sentences into different word pieces (another "
-                                f"tokenizer or data.max_length): a token-classification ensemble needs members with "
-                                f"the same tokenizer and max length")
-
-
-def ensemble_probabilities(runs: list[RunInfo], examples: list, labels: list[str],
-                           temperature: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(mean of the members' probabilities, each member's), columns in the order of ``labels``."""
-    if runs[0].task == "token-classification":
-        check_same_pieces(runs, examples)
-    members = [member_probabilities(run, examples, labels, temperature) for run in runs]
-    return np.mean(members, axis=0), members
 
 
 def labelled_examples(run: RunInfo, data: str | None, split: str) -> tuple[list, str]:
@@ -130,7 +43,7 @@ def labelled_examples(run: RunInfo, data: str | None, split: str) -> tuple[list,
 def gold_ids(run: RunInfo, examples: list, labels: list[str]) -> np.ndarray:
     task = get_task(run.task)
     if hasattr(task, "gold_ids"):
-        from toolchain.modeling import load_tokenizer
+        from toolchain.inference.modeling import load_tokenizer
 
         return task.gold_ids(examples, labels, load_tokenizer(str(run.model_dir)), run.max_length)
     return np.array([labels.index(ex.label) for ex in examples])
@@ -170,8 +83,8 @@ def short_name(run_dir: str) -> str:
 
 
 def ensemble_table(result: dict) -> str:
-    from toolchain.evaluate import base_name
-    from toolchain.train.report import format_table
+    from toolchain.core.report import base_name
+    from toolchain.core.report import format_table
 
     names = ("accuracy", "macro_f1") if result["task"] == "sequence-classification" else ("f1", "precision", "recall")
     classes = list(result["ensemble"].get("per_class") or result["ensemble"].get("per_type") or {})
@@ -193,7 +106,7 @@ def run_ensemble(paths: list[str], data: str | None, split: str, json_out: str |
     for note in result["notes"]:
         print(f"note: {note}")
     if json_out:
-        from toolchain.artifacts import write_json
+        from toolchain.core.artifacts import write_json
 
         write_json(json_out, result)
     return result

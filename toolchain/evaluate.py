@@ -5,60 +5,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from toolchain.artifacts import ArtifactError, RunInfo, load_run
-from toolchain.config import DataConfig, from_dict
+from toolchain.core.artifacts import RunInfo, load_run
+from toolchain.core.config import DataConfig, from_dict
 from toolchain.data.dataset import check_labels, read_file
 from toolchain.data.readers import DataError
-from toolchain.modeling import load_pretrained, load_tokenizer
+from toolchain.inference.run_model import load_run_model, predict_logits
 from toolchain.tasks import get_task
 from toolchain.tasks.joint import has_topic_head
-from toolchain.train.report import format_table, plot_confusion
-
-
-def load_run_model(run: RunInfo, merge: bool = False):
-    """The run's model in eval mode: a full model, or base + PEFT adapter (merged if asked)."""
-    task = get_task(run.task)
-    labels = run.labels
-    if run.is_peft:
-        from peft import PeftModel
-        base = load_pretrained(task.auto_model_class(), run.base_model, num_labels=len(labels),
-                               id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-        model = PeftModel.from_pretrained(base, str(run.model_dir))
-        if merge:
-            model = model.merge_and_unload()
-    else:
-        model = load_pretrained(task.auto_model_class(), str(run.model_dir))
-    return model.eval(), load_tokenizer(str(run.model_dir))
-
-
-@torch.no_grad()
-def predict_logits(model, tokenizer, task, examples, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Logits for examples in order (sequence tasks: (n, labels); token tasks: padded (n, len, labels))."""
-    dataset = task.encode(examples, tokenizer, None, max_length)
-    return feature_logits(model, task.collator(tokenizer), dataset.features, batch_size)
-
-
-@torch.no_grad()
-def feature_logits(model, collate, features: list[dict], batch_size: int = 64) -> np.ndarray:
-    """Logits of already encoded features, in order (token tasks: padded to the longest feature). Batches are
-    cut from the features sorted by length, so short texts are not padded to a long neighbour's length."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    outputs = []
-    for start in range(0, len(order), batch_size):
-        batch = collate([features[i] for i in order[start:start + batch_size]])
-        batch = {k: v for k, v in batch.items() if k != "labels"}
-        outputs.append(model(**batch).logits.float().cpu().numpy())
-    if outputs and outputs[0].ndim == 3:  # token classification: pad to a common length
-        width = max(o.shape[1] for o in outputs)
-        outputs = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in outputs]
-    if not outputs:
-        return np.zeros((0,))
-    stacked = np.concatenate(outputs)
-    logits = np.empty_like(stacked)
-    logits[order] = stacked   # back to the features' order
-    return logits
+from toolchain.core.report import base_name, format_table, plot_confusion
 
 
 def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides: dict | None = None) -> dict:
@@ -91,8 +46,8 @@ def evaluate_file(run_dir: str, data: str | None, split: str = "test", overrides
 def evaluate_joint(run: RunInfo, data: str | None, split: str, overrides: dict | None) -> dict:
     """A run with a topic head: both heads on the run's own split, or the one head whose classes a file's
     labels are (a sentiment file scores the main head, a topic file the topic head)."""
-    from toolchain.config import RunConfig
-    from toolchain.data.joint import load_run_splits
+    from toolchain.core.config import RunConfig
+    from toolchain.tasks.joint_data import load_run_splits
 
     task = get_task(run.task, run.labels)
     model, tokenizer = load_run_model(run)
@@ -143,22 +98,9 @@ def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | Non
     return metrics
 
 
-def base_name(base_model: str) -> str:
-    """A short name of a base model; a run's model/ dir is shown as RUN/model."""
-    path = Path(base_model)
-    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
-
-
 def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "test") -> str:
-    """A table of several runs (e.g. head = before adaptation vs full / LoRA = after); seed groups
-    (``train --seeds N``) are shown as mean ± std with a paired significance figure."""
-    from toolchain.train.seeds import compare_groups, is_group
-
-    if any(is_group(d) for d in run_dirs):
-        if not all(is_group(d) for d in run_dirs) or data:
-            raise ArtifactError("compare: give either run dirs or seed groups (train --seeds N), not both; "
-                                "--data re-scores run dirs only")
-        return compare_groups(run_dirs, split)
+    """A table of several runs (e.g. head = before adaptation vs full / LoRA = after); seed groups are compared
+    by :func:`toolchain.train.comparison.compare_groups` (the ``compare`` command picks which)."""
     rows, classes = [], None
     for run_dir in run_dirs:
         run = load_run(run_dir)

@@ -91,7 +91,7 @@ def baseline_document(measured: dict, settings: dict, machine: dict, tolerances:
 
 def write_baseline(path: Path, document: dict) -> None:
     """Store ``document`` as its machine's family's baseline, keeping the other families'."""
-    from toolchain.artifacts import write_json
+    from toolchain.core.artifacts import write_json
 
     try:
         families = read_families(path)

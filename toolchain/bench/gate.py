@@ -61,7 +61,7 @@ def offline_ratios(export, repeats: int, threads: int = 1, progress: bool = True
     """The offline ratios: the gate's sentences, all three variants interleaved, ``repeats`` times."""
     from transformers import AutoTokenizer
 
-    from toolchain.measure import measure_interleaved
+    from toolchain.core.measure import measure_interleaved
     from toolchain.bench.runners import export_runners
     from toolchain.bench.workloads import GATE_SENTENCES, real_workload, sentence_batches
 
@@ -116,7 +116,7 @@ def compare(measured: dict, baseline: dict) -> list[dict]:
 
 
 def verdict_table(rows: list[dict]) -> str:
-    from toolchain.train.report import format_table
+    from toolchain.core.report import format_table
 
     def pct(x):
         return "-" if x is None else f"{x:+.0%}"

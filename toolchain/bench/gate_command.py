@@ -22,7 +22,7 @@ def parse_parts(value: str) -> list[str]:
 
 def measure(args, parts: list[str], timings: dict) -> tuple[dict, str]:
     """The ratios of ``parts`` on the given export dir, or on the quick model built in a temporary dir."""
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.bench.quick_model import build_quick_export
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:

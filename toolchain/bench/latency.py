@@ -1,7 +1,7 @@
-"""Benchmark-side timing of a finished export dir (the measuring primitives live in toolchain.measure)."""
+"""Benchmark-side timing of a finished export dir (the measuring primitives live in toolchain.core.measure)."""
 from __future__ import annotations
 
-from toolchain.measure import (Runner, measure_interleaved, onnx_runner, onnx_session, summarize,  # noqa: F401
+from toolchain.core.measure import (Runner, measure_interleaved, onnx_runner, onnx_session, summarize,  # noqa: F401
                                text_batches, torch_runner)
 
 
@@ -16,7 +16,7 @@ def measure_export_dir(export_dir, variants: list[str] | None = None, batch_size
     import torch
     from transformers import AutoTokenizer
 
-    from toolchain.artifacts import load_export, load_run
+    from toolchain.core.artifacts import load_export, load_run
     from toolchain.export.scoring import load_run_splits, run_task
 
     info = load_export(export_dir)

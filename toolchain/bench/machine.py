@@ -94,7 +94,7 @@ def library_versions() -> dict:
 
 def detect_machine(cpuinfo_path: str = "/proc/cpuinfo") -> Machine:
     text = Path(cpuinfo_path).read_text(errors="replace") if Path(cpuinfo_path).exists() else ""
-    from toolchain.hardware import cpu_flags
+    from toolchain.core.hardware import cpu_flags
 
     flags = sorted(cpu_flags(text))
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

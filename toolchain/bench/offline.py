@@ -59,7 +59,7 @@ def time_workload(runners: dict, workload, batch_sizes: list[int], scale: float,
 
     ``cpu_share``: CPU seconds this process got per wall second and thread while timing (1.0 on an
     idle machine; less when other jobs compete for the cores)."""
-    from toolchain.measure import measure_interleaved
+    from toolchain.core.measure import measure_interleaved
     from toolchain.bench.workloads import sentence_batches
 
     results: dict = {name: {} for name in runners}
@@ -109,7 +109,7 @@ def workload_summary(workload) -> dict:
 def run_offline(export_dir: Path, data_root: Path | None, batch_sizes=BATCH_SIZES, scale: float = 1.0,
                 threads: int = 0, progress: bool = True) -> dict:
     """The whole offline benchmark of one export dir; returns the results document."""
-    from toolchain.artifacts import load_export
+    from toolchain.core.artifacts import load_export
     from toolchain.bench.machine import detect_machine, peak_rates
     from toolchain.bench.runners import export_runners
 

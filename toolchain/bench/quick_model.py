@@ -40,7 +40,7 @@ def train_overrides(data: dict[str, Path], run_dir: Path, base: str) -> list[str
 
 def build_quick_export(work_dir: Path, base: str = PACKAGED_BASE) -> Path:
     """Train (one step, head only) and export fp32 + int8 under ``work_dir``; returns the export dir."""
-    from toolchain.config import load_config
+    from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
     from toolchain.export.pipeline import export
     from toolchain.train.runner import train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.measure import Runner, onnx_runner
+from toolchain.core.measure import Runner, onnx_runner
 
 INJECT_DELAY_ENV = "TOOLCHAIN_BENCH_INJECT_DELAY_MS"
 PYTORCH = "pytorch"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def pick_export_dir(repo: Path) -> Path:
     """The complete export dir under exports/ with the most variants (a pruned export has them all)."""
-    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.core.artifacts import ArtifactError, load_export
 
     candidates = []
     for path in sorted((repo / "exports").glob("*")):
@@ -25,9 +25,9 @@ def pick_export_dir(repo: Path) -> Path:
 
 
 def offline(args, repo: Path) -> int:
-    from toolchain.artifacts import write_json
+    from toolchain.core.artifacts import write_json
     from toolchain.bench.offline import run_offline
-    from toolchain.config import data_root
+    from toolchain.core.config import data_root
 
     export_dir = args.export_dir or pick_export_dir(repo)
     print(f"offline benchmark of {export_dir}", flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from toolchain.build import (build_bento, check_data, check_topic_configs, check_topic_exports, ensure_export,
                              ensure_run, packed_variant_line, plan, plan_topic, print_summary, register_model)
-from toolchain.config import ConfigError
+from toolchain.core.config import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

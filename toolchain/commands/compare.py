@@ -11,6 +11,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from toolchain.core.artifacts import ArtifactError, is_group
+
+    if any(is_group(d) for d in args.run_dirs):
+        if not all(is_group(d) for d in args.run_dirs) or args.data:
+            raise ArtifactError("compare: give either run dirs or seed groups (train --seeds N), not both; "
+                                "--data re-scores run dirs only")
+        from toolchain.train.comparison import compare_groups
+        print(compare_groups(args.run_dirs, args.split))
+        return 0
     from toolchain.evaluate import compare_runs
     print(compare_runs(args.run_dirs, args.data, args.split))
     return 0

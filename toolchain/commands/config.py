@@ -10,7 +10,7 @@ import importlib
 
 # kind -> (module, loader(name_or_path, overrides), config class); None = a training preset
 KINDS = {
-    "train": ("toolchain.config", "load_config", "RunConfig"),
+    "train": ("toolchain.core.config", "load_config", "RunConfig"),
     "export": ("toolchain.export.config", "load_export_config", "ExportConfig"),
     "pretrain": ("toolchain.pretrain", "load_pretrain_config", "PretrainConfig"),
 }
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def preset_kind(name_or_path: str) -> str:
-    from toolchain.config import ConfigError, read_preset
+    from toolchain.core.config import ConfigError, read_preset
 
     kind = read_preset(name_or_path).get("kind") or "train"
     if kind not in KINDS:
@@ -48,7 +48,7 @@ def print_options(rows) -> None:
 def run(args) -> int:
     import yaml
 
-    from toolchain.config import PRESET_DIR, ConfigError, field_help, to_dict
+    from toolchain.core.config import PRESET_DIR, ConfigError, field_help, to_dict
     if args.list:
         for path in sorted(PRESET_DIR.glob("*.yaml")):
             first = path.read_text().splitlines()[0].lstrip("# ")

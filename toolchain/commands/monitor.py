@@ -103,7 +103,7 @@ def run(args) -> int:
 
 def build(args):
     """The feeder and its client from the parsed arguments; validates them first."""
-    from toolchain.monitor.client import Backoff, MonitorError, ServiceClient
+    from toolchain.monitor.client import Backoff, ServiceClient
     from toolchain.monitor.feeder import FeedOptions, Feeder
     from toolchain.monitor.sources import open_source
     from toolchain.monitor.state import FeedState

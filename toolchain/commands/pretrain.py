@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from toolchain.config import ConfigError
+    from toolchain.core.config import ConfigError
     from toolchain.pretrain import load_pretrain_config, resume_config
     from toolchain.pretrain.trainer import pretrain
 

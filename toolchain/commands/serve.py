@@ -52,8 +52,8 @@ def server_environment(args) -> dict[str, str]:
 
 def serve_target(target: str, env: dict[str, str]) -> tuple[str, str | None]:
     """(what `bentoml serve` gets, working dir): an export dir is checked here, then passed by environment."""
-    from toolchain.artifacts import ArtifactError, load_export
-    from toolchain.serve.runtime import verify_variant
+    from toolchain.core.artifacts import ArtifactError, load_export
+    from toolchain.inference.runtime import verify_variant
 
     path = Path(target)
     if path.is_dir():

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from toolchain.config import ConfigError, load_config
+    from toolchain.core.config import ConfigError, load_config
     from toolchain.train.runner import resume_config, train
 
     if args.resume:

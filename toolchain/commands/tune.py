@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from toolchain.config import ConfigError
+    from toolchain.core.config import ConfigError
     from toolchain.train.tune import plan_study, run_study, trial_table, write_best_preset
 
     if args.trials <= 0:

@@ -24,7 +24,7 @@ def run(args) -> int:
     from toolchain.train.runner import resume_config, train
     from toolchain.train.update import update_config, update_summary
 
-    from toolchain.config import ConfigError
+    from toolchain.core.config import ConfigError
 
     parent, overrides = args.args[0], args.args[1:]
     if "=" in parent:

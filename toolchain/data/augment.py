@@ -66,7 +66,7 @@ class MaskedLMReplacer:
     def __init__(self, model_dir: str, top_k: int):
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        from toolchain.config import ConfigError
+        from toolchain.core.config import ConfigError
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model, info = AutoModelForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
@@ -119,7 +119,7 @@ def augment_examples(examples: list[Example], cfg, seed: int) -> list[Example]:
 
 def with_augmented_train(splits, cfg, task: str, seed: int):
     """The splits with augmented copies added to train (the original examples first)."""
-    from toolchain.config import ConfigError
+    from toolchain.core.config import ConfigError
 
     if cfg.method == "none":
         return splits

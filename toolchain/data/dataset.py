@@ -1,13 +1,13 @@
 """Splits, label maps and tokenized datasets, shared by every task."""
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain.config import DataConfig, expand_data_path
+from toolchain.core.artifacts import sha256_file
+from toolchain.core.config import DataConfig, expand_data_path
 from toolchain.data.readers import DataError, Example, read_examples
 
 
@@ -17,14 +17,6 @@ class Splits:
     dev: list[Example]
     test: list[Example]
     files: dict[str, dict] = field(default_factory=dict)  # role -> {"path", "sha256", "examples"}
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stratum(example: Example) -> str:

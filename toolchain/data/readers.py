@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.core.errors import DataError  # noqa: F401  (defined in core.errors; exported here too)
 
-class DataError(ValueError):
-    """A data file is missing, unreadable or holds a bad record; the message names file and line."""
+
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Tag schemes for token classification: detect IO vs IOB2, convert IO (or IOB1) to IOB2, validate IOB2."""
 from __future__ import annotations
 
+from toolchain.core.errors import DataError
+
 
 def detect_scheme(tags: list[str]) -> str:
     """'iob2' when any B- tag appears, else 'io' (a file with only I-X and O tags)."""
@@ -21,8 +23,6 @@ def io_to_iob2(tags: list[str]) -> list[str]:
 
 def validate_iob2(tags: list[str], source: str) -> None:
     """Tags are O, B-TYPE or I-TYPE, and an I-TYPE follows B-TYPE or I-TYPE of the same type."""
-    from toolchain.data.readers import DataError
-
     previous = "O"
     for i, tag in enumerate(tags):
         if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):

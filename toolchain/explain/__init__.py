@@ -12,6 +12,6 @@ token, for one target class or one entity):
   image has): leave one word out, on the served ONNX variant through the serving runtime; a word's score
   is how much the target class's probability drops without it. Its prediction is the served one.
 
-Words are found as the service finds them for NER (:func:`toolchain.serve.ner.word_spans`: punctuation
+Words are found as the service finds them for NER (:func:`toolchain.data.words.word_spans`: punctuation
 alone, numbers, abbreviations and joined names kept whole); a word's score is the sum of its tokens'.
 """

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from toolchain.explain.result import Explanation, ExplainError, check_text, choose, word_scores
-from toolchain.serve.ner import token_words
+from toolchain.data.words import token_words
 from toolchain.tasks.token_classification import decode_entities
 
 METHOD = "integrated-gradients"

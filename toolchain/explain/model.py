@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from toolchain.artifacts import MANIFEST, ArtifactError, load_export, load_run
+from toolchain.core.artifacts import MANIFEST, ArtifactError, load_export, load_run
 
 
 @dataclass
@@ -23,7 +23,8 @@ class ExplainedModel:
         import numpy as np
         import torch
 
-        from toolchain.explain.result import class_heads, softmax
+        from toolchain.core.probability import softmax
+        from toolchain.explain.result import class_heads
 
         classes, start = class_heads(self.labels)[0]
         rows = []
@@ -59,7 +60,7 @@ def artifact_stage(path: Path) -> str:
 
 def load_explained_model(path: str | Path) -> ExplainedModel:
     """A run dir's model (PEFT merged into the base weights) or an export dir's ``merged/`` fp32 model."""
-    from toolchain.evaluate import load_run_model
+    from toolchain.inference.run_model import load_run_model
 
     path = Path(path)
     if artifact_stage(path) == "train":
@@ -76,13 +77,13 @@ def load_explained_model(path: str | Path) -> ExplainedModel:
 
 
 def merged_model(task_name: str, merged: Path):
-    from toolchain.modeling import load_pretrained
+    from toolchain.inference.modeling import load_pretrained
     from toolchain.tasks import get_task
 
     return load_pretrained(get_task(task_name).auto_model_class(), str(merged)).eval()
 
 
 def load_tokenizer_of(merged: Path, tokenizer_dir: Path):
-    from toolchain.modeling import load_tokenizer
+    from toolchain.inference.modeling import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir if (tokenizer_dir / "tokenizer.json").is_file() else merged))

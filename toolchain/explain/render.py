@@ -120,7 +120,7 @@ def html_block(e: Explanation) -> str:
 
 
 def write_html(explanations: list[Explanation], path: str | Path, title: str = "toolchain explain") -> Path:
-    from toolchain.artifacts import atomic_write_text
+    from toolchain.core.artifacts import atomic_write_text
 
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}.x{margin:1.2em 0}"
              ".h{font-size:85%;color:#444}.t{font-size:120%;line-height:1.8}.t span{padding:0 .15em;"

@@ -5,8 +5,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from toolchain.core.probability import softmax
 from toolchain.data.readers import DataError
-from toolchain.serve.ner import token_words, word_spans
+from toolchain.data.words import token_words, word_spans
 
 
 class ExplainError(DataError):
@@ -132,8 +133,3 @@ def without_words(text: str, spans: list[tuple[int, int]]) -> str:
     return " ".join("".join(kept).split())
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -77,10 +77,10 @@ def explainer(options: ExplainOptions):
 
 
 def occlusion_explainer(options: ExplainOptions):
-    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.core.artifacts import ArtifactError, load_export
     from toolchain.explain.model import artifact_stage
     from toolchain.explain.occlusion import explain_text
-    from toolchain.serve.runtime import OnnxModel
+    from toolchain.inference.runtime import OnnxModel
 
     if artifact_stage(Path(options.path)) != "export":
         raise ArtifactError(f"{options.path}: occlusion runs on an ONNX variant; give an export dir")
@@ -133,7 +133,7 @@ def as_json(results, source: str, options: ExplainOptions) -> dict:
 
 
 def write_outputs(results, source: str, options: ExplainOptions) -> None:
-    from toolchain.artifacts import write_json
+    from toolchain.core.artifacts import write_json
 
     explanations = [e for _, batch in results for e in batch]
     if options.json_out and options.json_out != "-":

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolchain.core.probability import softmax
+from toolchain.tasks.joint import head_columns
+
 BINS = 15
 T_RANGE = (0.05, 20.0)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -89,15 +85,6 @@ def calibration_report(dev_logits, dev_labels, test_logits, test_labels, objecti
         "test_nll_after": nll(test_logits, np.asarray(test_labels, dtype=int), t),
         "dev_items": int(len(dev_labels)), "test_items": int(len(test_labels)), "bins": BINS,
     }
-
-
-def head_columns(labels: list[str]) -> dict[str, slice]:
-    """Each head's output columns: ``main`` (all of them for a single-task model), ``topic`` beside it."""
-    from toolchain.tasks.joint import has_topic_head, heads_of
-
-    if not has_topic_head(labels):
-        return {"main": slice(0, len(labels))}
-    return {head.name: slice(head.start, head.stop) for head in heads_of(labels)}
 
 
 def head_items(logits: np.ndarray, gold: np.ndarray, columns: slice) -> tuple[np.ndarray, np.ndarray]:

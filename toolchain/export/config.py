@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolchain.config import CONFIG_VERSION, ConfigError, apply_overrides, from_dict, opt, read_preset
+from toolchain.core.config import CONFIG_VERSION, ConfigError, apply_overrides, from_dict, opt, read_preset
 
 VARIANTS = ("fp32", "optimized", "int8", "int8-static", "pruned", "pruned-int8")
 ISAS = ("auto", "arm64", "avx2", "avx512", "avx512_vnni")

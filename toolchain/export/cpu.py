@@ -1,8 +1,8 @@
-"""Which int8 preset this CPU can run: arm64, avx2, avx512 or avx512_vnni (detection in toolchain.hardware)."""
+"""Which int8 preset this CPU can run: arm64, avx2, avx512 or avx512_vnni (detection in toolchain.core.hardware)."""
 from __future__ import annotations
 
-from toolchain.config import ConfigError
-from toolchain.hardware import X86_PRESETS, CpuInfo, cpu_flags, detect_cpu
+from toolchain.core.config import ConfigError
+from toolchain.core.hardware import X86_PRESETS, CpuInfo, cpu_flags, detect_cpu
 
 __all__ = ["X86_PRESETS", "CpuInfo", "cpu_flags", "detect_cpu", "choose_preset"]
 

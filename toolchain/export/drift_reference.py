@@ -1,4 +1,4 @@
-"""The drift reference of every variant: ``onnx/NAME/drift_reference.json`` (read by toolchain.serve.drift).
+"""The drift reference of every variant: ``onnx/NAME/drift_reference.json`` (read by toolchain.inference.drift).
 
 Computed once the variants are scored, from what the service will compare live traffic with:
 
@@ -19,10 +19,10 @@ import logging
 
 import numpy as np
 
-from toolchain.artifacts import write_json
-from toolchain.serve.drift import (DRIFT_TASK, REFERENCE_FILE, REFERENCE_VERSION, count_tokens, main_labels,
+from toolchain.core.artifacts import write_json
+from toolchain.inference.drift import (DRIFT_TASK, REFERENCE_FILE, REFERENCE_VERSION, count_tokens, main_labels,
                                    seen_ids_of, token_codes)
-from toolchain.tasks.joint import TOPIC_PREFIX
+from toolchain.tasks.joint import TOPIC_PREFIX, main_head_probabilities
 
 log = logging.getLogger(__name__)
 LOW_CONFIDENCE_BELOW = 0.6   # a 3-class prediction scored under 0.6 is close to a tie between two labels
@@ -46,10 +46,7 @@ def label_shares(examples: list, labels: list[str]) -> dict:
 
 def confidence_reference(logits: np.ndarray, labels: list[str]) -> dict:
     """Mean predicted-label score and low-confidence share of dev logits, scored as /classify scores them."""
-    from toolchain.serve.classify import results
-
-    rows = [row for row in logits]
-    scores = np.array([p.score for p in results([""] * len(rows), rows, [], labels, [False] * len(rows))])
+    scores = main_head_probabilities(logits, labels).max(axis=-1)
     return {"split": "dev", "examples": int(scores.size), "mean": float(scores.mean()),
             "low_below": LOW_CONFIDENCE_BELOW, "low_share": float(np.mean(scores < LOW_CONFIDENCE_BELOW))}
 
@@ -65,10 +62,10 @@ def token_reference(encoder, train_texts: list[str], dev_texts: list[str]) -> di
 
 def served_dev_logits(job, name: str) -> np.ndarray:
     """A variant's dev logits as the service will score them: with the temperatures the export fitted (the
-    manifest's ``calibration``, applied by toolchain.serve.runtime), when it fitted any."""
-    from toolchain.artifacts import ExportInfo
-    from toolchain.export.pipeline import variant_logits
-    from toolchain.serve.runtime import temperature_scale
+    manifest's ``calibration``, applied by toolchain.inference.runtime), when it fitted any."""
+    from toolchain.core.artifacts import ExportInfo
+    from toolchain.export.job import variant_logits
+    from toolchain.inference.runtime import temperature_scale
 
     logits = variant_logits(job, name, "dev")
     planned = ExportInfo(job.out, {"task": job.run.task, "labels": job.run.labels,
@@ -80,7 +77,7 @@ def served_dev_logits(job, name: str) -> np.ndarray:
 def write_drift_references(job, report: dict) -> None:
     """Write every variant's drift reference into its folder (before the manifest lists the files); add their
     figures (without the token ids) to the report as ``drift_reference`` and print them."""
-    from toolchain.export.pipeline import served_model
+    from toolchain.export.job import served_model
 
     if job.task.name != DRIFT_TASK:
         log.info("no drift reference for a %s export (sequence classification only)", job.task.name)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolchain.artifacts import RunInfo
+from toolchain.core.artifacts import RunInfo
 from toolchain.export.gate import GateError
 
 
@@ -18,7 +18,7 @@ class MergeResult:
 
 def merge_run(run: RunInfo, task, dev_examples, atol: float, batch_size: int = 64) -> MergeResult:
     """The run's model with any LoRA/AdaLoRA/IA3 adapter merged (head included), parity-checked on dev."""
-    from toolchain.evaluate import load_run_model, predict_logits
+    from toolchain.inference.run_model import load_run_model, predict_logits
 
     model, tokenizer = load_run_model(run, merge=False)
     if not run.is_peft:

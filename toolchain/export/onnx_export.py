@@ -51,7 +51,7 @@ def check_optimize_level(level: str) -> None:
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        from toolchain.config import ConfigError
+        from toolchain.core.config import ConfigError
         raise ConfigError("optimize.level=O4 (fp16) needs a CUDA GPU and onnxruntime-gpu; this machine has "
                           "none: use optimize.level=O1, O2 or O3")
 

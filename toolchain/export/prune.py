@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from toolchain.train.methods import encoder_layers
+from toolchain.inference.architecture import encoder_layers
 
 PRUNING_FILE = "pruning.json"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolchain.artifacts import write_json
+from toolchain.core.artifacts import write_json
 
 
 def variant_rows(report: dict, metric: str) -> list[list]:
@@ -88,7 +88,7 @@ def selection_lines(report: dict) -> list[str]:
 
 
 def variant_table(report: dict, metric: str) -> str:
-    from toolchain.train.report import format_table
+    from toolchain.core.report import format_table
 
     header = ["variant", "MB"]
     for bs in report.get("batch_sizes", []):
@@ -100,7 +100,7 @@ def variant_table(report: dict, metric: str) -> str:
 
 def plot_latency_vs_metric(report: dict, metric: str, path: Path) -> None:
     """Median batch-1 latency (x) against test metric (y), one labelled point per variant."""
-    from toolchain.train.report import _pyplot
+    from toolchain.core.report import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

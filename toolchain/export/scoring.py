@@ -5,8 +5,8 @@ import logging
 
 import numpy as np
 
-from toolchain.artifacts import RunInfo
-from toolchain.config import DataConfig, from_dict
+from toolchain.core.artifacts import RunInfo
+from toolchain.core.config import DataConfig, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ def run_task(run: RunInfo):
 def load_run_splits(run: RunInfo):
     """The run's train/dev/test examples, read as the run read them (its resolved data config; with a topic
     head, the topic data set's beside the main one's)."""
-    from toolchain.config import RunConfig
+    from toolchain.core.config import RunConfig
     from toolchain.data.dataset import check_labels
-    from toolchain.data.joint import load_run_splits as load_splits_of
+    from toolchain.tasks.joint_data import load_run_splits as load_splits_of
 
     splits = load_splits_of(from_dict(RunConfig, run.config))
     for role, info in splits.files.items():
@@ -65,7 +65,7 @@ def headline_metric(task, metric: str, sample: dict) -> str:
     """The gate's metric: the configured one, or the task's first headline figure."""
     if metric != "auto":
         if metric not in sample:
-            from toolchain.config import ConfigError
+            from toolchain.core.config import ConfigError
             raise ConfigError(f"gate.metric: {metric!r} is not a metric of this task; available: "
                               f"{', '.join(k for k in sample if k != 'agreement')}")
         return metric

@@ -51,7 +51,7 @@ from toolchain.monitor.outputs import Outputs
 from toolchain.monitor.sources import BadLine, NewsItem
 from toolchain.monitor.state import FeedState
 from toolchain.monitor.table import RollingShare
-from toolchain.privacy import masker
+from toolchain.core.privacy import masker
 
 ITEM_FIELD = re.compile(r"^texts\[(\d+)\]$")
 
@@ -64,7 +64,7 @@ class FeedOptions:
     table_every_s: float = 10.0   # print the rolling table this often (0: only at the end)
     uncertain: str = "resend"     # resend | skip: the request in flight when the last run was killed
     default_source: str | None = None  # source of items that carry none
-    mask: bool = True             # mask personal data in the output files and reports (toolchain.privacy)
+    mask: bool = True             # mask personal data in the output files and reports (toolchain.core.privacy)
 
 
 class Feeder:

@@ -8,7 +8,7 @@ fsynced, so a committed length never points past data a power loss could take aw
 
 What is written is masked: the free-text fields of each file (:data:`FREE_TEXT`: a prediction's
 ``text``, a bad line's ``reason``, which may quote the line) go through ``redact``
-(:func:`toolchain.privacy.mask` unless the feeder runs with ``--no-mask``); the ids, sources and line
+(:func:`toolchain.core.privacy.mask` unless the feeder runs with ``--no-mask``); the ids, sources and line
 numbers that match a row to its item are written as they are.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from toolchain.privacy import mask
+from toolchain.core.privacy import mask
 
 FREE_TEXT = {"predictions": ("text",), "bad_lines": ("reason",)}   # the fields that may hold personal data
 

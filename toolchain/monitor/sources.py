@@ -21,7 +21,7 @@ from dataclasses import InitVar, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from toolchain.privacy import clip
+from toolchain.core.privacy import clip
 
 QUOTE_CHARS = 60   # how much of a bad value an error message quotes
 

@@ -32,7 +32,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toolchain.artifacts import atomic_write_text
+from toolchain.core.artifacts import atomic_write_text
 
 STATE_VERSION = 2
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolchain.config import CONFIG_VERSION, ConfigError, RunConfig, from_dict, load_config, opt, read_preset
+from toolchain.core.config import CONFIG_VERSION, ConfigError, RunConfig, from_dict, load_config, opt, read_preset
 
 KIND = "pretrain"
 
@@ -88,7 +88,7 @@ def resume_config(out: str | Path) -> PretrainConfig:
     """The config of an interrupted pre-training, read from its toolchain.yaml."""
     import yaml
 
-    from toolchain.artifacts import MANIFEST, ArtifactError
+    from toolchain.core.artifacts import MANIFEST, ArtifactError
 
     path = Path(out) / MANIFEST
     if not path.exists():

@@ -42,7 +42,7 @@ def _jsonl_text(path: Path, number: int, line: str) -> str:
 
 def split_paths(spec: str) -> list[str]:
     """A comma-separated list of paths (``${data}`` expanded)."""
-    from toolchain.config import expand_data_path
+    from toolchain.core.config import expand_data_path
 
     return [expand_data_path(part.strip()) for part in spec.split(",") if part.strip()]
 

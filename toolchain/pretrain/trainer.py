@@ -10,10 +10,10 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from toolchain import __version__
-from toolchain.artifacts import (ARTIFACT_VERSION, MANIFEST, mark_complete, mark_incomplete, replace_dir, write_json,
+from toolchain.core.artifacts import (ARTIFACT_VERSION, MANIFEST, mark_complete, mark_incomplete, replace_dir, write_json,
                                  write_yaml)
-from toolchain.config import ConfigError, config_hash, to_dict
-from toolchain.data.dataset import sha256_file
+from toolchain.core.config import ConfigError, config_hash, to_dict
+from toolchain.core.artifacts import sha256_file
 from toolchain.pretrain import PretrainConfig
 from toolchain.pretrain.corpus import (chunk_blocks, drop_excluded, masking_collator, read_corpora, split_documents,
                                       split_paths)
@@ -43,7 +43,7 @@ class MaskedLMTrainer(Trainer):
 
 
 def training_arguments(cfg: PretrainConfig, out: Path) -> TrainingArguments:
-    from toolchain.train.runner import precision_flags
+    from toolchain.core.hardware import precision_flags
 
     t, flags = cfg.train, precision_flags(cfg.train.precision)
     return TrainingArguments(
@@ -87,8 +87,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     """Continue masked-LM training of ``cfg.base`` on the corpus; returns the output dir (model/ inside)."""
     from transformers import AutoModelForMaskedLM, set_seed
 
-    from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
-    from toolchain.train.runner import prepare_run_dir
+    from toolchain.inference.modeling import load_pretrained, load_tokenizer, resolve_base_model
+    from toolchain.core.artifacts import prepare_run_dir
 
     out = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)
@@ -126,7 +126,7 @@ def loss_and_perplexity(values: dict) -> dict:
 
 def write_artifacts(out: Path, trainer, tokenizer, metrics: dict) -> None:
     """The model (written to model.tmp/, then renamed), metrics, history and loss curves."""
-    from toolchain.train.report import plot_curves
+    from toolchain.core.report import plot_curves
 
     tmp = out / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -139,7 +139,7 @@ def write_artifacts(out: Path, trainer, tokenizer, metrics: dict) -> None:
 
 
 def print_summary(out: Path, metrics: dict) -> None:
-    from toolchain.train.report import format_table
+    from toolchain.core.report import format_table
 
     rows = [[when, "-" if v["loss"] is None else v["loss"], "-" if v["perplexity"] is None else v["perplexity"]]
             for when, v in metrics["dev"].items()]

@@ -9,7 +9,7 @@ text, in input order::
 
 ``topic`` is there when the model has a topic head (:mod:`toolchain.tasks.joint`): the same model call
 gives both; each head's scores are a softmax over its own classes. A deployment of two single-task models
-(a sentiment export and a topic export, :class:`toolchain.serve.runtime.TopicPair`) gives the same
+(a sentiment export and a topic export, :class:`toolchain.inference.runtime.TopicPair`) gives the same
 response: the pair's output has the joint model's layout, the main model's logits then the topic model's.
 
 :mod:`toolchain.serve.ner` is the token-classification route with the same parts.
@@ -23,7 +23,8 @@ from pydantic import BaseModel, model_serializer
 
 from toolchain.serve.metrics import NO_TOPIC
 from toolchain.serve.validation import SOURCE_FIELDS, Limits, check_fields, check_source, check_texts, decode_json_object
-from toolchain.tasks.joint import has_topic_head, heads_of
+from toolchain.core.probability import softmax
+from toolchain.tasks.joint import has_topic_head, heads_of, main_head_probabilities
 
 ROUTE = "/classify"
 TASK = "sequence-classification"
@@ -62,15 +63,9 @@ def parse_request(body: bytes, limits: Limits) -> ClassifyRequest:
     return ClassifyRequest(check_texts(data["texts"], limits), check_source(data))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
-    """Label, its probability and every class probability per row of logits."""
-    probs = softmax(logits)
+    """Label, its probability and every class probability per row of (main-head) logits."""
+    probs = main_head_probabilities(logits, labels)
     best = probs.argmax(axis=-1)
     return [Prediction(label=labels[k], score=float(row[k]), scores=dict(zip(labels, map(float, row))),
                        truncated=cut)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from toolchain.privacy import clip
+from toolchain.core.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
 from toolchain.serve.metrics import REJECT_REASONS, service_metrics, source_label

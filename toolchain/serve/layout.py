@@ -131,7 +131,7 @@ def export_layout_figures(export_dir: str | Path | None, variant: str | None) ->
     """(bytes of the served model file, the export's thread-scaling figures for that variant, if measured)."""
     if not export_dir:
         return 0, None
-    from toolchain.artifacts import ArtifactError, load_export
+    from toolchain.core.artifacts import ArtifactError, load_export
 
     try:
         export = load_export(export_dir)

@@ -78,7 +78,7 @@ class ServiceMetrics:
                                version=version).set(1)
 
     def set_drift_reference(self, task: str, reference) -> None:
-        """Expose a loaded reference (toolchain.serve.drift.DriftReference) and create the drift counters at 0,
+        """Expose a loaded reference (toolchain.inference.drift.DriftReference) and create the drift counters at 0,
         so rates exist from the first scrape; ``None`` (an export without one) marks the reference absent."""
         self.drift_reference.labels(task=task).set(0 if reference is None else 1)
         if reference is None:
@@ -134,7 +134,7 @@ def service_metrics() -> ServiceMetrics:
 
 
 def drift_metrics(Counter, Gauge) -> dict:
-    """Drift signals and the training-time reference they are compared with (toolchain.serve.drift)."""
+    """Drift signals and the training-time reference they are compared with (toolchain.inference.drift)."""
     def reference(name: str, text: str, labels: tuple[str, ...] = ("task",)):
         return Gauge(name, text + " (training-time reference of the served variant)", list(labels),
                      multiprocess_mode="max")

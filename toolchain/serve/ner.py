@@ -16,21 +16,18 @@ evaluation use (:mod:`toolchain.serve.windows`), every word scored once, so ``tr
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 from pydantic import BaseModel
 
 from toolchain.serve.classify import parse_request  # noqa: F401  (the same request shape as /classify)
 from toolchain.serve.metrics import NO_TOPIC
+from toolchain.data.words import token_words
 from toolchain.serve.windows import infer_windows
 from toolchain.tasks.token_classification import decode_entities
 
 ROUTE = "/ner"
 TASK = "token-classification"
-ABBREVIATIONS = r"Inc|Corp|Ltd|Co|Cos|Bros|Plc|Mr|Mrs|Ms|Dr|Jr|Sr|St|Gov|Sen|Rep|Gen|Prof"
-WORD = re.compile(rf"(?:[^\W\d_]\.){{2,}}|\b(?:{ABBREVIATIONS})\.(?!\w)|'[sS]\b|\w+(?:[-&.,]\w+|'(?![sS]\b)\w+)*"
-                  r"|[^\w\s]")
 
 
 class Entity(BaseModel):
@@ -44,25 +41,6 @@ class Entity(BaseModel):
 class NerResult(BaseModel):
     entities: list[Entity]
     truncated: bool
-
-
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the words of ``text``, CoNLL-style."""
-    return [match.span() for match in WORD.finditer(text)]
-
-
-def token_words(text: str, offsets) -> list[int | None]:
-    """The word index of each token (None for special tokens), from the tokens' character offsets."""
-    spans = word_spans(text)
-    starts = [start for start, _ in spans]
-    word_ids: list[int | None] = []
-    for start, end in offsets:
-        if start == end:
-            word_ids.append(None)
-            continue
-        index = int(np.searchsorted(starts, start, side="right")) - 1
-        word_ids.append(index if index >= 0 and start < spans[index][1] else None)
-    return word_ids
 
 
 def infer(model, texts: list[str]):

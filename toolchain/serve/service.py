@@ -23,13 +23,13 @@ from typing import Annotated
 import bentoml
 from bentoml.validators import ContentType
 
-from toolchain.privacy import install_log_masking
+from toolchain.core.privacy import install_log_masking
 from toolchain.serve import auth
 from toolchain.serve import classify as text_classification
 from toolchain.serve import explain as explanation
 from toolchain.serve import ner as token_classification
 from toolchain.serve.gate import BENTOML_ERROR_LOGGER, RequestGate, Route
-from toolchain.serve.drift import drift_monitor
+from toolchain.inference.drift import drift_monitor
 from toolchain.serve.metrics import model_version, service_metrics
 from toolchain.serve.settings import load_settings
 
@@ -90,7 +90,7 @@ def topic_source(settings, model) -> tuple[str | None, str | None]:
 def serving_layout(settings, model, topic_model=None):
     """Workers x threads for this machine and model(s) (decided once, before the workers start)."""
     from toolchain.serve.layout import export_layout_figures, slower_figures
-    from toolchain.serve.runtime import wants_gpu
+    from toolchain.inference.runtime import wants_gpu
 
     if settings.export_dir:
         source, variant = settings.export_dir, settings.variant
@@ -124,7 +124,7 @@ class ToolchainService:
     topic_bento_model = TOPIC_BENTO_MODEL   # None without a topic model (BentoML packs the models set here)
 
     def __init__(self) -> None:
-        from toolchain.serve.runtime import load_model
+        from toolchain.inference.runtime import load_model
 
         self.ready = False
         self.settings = load_settings()
@@ -159,7 +159,7 @@ class ToolchainService:
     def with_topic_model(self):
         """The main model, or with a topic model configured the two as a TopicPair (the pair checked, both
         models' checksums verified); the topic model gets its own toolchain_model_info series."""
-        from toolchain.serve.runtime import load_topic_pair
+        from toolchain.inference.runtime import load_topic_pair
 
         topic_dir, topic_variant = topic_source(self.settings, self.topic_bento_model)
         if topic_dir is None:

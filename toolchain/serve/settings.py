@@ -30,7 +30,7 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read                         |
 | TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
 | TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
-| TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.privacy); the model sees texts as sent |
+| TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.core.privacy); the model sees texts as sent |
 | TOOLCHAIN_API_KEYS_FILE       | (none)         | file with one key, or one ``sha256:<hex>`` hash, per line (a mounted Secret) |
 | TOOLCHAIN_API_KEYS            | (none)         | the same, comma-separated, in the environment |
 
@@ -41,7 +41,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-from toolchain.config import ConfigError, from_dict, opt
+from toolchain.core.config import ConfigError, from_dict, opt
+from toolchain.core.hardware import available_cpus
 
 ENV_PREFIX = "TOOLCHAIN_"
 
@@ -94,16 +95,6 @@ class ServeSettings:
 
         return choose_layout(available_cpus(), memory_limit_bytes(), model_bytes, measured, self.workers,
                              self.threads, gpu, models, self.topic_calls)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a Kubernetes limit)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-    except (OSError, ValueError):
-        return count
-    return count if quota == "max" else max(1, min(count, int(quota) // int(period)))
 
 
 def env_name(setting: str) -> str:

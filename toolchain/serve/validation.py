@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from toolchain.privacy import clip, mask
+from toolchain.core.privacy import clip, mask
 
 
 @dataclass
@@ -23,7 +23,7 @@ class RequestRejected(Exception):
     field: str | None = None
 
     def masked(self) -> "RequestRejected":
-        """The same rejection with personal data in its message masked (toolchain.privacy)."""
+        """The same rejection with personal data in its message masked (toolchain.core.privacy)."""
         return replace(self, message=mask(self.message))
 
     def body(self) -> dict:
@@ -45,7 +45,7 @@ def invalid(message: str, field: str | None = None) -> RequestRejected:
 
 def preview(value: Any, width: int = 40) -> str:
     """The start of ``value``'s repr for an error message, never cut inside an e-mail address, card number or
-    other span that :func:`toolchain.privacy.mask` replaces: the gate masks the whole message
+    other span that :func:`toolchain.core.privacy.mask` replaces: the gate masks the whole message
     (``TOOLCHAIN_MASK_PII``), and a cut one would not be recognised."""
     text = repr(value)
     return text if len(text) <= width else clip(text, width) + "..."

@@ -4,7 +4,7 @@ A text whose sub-tokens do not fit the model's max length is not truncated: its 
 windows by :func:`toolchain.tasks.token_classification.plan_windows` (the function that encodes the
 training and evaluation data), each window *owns* a run of words and carries neighbouring words as
 context. Every window is one model input (grouped into calls as the model's texts are, see
-:func:`toolchain.serve.runtime.plan_calls`), and every word is scored once, by the window that owns it.
+:func:`toolchain.inference.runtime.plan_calls`), and every word is scored once, by the window that owns it.
 The result is one row of logits per token of the whole text, aligned with a non-truncating encoding of
 it, so character offsets come from the text as sent. A single word longer than a window keeps its
 first sub-tokens (its tag is on the first one), as in training.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolchain.serve.runtime import BatchOutput, plan_calls
+from toolchain.inference.runtime import BatchOutput, plan_calls
 from toolchain.tasks.token_classification import plan_windows
 
 

@@ -101,3 +101,19 @@ class JointClassification(SequenceClassification):
 def head_metric_summary(metrics: dict) -> dict:
     """{head: {accuracy, macro_f1, weighted_f1}} of a joint metrics dict (empty for single-task)."""
     return {name: {k: m[k] for k in HEADLINE} for name, m in metrics.get("heads", {}).items()}
+
+
+def head_columns(labels: list[str]) -> dict[str, slice]:
+    """Each head's output columns: ``main`` (all of them for a single-task model), ``topic`` beside it."""
+    if not has_topic_head(labels):
+        return {"main": slice(0, len(labels))}
+    return {head.name: slice(head.start, head.stop) for head in heads_of(labels)}
+
+
+def main_head_probabilities(logits: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Each row's class probabilities of the main head (a softmax over its own columns), as ``/classify``
+    scores them in ``scores``; the predicted label's is its ``score``."""
+    from toolchain.core.probability import softmax
+
+    logits = np.asarray(logits)
+    return softmax(heads_of(labels)[0].columns(logits) if has_topic_head(labels) else logits)

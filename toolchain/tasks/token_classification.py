@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.core.probability import softmax
 from toolchain.data.readers import Example
 from toolchain.data.tags import io_to_iob2
 from toolchain.tasks.base import FeatureDataset, Task
@@ -233,11 +234,6 @@ def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
 # ---------------------------------------------------------------------- decoding to entities
 
-def _softmax(row: np.ndarray) -> np.ndarray:
-    shifted = np.exp(row - row.max())
-    return shifted / shifted.sum()
-
-
 def offset_words(text: str, offsets) -> list[int | None]:
     """Word index per token from character offsets alone: a token continues the previous word when it
     touches it and both sides are alphanumeric (a word piece); punctuation and spaced tokens start words.
@@ -281,7 +277,7 @@ def decode_entities(text: str, offsets, logits, labels: list[str], word_ids=None
         if word is None or offsets[position][0] == offsets[position][1]:
             continue
         if word not in words:
-            probs = _softmax(logits[position])
+            probs = softmax(logits[position])
             best = int(probs.argmax())
             words[word] = {"tag": labels[best], "score": float(probs[best]), "start": offsets[position][0]}
         words[word]["end"] = offsets[position][1]

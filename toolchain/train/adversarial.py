@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from toolchain.config import AdversarialConfig
+from toolchain.core.config import AdversarialConfig
 
 
 class EmbeddingPerturbation:

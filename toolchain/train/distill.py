@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolchain.artifacts import RunInfo
-from toolchain.config import ConfigError, RunConfig, expand_data_path
+from toolchain.core.artifacts import RunInfo
+from toolchain.core.config import ConfigError, RunConfig, expand_data_path
 from toolchain.data.readers import DataError, Example
 
 IGNORE = -100
@@ -115,7 +115,7 @@ def teacher_dirs(spec: str) -> list[str]:
 
 def load_teachers(cfg: RunConfig, labels: list[str]) -> list[RunInfo]:
     """The teacher runs (a seed group expanded), checked against the task and the student's labels."""
-    from toolchain.ensemble import check_members, expand_members
+    from toolchain.inference.members import check_members, expand_members
 
     try:
         runs = expand_members(teacher_dirs(cfg.distill.teacher))
@@ -166,14 +166,14 @@ def check_no_overlap(unlabeled: list[Example], held_out: dict[str, list[Example]
 
 def teacher_logits(runs: list[RunInfo], examples: list[Example], labels: list[str]) -> list[np.ndarray]:
     """Every teacher's logits on ``examples`` (each teacher loaded once), columns in the order of ``labels``."""
-    from toolchain.ensemble import member_logits
+    from toolchain.inference.members import member_logits
 
     return [member_logits(run, examples, labels) for run in runs]
 
 
 def tempered_mean(logits: list[np.ndarray], temperature: float) -> np.ndarray:
     """The ensemble teacher: the mean of its members' softmax(z / T)."""
-    from toolchain.ensemble import softmax
+    from toolchain.core.probability import softmax
 
     return np.mean([softmax(z, temperature) for z in logits], axis=0)
 
@@ -271,7 +271,7 @@ class Distillation:
     def report(self, student_logits: np.ndarray, gold: np.ndarray, labels: list[str], task) -> dict:
         """The record plus the teacher's test metrics on this run's test split and the student's closeness
         (token classification: over the tokens that carry a gold label)."""
-        from toolchain.ensemble import softmax
+        from toolchain.core.probability import softmax
 
         student, teacher = softmax(student_logits), self.test_probs
         scored = np.ones(len(student), dtype=bool)
@@ -288,7 +288,7 @@ class Distillation:
 
 def check_same_vocabulary(teachers: list[RunInfo], tokenizer) -> None:
     """A token-classification teacher reads the student's word pieces: it needs the same vocabulary."""
-    from toolchain.modeling import load_tokenizer
+    from toolchain.inference.modeling import load_tokenizer
 
     vocabulary = tokenizer.get_vocab()
     for run in teachers:
@@ -299,8 +299,8 @@ def check_same_vocabulary(teachers: list[RunInfo], tokenizer) -> None:
 
 def window_logits(run: RunInfo, task, tokenizer, features: list[dict], labels: list[str]) -> np.ndarray:
     """A teacher's token logits on encoded windows (padded), columns in the order of ``labels``."""
-    from toolchain.ensemble import in_label_order
-    from toolchain.evaluate import feature_logits, load_run_model
+    from toolchain.inference.members import in_label_order
+    from toolchain.inference.run_model import feature_logits, load_run_model
 
     model, _ = load_run_model(run)
     inputs = [{k: v for k, v in f.items() if k not in ("labels", TEACHER_KEY)} for f in features]
@@ -315,7 +315,7 @@ def unlabeled_features(cfg: RunConfig, task, tokenizer, unlabeled: list[Example]
 def unlabeled_record(d, count: int) -> dict | None:
     if not d.unlabeled:
         return None
-    from toolchain.data.dataset import sha256_file
+    from toolchain.core.artifacts import sha256_file
 
     path = Path(expand_data_path(d.unlabeled))
     return {"path": str(path.resolve()), "sha256": sha256_file(path), "examples": count}

@@ -4,22 +4,13 @@ from __future__ import annotations
 import math
 import re
 
-import torch
 
-from toolchain.config import MethodConfig
+from toolchain.core.config import MethodConfig
+from toolchain.inference.architecture import encoder_layers
 
 PEFT_METHODS = ("lora", "adalora", "ia3")
 # Module names of task heads (trained by every method, saved with PEFT adapters via modules_to_save).
 HEAD_NAMES = ("classifier", "score", "pooler", "pre_classifier")
-
-
-def encoder_layers(model) -> torch.nn.ModuleList:
-    """The stack of transformer blocks of a BERT-family model (the ModuleList with num_hidden_layers entries)."""
-    count = model.config.num_hidden_layers
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"cannot find the {count} encoder layers of {type(model).__name__}")
 
 
 def is_head_parameter(name: str) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -18,38 +17,17 @@ from pathlib import Path
 import torch
 
 from toolchain import __version__
-from toolchain.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, ArtifactError, mark_complete,
-                                 mark_incomplete, read_manifest, replace_dir, write_json, write_yaml)
-from toolchain.config import RunConfig, config_hash, from_dict, to_dict, train_metric
+from toolchain.core.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError, mark_complete, prepare_run_dir,
+                                 mark_incomplete, read_manifest, replace_dir, write_yaml)
+from toolchain.core.config import RunConfig, config_hash, from_dict, to_dict, train_metric
 from toolchain.data.dataset import check_labels
-from toolchain.data.joint import load_run_splits, run_labels
-from toolchain.modeling import load_pretrained, load_tokenizer, resolve_base_model
+from toolchain.tasks.joint_data import load_run_splits, run_labels
+from toolchain.inference.modeling import load_pretrained, load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
 from toolchain.tasks.joint import has_topic_head
+from toolchain.core.hardware import is_main, precision_flags, world
 from toolchain.train.methods import HEAD_NAMES, PEFT_METHODS, apply_method, parameter_counts
-from toolchain.train.seeds import write_test_predictions
-
-
-def world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def is_main() -> bool:
-    return world()[0] == 0
-
-
-def precision_flags(precision: str) -> dict:
-    """Mixed precision by hardware: on CUDA bf16 (fp16 without bf16 support); on CPU bf16 autocast where the
-    CPU has native bf16 arithmetic (AMX-BF16, AVX512-BF16: 1.54x fp32 at equal accuracy, measured on the
-    sentiment preset), fp32 elsewhere (emulated bf16 is slower than fp32)."""
-    from toolchain.hardware import cpu_bf16_precision
-
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else cpu_bf16_precision()
-    if precision == "fp16" and not cuda:
-        raise ValueError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "resolved_precision": precision}
+from toolchain.train.comparison import write_test_predictions
 
 
 def training_arguments(cfg: RunConfig, run_dir: Path):
@@ -143,65 +121,6 @@ def estimated_steps(cfg: RunConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * t.epochs))
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
-    run_dir = Path(cfg.output_dir)
-    if resume:
-        if not any((run_dir / "checkpoints").glob("checkpoint-*")):
-            raise ArtifactError(f"{run_dir}: nothing to resume (it stopped before its first checkpoint); start it "
-                                f"again with --overwrite")
-        return run_dir
-    if not is_main():
-        # Only rank 0 decides: it creates the run dir, so the other ranks would race its first write.
-        # When rank 0 refuses, torchrun stops the whole group.
-        return run_dir
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ArtifactError(f"{run_dir}: output_dir names a file, not a folder; pass output_dir=NEW_DIR")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ArtifactError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
-                                f"or output_dir=NEW_DIR")
-        check_replaceable(run_dir)
-        shutil.rmtree(run_dir)
-    return run_dir
-
-
-def run_dir_marker(path: Path) -> str | None:
-    """What makes ``path`` recognizable as a training (or pre-training) run dir, or None."""
-    if (path / MANIFEST).is_file():
-        stage = stage_of(path / MANIFEST)
-        return f"{MANIFEST} of stage {stage!r}" if stage in ("train", "pretrain") else None
-    if (path / INCOMPLETE).is_file():
-        return f"{INCOMPLETE} marker"
-    if any((path / "checkpoints").glob("checkpoint-*")):
-        return "checkpoints/checkpoint-*"
-    return None
-
-
-def check_replaceable(run_dir: Path) -> None:
-    """--overwrite deletes ``run_dir``: only a run dir may go, never the current folder or one above it."""
-    if run_dir_marker(run_dir) is None:
-        manifest_path = run_dir / MANIFEST
-        why = (f"its {MANIFEST} is from stage {stage_of(manifest_path)!r}, not a training run"
-               if manifest_path.is_file() else f"it has no {MANIFEST}, no {INCOMPLETE} marker and no checkpoints/")
-        raise ArtifactError(f"{run_dir}: not a run dir ({why}), so --overwrite will not delete it; pass "
-                            f"output_dir=NEW_DIR or an empty folder, or remove it yourself")
-    resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        where = "the current directory" if resolved == cwd else f"a parent of the current directory ({cwd})"
-        raise ArtifactError(f"{run_dir}: --overwrite would delete {where}; refusing. Pass output_dir=NEW_DIR "
-                            f"(e.g. runs/NAME)")
-
-
-def stage_of(manifest_path: Path):
-    """The ``stage`` a toolchain.yaml names ('unreadable' when it is no YAML mapping)."""
-    import yaml
-
-    try:
-        return (yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}).get("stage")
-    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
-        return "unreadable"
-
-
 def manifest(cfg: RunConfig, status: str, labels, base_path, splits, extra=None) -> dict:
     return {
         "artifact_version": ARTIFACT_VERSION, "stage": "train", "status": status,
@@ -219,7 +138,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     from toolchain.train.adversarial import AdversarialTrainer
     from toolchain.train.callbacks import AdaLoraBudgetCallback
     from toolchain.train.loss import trainer_class
-    from toolchain.train.report import finish_run
+    from toolchain.core.report import finish_run
 
     task = get_task(cfg.model.task)
     if hasattr(task, "configure"):

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolchain.artifacts import ArtifactError, atomic_write_text
-from toolchain.config import (ConfigError, RunConfig, apply_overrides, config_hash, from_dict, read_preset, to_dict,
+from toolchain.core.artifacts import ArtifactError, atomic_write_text
+from toolchain.core.config import (ConfigError, RunConfig, apply_overrides, config_hash, from_dict, read_preset, to_dict,
                               train_metric)
 from toolchain.train.tune_space import SearchSpace, default_space, load_space, with_values
 
@@ -251,7 +251,7 @@ def trial_table(study, metric: str) -> str:
     """One row per trial, best dev metric first: trial, parameters, dev metric, state, minutes."""
     from optuna.trial import TrialState
 
-    from toolchain.train.report import format_table
+    from toolchain.core.report import format_table
 
     trials = sorted(study.trials, key=lambda t: (t.state != TrialState.COMPLETE, -(t.value or 0.0), t.number))
     keys = list(dict.fromkeys(k for t in trials for k in t.user_attrs.get("overrides", {})))

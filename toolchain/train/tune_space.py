@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_type_hints
 
-from toolchain.config import METHODS, ConfigError, RunConfig, field_help, from_dict, read_preset
+from toolchain.core.config import METHODS, ConfigError, RunConfig, field_help, from_dict, read_preset
 
 KIND = "tune-space"
 ENTRY_FIELDS = ("low", "high", "log", "step", "choices")

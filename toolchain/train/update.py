@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from toolchain.artifacts import ArtifactError, RunInfo, load_run
-from toolchain.config import ConfigError, RunConfig, from_dict
+from toolchain.core.artifacts import ArtifactError, RunInfo, load_run
+from toolchain.core.config import ConfigError, RunConfig, from_dict
 from toolchain.data.dataset import Splits
 
 PARENT_MODEL = "parent-model"   # a PEFT parent merged for continuing, inside the run dir while it trains
@@ -45,7 +45,7 @@ def parent_config(parent: RunInfo) -> RunConfig:
 
 def parent_splits(parent: RunInfo) -> Splits:
     """The parent's own train/dev/test, read from the files its config names (checked against its sha256)."""
-    from toolchain.data.joint import load_run_splits
+    from toolchain.tasks.joint_data import load_run_splits
 
     splits = load_run_splits(parent_config(parent))
     recorded = parent.manifest.get("data_files") or {}
@@ -79,7 +79,7 @@ def parent_base(parent: RunInfo, run_dir: Path) -> str:
     """The weights to continue from: the parent's model/ (full), or its adapter merged into its base (PEFT)."""
     if not parent.is_peft:
         return str(parent.model_dir)
-    from toolchain.evaluate import load_run_model
+    from toolchain.inference.run_model import load_run_model
 
     model, tokenizer = load_run_model(parent, merge=True)
     target = run_dir / PARENT_MODEL
@@ -204,7 +204,7 @@ def update_config(parent_dir: str, data: str, dev: str | None, test: str | None,
                   overrides: list[str]) -> RunConfig:
     """The config of an update run: the parent's, with the new data and the parent's model as the base;
     :data:`RECOMMENDED`, then the ``key=value`` overrides (e.g. ``update.replay=0 train.epochs=2``)."""
-    from toolchain.config import apply_overrides, to_dict
+    from toolchain.core.config import apply_overrides, to_dict
 
     parent = load_run(parent_dir)
     raw = to_dict(parent_config(parent))
@@ -219,7 +219,7 @@ def update_summary(run_dir: str | Path) -> str:
     """Parent vs this run on the parent's and the new test set, and the promotion verdict."""
     import json
 
-    from toolchain.train.report import format_table
+    from toolchain.core.report import format_table
 
     report = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))["update"]
     name = report["metric"]

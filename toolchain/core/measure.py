@@ -97,7 +97,7 @@ def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]
 
 def served_rates(models: dict, texts: list[str], batch_sizes: tuple[int, ...] = (1, 32), rounds: int = 3,
                  seed: int = 0) -> dict[str, dict[int, dict]]:
-    """Texts per second of each serving-runtime model (:class:`toolchain.serve.runtime.OnnxModel`) through
+    """Texts per second of each serving-runtime model (:class:`toolchain.inference.runtime.OnnxModel`) through
     its own ``infer``: the service's tokenizer, truncation and call pattern (one text per call for
     batch-dependent variants, length-grouped calls otherwise).
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolchain.artifacts import write_json
+from toolchain.core.artifacts import write_json
 
 
 def finish_run(run_dir: Path, log_history: list[dict], metrics: dict, labels: list[str], task) -> None:
@@ -92,3 +92,9 @@ def per_type_table(metrics: dict) -> str:
     rows = [[name, v["precision"], v["recall"], v["f1"], v["support"]] for name, v in metrics["per_type"].items()]
     rows.append(["micro", metrics["precision"], metrics["recall"], metrics["f1"], metrics["entities"]])
     return format_table(["test entity type", "precision", "recall", "f1", "support"], rows)
+
+
+def base_name(base_model: str) -> str:
+    """A short name of a base model; a run's model/ dir is shown as RUN/model."""
+    path = Path(base_model)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name

@@ -21,7 +21,7 @@ from itertools import chain
 
 import numpy as np
 
-from toolchain.artifacts import ArtifactError, ExportInfo
+from toolchain.core.artifacts import ArtifactError, ExportInfo
 from toolchain.tasks.joint import has_topic_head, heads_of
 
 log = logging.getLogger("toolchain.serve")

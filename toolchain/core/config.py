@@ -17,8 +17,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from toolchain.core.errors import ConfigError  # noqa: F401  (defined in core.errors; exported here too)
+
 CONFIG_VERSION = 1
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"   # toolchain/configs
 TASKS = ("sequence-classification", "token-classification")
 METHODS = ("full", "head", "top-k", "lora", "adalora", "ia3")
 # The dev metrics each task reports to the Trainer (its ``summary``); the first is what train.metric=auto picks.
@@ -28,8 +30,6 @@ TASK_METRICS = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names it."""
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
@@ -395,7 +395,7 @@ def data_root() -> Path | None:
     env = os.environ.get("TOOLCHAIN_DATA_DIR")
     if env:
         return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):   # the cwd, the checkout holding toolchain/
         candidate = base.parent / "shared" / "data"
         if candidate.is_dir():
             return candidate

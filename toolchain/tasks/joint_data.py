@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolchain.config import RunConfig
+from toolchain.core.config import RunConfig
 from toolchain.data.dataset import Splits, label_list, load_splits
 from toolchain.data.readers import DataError
 from toolchain.tasks.joint import TOPIC_PREFIX, joint_labels

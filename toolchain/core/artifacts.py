@@ -5,6 +5,7 @@ A run dir is complete only when its ``toolchain.yaml`` says ``status: complete``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -15,13 +16,13 @@ from typing import Any
 
 import yaml
 
+from toolchain.core.errors import ArtifactError  # noqa: F401  (defined in core.errors; exported here too)
+
 ARTIFACT_VERSION = 1
 MANIFEST = "toolchain.yaml"
 INCOMPLETE = "INCOMPLETE"
 
 
-class ArtifactError(ValueError):
-    """A run or export dir is missing, incomplete or of an unknown version."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -191,7 +192,6 @@ class ExportInfo:
 
     def verify(self, only: list[str] | None = None) -> None:
         """Check model files against the manifest's sha256 (all, or those under the given relative dirs)."""
-        from toolchain.data.dataset import sha256_file
 
         for rel, expected in self.manifest.get("files", {}).items():
             if only and not any(rel.startswith(prefix) for prefix in only):
@@ -211,3 +211,113 @@ def load_export(path: str | Path) -> ExportInfo:
     if manifest.get("stage") != "export":
         raise ArtifactError(f"{path}: {MANIFEST} is from stage {manifest.get('stage')!r}, expected an export dir")
     return ExportInfo(path, manifest)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (data files and model files are recorded by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_run_dir(cfg, resume: bool, overwrite: bool) -> Path:
+    """The run dir of ``cfg.output_dir``, ready to write: checked for --resume, or emptied when the user asked
+    (--overwrite) and it is a run dir the toolchain wrote; only rank 0 decides under torchrun."""
+    from toolchain.core.hardware import is_main
+
+    run_dir = Path(cfg.output_dir)
+    if resume:
+        if not any((run_dir / "checkpoints").glob("checkpoint-*")):
+            raise ArtifactError(f"{run_dir}: nothing to resume (it stopped before its first checkpoint); start it "
+                                f"again with --overwrite")
+        return run_dir
+    if not is_main():
+        # Only rank 0 decides: it creates the run dir, so the other ranks would race its first write.
+        # When rank 0 refuses, torchrun stops the whole group.
+        return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir}: output_dir names a file, not a folder; pass output_dir=NEW_DIR")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
+                                f"or output_dir=NEW_DIR")
+        check_replaceable(run_dir)
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
+def run_dir_marker(path: Path) -> str | None:
+    """What makes ``path`` recognizable as a training (or pre-training) run dir, or None."""
+    if (path / MANIFEST).is_file():
+        stage = stage_of(path / MANIFEST)
+        return f"{MANIFEST} of stage {stage!r}" if stage in ("train", "pretrain") else None
+    if (path / INCOMPLETE).is_file():
+        return f"{INCOMPLETE} marker"
+    if any((path / "checkpoints").glob("checkpoint-*")):
+        return "checkpoints/checkpoint-*"
+    return None
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """--overwrite deletes ``run_dir``: only a run dir may go, never the current folder or one above it."""
+    if run_dir_marker(run_dir) is None:
+        manifest_path = run_dir / MANIFEST
+        why = (f"its {MANIFEST} is from stage {stage_of(manifest_path)!r}, not a training run"
+               if manifest_path.is_file() else f"it has no {MANIFEST}, no {INCOMPLETE} marker and no checkpoints/")
+        raise ArtifactError(f"{run_dir}: not a run dir ({why}), so --overwrite will not delete it; pass "
+                            f"output_dir=NEW_DIR or an empty folder, or remove it yourself")
+    resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        where = "the current directory" if resolved == cwd else f"a parent of the current directory ({cwd})"
+        raise ArtifactError(f"{run_dir}: --overwrite would delete {where}; refusing. Pass output_dir=NEW_DIR "
+                            f"(e.g. runs/NAME)")
+
+
+def stage_of(manifest_path: Path):
+    """The ``stage`` a toolchain.yaml names ('unreadable' when it is no YAML mapping)."""
+    try:
+        return (yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}).get("stage")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return "unreadable"
+
+
+def run_state(run_dir: Path, expected_hash: str) -> str:
+    try:
+        run = load_run(run_dir)
+    except ArtifactError:
+        return "resume" if (run_dir / "checkpoints").is_dir() else "train"
+    return "up to date" if run.manifest.get("config_hash") == expected_hash else "train"
+
+
+def export_state(export_dir: Path, run_hash: str, export_hash: str) -> str:
+    try:
+        manifest = load_export(export_dir).manifest
+    except ArtifactError:
+        return "export"
+    same = manifest.get("run_config_hash") == run_hash and manifest.get("export_config_hash") == export_hash
+    return "up to date" if same else "export"
+
+
+GROUP_FILE = "seeds.json"
+
+
+def is_group(path: str | Path) -> bool:
+    """A seed group (``train --seeds N``): a folder with a ``seeds.json`` naming its runs."""
+    return (Path(path) / GROUP_FILE).is_file()
+
+
+def load_group(path: str | Path) -> dict:
+    if not is_group(path):
+        raise ArtifactError(f"{path}: not a seed group (no {GROUP_FILE}; train one with --seeds N)")
+    return json.loads((Path(path) / GROUP_FILE).read_text(encoding="utf-8"))
+
+
+def group_runs(path: Path) -> list[Path]:
+    """The run dirs of a seed group: its ``seeds.json`` runs, found beside it (seed-S) or as recorded."""
+    runs = []
+    for recorded in load_group(path)["runs"]:
+        inside = path / Path(recorded).name
+        runs.append(inside if inside.is_dir() else Path(recorded))
+    return runs

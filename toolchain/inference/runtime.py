@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.artifacts import ArtifactError, ExportInfo, load_export
-from toolchain.tasks.joint import has_topic_head, joint_labels
+from toolchain.core.artifacts import ArtifactError, ExportInfo, load_export
+from toolchain.tasks.joint import has_topic_head, head_columns, joint_labels
 
 log = logging.getLogger("toolchain.serve")
 
@@ -227,8 +227,6 @@ class Features:
 def temperature_scale(export: ExportInfo, variant: str) -> np.ndarray | None:
     """1 / T per output column from the export's temperature scaling of this variant (each head its own T),
     or None when the export has none (older exports, NER, ``calibrate=false``)."""
-    from toolchain.export.calibration import head_columns
-
     fitted = (export.manifest.get("calibration") or {}).get(variant)
     if not fitted or export.task != SEQUENCE_CLASSIFICATION:
         return None

