@@ -3,7 +3,7 @@
     toolchain bench all                 # offline + serve + train, then RESULTS.md and plots (long)
     toolchain bench offline|serve|train # one benchmark, then RESULTS.md and plots
     toolchain bench report              # RESULTS.md and plots from the JSON already in benchmarks/results
-    toolchain bench gate                # quick ratios vs benchmarks/baseline.json; exit 1 on a regression
+    toolchain bench gate [--json [PATH]] # quick ratios vs benchmarks/baseline.json; exit 1 on a regression
     toolchain bench update-baseline     # measure the same ratios and rewrite benchmarks/baseline.json
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from toolchain.commands.options import add_json_option, emit_json, human_output
 
 COMMANDS = ("all", "offline", "serve", "train", "report", "gate", "update-baseline")
 
@@ -50,7 +52,8 @@ def add_gate_options(p: argparse.ArgumentParser, command: str) -> None:
                    "requests (and as many offline), twice that of 64 clients per server (default 3)")
     p.add_argument("--threads", type=int, default=1, help="threads per model, offline and served (default 1: "
                    "single-threaded ratios are the stable ones on a shared machine)")
-    p.add_argument("--out", type=Path, help="also write the measured ratios and the verdict as JSON here")
+    if command == "gate":
+        add_json_option(p, "the measured ratios, the verdict and the conditions", deprecated=("--out",))
     if command == "update-baseline":
         p.add_argument("--tolerance", type=float, help="one relative tolerance for every ratio (default: keep "
                        "the tolerances of the baseline being replaced; a new ratio gets its default from "
@@ -75,24 +78,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from toolchain.core.errors import ConfigError
+
     try:
-        if args.bench_command in ("gate", "update-baseline"):
+        if args.bench_command == "gate":
+            return run_gate_command(args)
+        if args.bench_command == "update-baseline":
             from toolchain.bench.gate_command import run_gate
 
-            return run_gate(args, update=args.bench_command == "update-baseline")
+            return run_gate(args, update=True)
         from toolchain.bench.suite import run_suite
 
         return run_suite(args, repo_root())
     except (FileNotFoundError, ValueError) as exc:   # a missing file or a bad option value, named in the message
-        print(f"toolchain bench {args.bench_command}: error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+
+
+def run_gate_command(args) -> int:
+    """The latency regression gate: its verdict as --json asks, a regression raised as a failed check (exit 1)."""
+    import json
+    import tempfile
+
+    from toolchain.bench.gate_command import run_gate
+    from toolchain.core.errors import CheckFailed
+
+    with tempfile.TemporaryDirectory() as tmp, human_output(args):
+        args.out = Path(tmp) / "gate.json" if args.json else None   # where run_gate writes its verdict
+        code = run_gate(args, update=False)
+        verdict = json.loads(args.out.read_text()) if args.out and args.out.is_file() else None
+    if verdict is not None:
+        emit_json(args, verdict)
+    if code:
+        raise CheckFailed(f"latency regression gate failed against {args.baseline} (the regressions are listed "
+                          "above; if the slowdown is intended, `toolchain bench update-baseline` records it)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`toolchain bench ARGV...` without the top-level CLI (the scripts in benchmarks/ call this)."""
-    top = argparse.ArgumentParser(prog="toolchain bench", description=__doc__.split("\n\n")[0])
-    add_arguments(top)
-    return run(top.parse_args(argv))
+    """`toolchain bench ARGV...` without the top-level CLI (the scripts in benchmarks/ call this): the same
+    parsing and exit codes as `toolchain bench`."""
+    from toolchain.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

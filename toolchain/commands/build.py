@@ -1,4 +1,5 @@
-"""`toolchain build [--config PRESET] [key=value ...]`: the main job (see toolchain.build for the stages)."""
+"""`toolchain build [--config PRESET] [key=value ...] [--json [PATH]]`: the main job (see toolchain.build for the
+stages)."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +8,16 @@ from pathlib import Path
 
 from toolchain.build import (build_bento, check_data, check_topic_configs, check_topic_exports, ensure_export,
                              ensure_run, packed_variant_line, plan, plan_topic, print_summary, register_model)
+from toolchain.commands.options import add_json_option, add_overrides, emit_json, human_output
 from toolchain.core.config import ConfigError
+from toolchain.core.errors import CheckFailed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="sentiment-full",
                    help="training preset or YAML (default: sentiment-full, finance sentiment on PhraseBank allagree)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides; export.KEY=VALUE goes to the export config "
-                   "(of both models, with a topic model)")
+    add_overrides(p, "key=value overrides of the run config (e.g. output_dir=DIR: the run dir); export.KEY=VALUE "
+                  "goes to the export config (of both models, with a topic model)")
     p.add_argument("--export-config", metavar="PRESET", help="export preset or YAML (default: built-in defaults)")
     p.add_argument("--export-dir", metavar="DIR", help="build from this export dir (skips train and export)")
     p.add_argument("--variant", help="ONNX variant to pack (default: the export's serve_variant)")
@@ -31,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     topic.add_argument("--topic-export-dir", metavar="DIR", help="pack this topic export dir (skips its train and "
                                                                  "export)")
     topic.add_argument("--topic-variant", help="ONNX variant of the topic model to pack (default: its serve_variant)")
+    add_json_option(p, "the Bento tag, the model tags, export dirs and variants")
 
 
 def check_topic_arguments(args) -> None:
@@ -77,31 +81,37 @@ def export_dirs(args, main, topic) -> tuple[Path, Path | None]:
             try:
                 ensure_export(stages)
             except GateError as exc:
-                raise GateError(f"{which} {stages.run_dir}: {exc}" if which != "model" else str(exc)) from None
+                where = f"{which} {stages.run_dir}: " if which != "model" else ""
+                raise CheckFailed(f"export gate failed: {where}{exc}") from exc
     topic_dir = topic.export_dir if topic else (Path(args.topic_export_dir) if args.topic_export_dir else None)
     return (main.export_dir if main else Path(args.export_dir)), topic_dir
 
 
 def run(args) -> int:
-    from toolchain.export.gate import GateError
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_topic_arguments(args)
+    with human_output(args):
+        result = build(args)
+    emit_json(args, result)
+    return 0
+
+
+def build(args) -> dict:
+    """Check, run the missing stages, register the models, build the Bento; what was built (for --json)."""
     main, topic = prepare(args)
-    try:
-        export_dir, topic_dir = export_dirs(args, main, topic)
-    except GateError as exc:
-        print(f"toolchain build: export gate failed: {exc}", flush=True)
-        return 1
+    export_dir, topic_dir = export_dirs(args, main, topic)
     if topic_dir is not None:
         check_topic_exports(export_dir, topic_dir)
     model, variant = register_model(export_dir, args.variant, args.allow_unpromotable)
     print(packed_variant_line(export_dir, variant, bool(args.variant)), flush=True)
-    topic_model = None
+    topic_model = topic_variant = None
     if topic_dir is not None:
         topic_model, topic_variant = register_model(topic_dir, args.topic_variant, args.allow_unpromotable)
         print(packed_variant_line(topic_dir, topic_variant, bool(args.topic_variant), "topic variant",
                                   "--topic-variant"), flush=True)
     bento = build_bento(model, variant, (topic_model, topic_variant) if topic_model is not None else None)
     print_summary(bento, model, topic_model)
-    return 0
+    result = {"bento": str(bento.tag), "model": str(model.tag), "export_dir": str(export_dir), "variant": variant}
+    if topic_model is not None:
+        result.update(topic_model=str(topic_model.tag), topic_export_dir=str(topic_dir), topic_variant=topic_variant)
+    return result

@@ -1,4 +1,4 @@
-"""`toolchain config [--list | --config PRESET [key=value ...] [--options] | --kind KIND]`
+"""`toolchain config [--list | --config PRESET [key=value ...] [--options] | --kind KIND] [--json [PATH]]`
 
 Every preset that ``--list`` shows resolves here with the loader of its kind: training presets (no
 ``kind``), ``kind: export`` and ``kind: pretrain``. Without ``--config`` it lists a kind's options.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+
+from toolchain.commands.options import add_json_option, add_overrides, emit_json, human_output
 
 # kind -> (module, loader(name_or_path, overrides), config class); None = a training preset
 KINDS = {
@@ -18,12 +20,13 @@ KINDS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="preset name or YAML file to resolve (any kind: train, export, pretrain)")
-    p.add_argument("overrides", nargs="*")
+    add_overrides(p, "key=value overrides of the preset, e.g. train.epochs=2")
     p.add_argument("--list", action="store_true", help="list the shipped presets")
     p.add_argument("--options", action="store_true",
                    help="with --config: every option of the preset's kind with its resolved value and help")
     p.add_argument("--kind", choices=tuple(KINDS), default=None,
                    help="without --config: list the options of this kind of config (default: train)")
+    add_json_option(p, "what is printed (the presets, the resolved config or the options)")
 
 
 def preset_kind(name_or_path: str) -> str:
@@ -40,29 +43,46 @@ def load_any(name_or_path: str | None, overrides: list[str], kind: str):
     return getattr(importlib.import_module(module), loader)(name_or_path, overrides)
 
 
-def print_options(rows) -> None:
+def print_options(rows) -> list[dict]:
     for key, value, help_line in rows:
         print(f"{key:34s} {str(value):26s} {help_line}")
+    return [{"key": key, "value": value, "help": help_line} for key, value, help_line in rows]
 
 
-def run(args) -> int:
+def list_presets() -> list[dict]:
+    from toolchain.core.config import PRESET_DIR
+
+    presets = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        print(f"{path.stem:24s} {first}")
+        presets.append({"name": path.stem, "description": first})
+    return presets
+
+
+def show(args):
+    """Print what was asked for; return it as data (for --json)."""
     import yaml
 
-    from toolchain.core.config import PRESET_DIR, ConfigError, field_help, to_dict
+    from toolchain.core.config import ConfigError, field_help, to_dict
     if args.list:
-        for path in sorted(PRESET_DIR.glob("*.yaml")):
-            first = path.read_text().splitlines()[0].lstrip("# ")
-            print(f"{path.stem:24s} {first}")
-        return 0
+        return list_presets()
     if args.config and args.kind:
         raise ConfigError("--kind is for listing options without --config; a preset's kind comes from its file")
     kind = preset_kind(args.config) if args.config else args.kind or "train"
     if args.options:
         cfg = load_any(args.config, args.overrides, kind)
-        print_options(field_help(type(cfg), values=cfg))
-    elif args.config or args.overrides:
-        print(yaml.safe_dump(to_dict(load_any(args.config, args.overrides, kind)), sort_keys=False), end="")
-    else:
-        module, _, cls = KINDS[kind]
-        print_options(field_help(getattr(importlib.import_module(module), cls)))
+        return print_options(field_help(type(cfg), values=cfg))
+    if args.config or args.overrides:
+        resolved = to_dict(load_any(args.config, args.overrides, kind))
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        return resolved
+    module, _, cls = KINDS[kind]
+    return print_options(field_help(getattr(importlib.import_module(module), cls)))
+
+
+def run(args) -> int:
+    with human_output(args):
+        result = show(args)
+    emit_json(args, result)
     return 0

@@ -1,7 +1,9 @@
-"""`toolchain ensemble RUN_DIR [RUN_DIR ...] [--data FILE] [--split test] [--json OUT]`"""
+"""`toolchain ensemble RUN_DIR [RUN_DIR ...] [--data FILE] [--split test] [--json [PATH]]`"""
 from __future__ import annotations
 
 import argparse
+
+from toolchain.commands.options import add_json_option, emit_json, human_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,10 +12,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="labelled file to score (default: the first run's own split)")
     p.add_argument("--split", default="test", choices=("dev", "test"),
                    help="the first run's split when --data is absent")
-    p.add_argument("--json", dest="json_out", help="also write every member's and the ensemble's metrics as JSON")
+    add_json_option(p, "every member's and the ensemble's metrics")
 
 
 def run(args) -> int:
     from toolchain.ensemble import run_ensemble
-    run_ensemble(args.run_dirs, args.data, args.split, args.json_out)
+
+    with human_output(args):
+        result = run_ensemble(args.run_dirs, args.data, args.split, None)
+    emit_json(args, result)
     return 0

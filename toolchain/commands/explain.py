@@ -1,8 +1,13 @@
 """`toolchain explain RUN_DIR|EXPORT_DIR "text" ... [--file texts.jsonl] [--target LABEL] [--json [OUT]]
-[--html OUT] [--png OUT]`: which words drove a prediction (see toolchain/explain/)."""
+[--html OUT] [--png OUT]`: which words drove a prediction (see toolchain/explain/).
+
+``--json`` is declared by :mod:`toolchain.commands.options`; the explain stage writes it (``-``: stdout, the
+terminal view then left out), since the JSON is built from its results and the model it names."""
 from __future__ import annotations
 
 import argparse
+
+from toolchain.commands.options import add_json_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,8 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="ig: quadrature points to start with (default 50); "
                    "doubled until the scores add up to the logit change within tolerance")
     p.add_argument("--max-steps", type=int, default=400, help="ig: most quadrature points (default 400)")
-    p.add_argument("--json", dest="json_out", nargs="?", const="-", metavar="OUT",
-                   help="JSON to stdout (no OUT) instead of the terminal view, or also to the file OUT")
+    add_json_option(p, "the explanations")
     p.add_argument("--html", dest="html_out", metavar="OUT", help="write an HTML page of the explanations")
     p.add_argument("--png", dest="png_out", metavar="OUT", help="write a PNG picture of the explanations")
     p.add_argument("--color", dest="colour", default="auto", choices=("auto", "always", "never"),
@@ -50,6 +54,6 @@ def run(args) -> int:
 
     run_explain(ExplainOptions(path=args.path, texts=args.texts, file=args.file, target=args.target,
                                method=args.method, variant=args.variant, steps=args.steps, max_steps=args.max_steps,
-                               json_out=args.json_out, html_out=args.html_out, png_out=args.png_out,
+                               json_out=args.json, html_out=args.html_out, png_out=args.png_out,
                                colour=args.colour))
     return 0

@@ -67,21 +67,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from toolchain.core.errors import ConfigError
     from toolchain.monitor.client import GaveUp, MonitorError
     from toolchain.monitor.state import StateError
 
-    try:
+    try:   # a bad option, URL, key, state file or source: a user error (the CLI prints it, exit 2)
         feeder, client = build(args)
     except (MonitorError, StateError, FileNotFoundError, ValueError) as exc:
-        print(f"toolchain monitor: error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
     restore = _install_stop_handlers(feeder.stop)
     try:
         feeder.run()
-    except MonitorError as exc:
-        print(f"toolchain monitor: error: {exc}", file=sys.stderr)
-        return 2
-    except GaveUp as exc:
+    except MonitorError as exc:   # the service refused the key, answered 404, redirects: the user must fix it
+        raise ConfigError(str(exc)) from exc
+    except GaveUp as exc:   # not a user error: the service stayed unreachable; the position is kept
         where = (f"the position is saved in {args.state}: a restart resumes there" if args.state else
                  "but without --state a restart reads every source from the start")
         print(f"toolchain monitor: gave up: {exc}; nothing unacknowledged was committed, {where}", file=sys.stderr)

@@ -68,13 +68,14 @@ def serve_target(target: str, env: dict[str, str]) -> tuple[str, str | None]:
 
 def check_keys(env: dict[str, str]) -> None:
     """Fail here, before the server starts, on bad settings or auth without keys."""
+    from toolchain.core.errors import ConfigError
     from toolchain.serve import auth
     from toolchain.serve.settings import load_settings
 
     try:
         auth.check_configuration(load_settings(env).auth, env)
     except auth.AuthConfigError as exc:
-        raise SystemExit(f"toolchain serve: error: {exc}; or pass --no-auth") from None
+        raise ConfigError(f"{exc}; or pass --no-auth") from None
 
 
 def run(args) -> int:
@@ -82,7 +83,9 @@ def run(args) -> int:
         print_settings()
         return 0
     if not args.target:
-        raise SystemExit("toolchain serve: error: give an export dir or a Bento tag (see --help)")
+        from toolchain.core.errors import ConfigError
+
+        raise ConfigError("give an export dir or a Bento tag (see --help)")
     env = server_environment(args)
     target, working_dir = serve_target(args.target, env)
     check_keys(env)

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import argparse
 
-TRAILING_OVERRIDES = "overrides"   # key=value may follow the options
+from toolchain.commands.options import add_output_option, add_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="sentiment-full",
                    help="training preset or YAML file the trials start from (default: sentiment-full)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides: fixed for every trial and left out of the search")
+    add_overrides(p, "key=value overrides: fixed for every trial and left out of the search")
     p.add_argument("--trials", type=int, required=True, metavar="N",
                    help="size of the study: trials run until N have finished (a rerun continues the study)")
     p.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this many minutes")
     p.add_argument("--space", metavar="SPACE",
                    help="search space: a tune-space-* preset or YAML file (default: tune-space-sentiment for "
                    "sequence classification, tune-space-ner for token classification)")
-    p.add_argument("--output", "-o", metavar="DIR", help="study folder (default: runs/tune-PRESET)")
+    add_output_option(p, "study folder (default: runs/tune-PRESET)")
     p.add_argument("--preset-out", metavar="FILE", help="where the best config is written (default: OUTPUT/best.yaml)")
 
 

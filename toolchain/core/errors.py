@@ -22,3 +22,11 @@ class ArtifactError(ValueError):
 
 
 USER_ERRORS = (ConfigError, DataError, ModelError, ArtifactError)
+
+
+class CheckFailed(Exception):
+    """A check that a command runs did not pass (the export's accuracy gate, the latency regression gate): the
+    inputs were valid, what they produced was not good enough. The CLI prints it as one line, exit 1."""
+
+
+CHECK_FAILURES = (CheckFailed,)
