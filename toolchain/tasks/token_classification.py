@@ -297,3 +297,29 @@ def word_tags(logits, word_ids, labels: list[str]) -> list[str]:
         if word is not None and word not in tags:
             tags[word] = labels[int(np.asarray(logits[position]).argmax())]
     return [tags[key] for key in sorted(tags)]
+
+
+def entity_counts(gold_tags: list[list[str]], pred_tags: list[list[str]], types: list[str]) -> np.ndarray:
+    """(rows, types, 3) counts of strict IOB2 entities: true positives, predicted, gold (as seqeval counts).
+    The one entity counter: the export's accuracy gate and the seed groups' comparison both use it."""
+    from seqeval.scheme import IOB2, Entities
+
+    gold_entities = Entities(gold_tags, IOB2, suffix=False).entities
+    pred_entities = Entities([io_to_iob2(row) for row in pred_tags], IOB2, suffix=False).entities
+    index = {t: i for i, t in enumerate(types)}
+    counts = np.zeros((len(gold_tags), len(types), 3), dtype=np.int64)
+    for row, (gold_row, pred_row) in enumerate(zip(gold_entities, pred_entities)):
+        gold_set = {e.to_tuple() for e in gold_row}
+        for entity in pred_row:
+            if entity.tag in index:
+                counts[row, index[entity.tag], 1] += 1
+                counts[row, index[entity.tag], 0] += entity.to_tuple() in gold_set
+        for entity in gold_row:
+            if entity.tag in index:
+                counts[row, index[entity.tag], 2] += 1
+    return counts
+
+
+def entity_types(tags: list[list[str]]) -> list[str]:
+    """The entity types of IOB2/IO tag sequences, sorted."""
+    return sorted({tag[2:] for row in tags for tag in row if tag[:2] in ("B-", "I-")})

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.core.artifacts import ArtifactError, load_group, write_json
+from toolchain.core import significance
 
 
 PREDICTIONS_FILE = "test_predictions.json"
@@ -55,16 +56,12 @@ def item_scores(run_dirs: list[str]) -> tuple[str, np.ndarray, str]:
 
 
 def entity_counts(gold: list[list[str]], predicted: list[list[str]]) -> np.ndarray:
-    """Per item (true positives, predicted entities, gold entities), for a resampled micro F1."""
-    from seqeval.metrics.sequence_labeling import get_entities
+    """Per item (true positives, predicted entities, gold entities), for a resampled micro F1: strict IOB2
+    entities, counted by the same counter as the export's accuracy gate."""
+    from toolchain.tasks.token_classification import entity_counts as typed_counts
+    from toolchain.tasks.token_classification import entity_types
 
-    from toolchain.tasks.token_classification import io_to_iob2
-
-    rows = []
-    for g, p in zip(gold, predicted):
-        g_set, p_set = set(get_entities(g)), set(get_entities(io_to_iob2(p)))
-        rows.append((len(g_set & p_set), len(p_set), len(g_set)))
-    return np.asarray(rows, dtype=float)
+    return typed_counts(gold, predicted, entity_types(gold + predicted)).sum(axis=1).astype(float)
 
 
 def group_score(metric: str, scores: np.ndarray) -> float:
@@ -83,12 +80,9 @@ def paired_bootstrap(a_runs: list[str], b_runs: list[str], resamples: int = 1000
     if digest_a != digest_b or len(a) != len(b):
         raise ArtifactError("the two groups were tested on different test sets: no paired comparison")
     observed = group_score(metric, b) - group_score(metric, a)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(resamples)
-    for k in range(resamples):
-        idx = rng.integers(0, len(a), len(a))
-        diffs[k] = group_score(metric, b[idx]) - group_score(metric, a[idx])
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    diffs = significance.paired_bootstrap(lambda idx: group_score(metric, b[idx]) - group_score(metric, a[idx]), len(a),
+                             resamples, seed)
+    low, high = significance.interval95(diffs)
     p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
     return {"metric": metric, "difference": observed, "ci95": [float(low), float(high)], "p_value": p,
             "items": int(len(a)), "resamples": resamples}
