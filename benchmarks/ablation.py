@@ -107,7 +107,7 @@ def ensemble(name: str, members: list[str]) -> None:
 def export_one(lever: str, seed: int) -> None:
     out = EXPORTS / f"{lever}-s{seed}"
     if not (out / "report.json").is_file():
-        run_logged(["toolchain", "export", str(RUNS / lever / f"seed-{seed}"), "--out", str(out), "latency.rounds=5"],
+        run_logged(["toolchain", "export", str(RUNS / lever / f"seed-{seed}"), "--output", str(out), "latency.rounds=5"],
                    ROOT / "logs" / f"abl-export-{lever}-s{seed}.log")
 
 

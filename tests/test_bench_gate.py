@@ -53,7 +53,7 @@ def test_gate_passes_unmodified_and_fails_on_an_injected_slowdown(quick_export, 
     assert "gate: passed" in out and "REGRESSION" not in out
 
     monkeypatch.setenv("TOOLCHAIN_BENCH_INJECT_DELAY_MS", "int8=40")
-    code, out = run_bench(["gate", *common, "--out", str(tmp_path / "verdict.json")], capsys)
+    code, out = run_bench(["gate", *common, "--json", str(tmp_path / "verdict.json")], capsys)
     assert code == 1, out
     assert "REGRESSION int8_vs_pytorch_b1" in out and "gate: FAILED" in out
     verdict = {row["ratio"]: row for row in json.loads((tmp_path / "verdict.json").read_text())["verdict"]}

@@ -111,7 +111,7 @@ def test_forgetting_over_the_limit_is_not_promotable(parent_run, tmp_path, capsy
     flipped = new_data(tmp_path, flipped=True)
     assert update(parent_run, flipped, tmp_path / "child", "update.max_forgetting=1.0", "update.parent_dev=false",
                   "update.replay=0",
-                  "train.epochs=6") == 0
+                  "train.epochs=6") == 1     # the forgetting limit is a failed check: exit 1, the run kept
     report = metrics(tmp_path / "child")["update"]
     assert report["parent_test"]["drop_points"] > 1.0
     assert report["promotable"] is False and manifest(tmp_path / "child")["promotable"] is False

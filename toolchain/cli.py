@@ -85,20 +85,9 @@ def collect_overrides(top: argparse.ArgumentParser, args, extra: list[str], argv
     args.overrides.sort(key=lambda token: argv.index(token) if token in argv else len(argv))
 
 
-def check_failures() -> tuple[type[BaseException], ...]:
-    """``CHECK_FAILURES`` and the export's ``GateError`` (imported only once an exception is raised)."""
-    from toolchain.core.errors import CHECK_FAILURES
-
-    try:
-        from toolchain.export.gate import GateError
-    except ImportError:  # pragma: no cover - numpy missing
-        return CHECK_FAILURES
-    return (*CHECK_FAILURES, GateError)
-
-
 def run_verb(verb: str, run, args) -> int:
     """Run a verb's handler; map user errors to exit 2, failed checks to 1, Ctrl-C to 130 (one line on stderr)."""
-    from toolchain.core.errors import USER_ERRORS
+    from toolchain.core.errors import CHECK_FAILURES, USER_ERRORS
 
     try:
         return int(run(args) or 0)
@@ -108,7 +97,7 @@ def run_verb(verb: str, run, args) -> int:
     except USER_ERRORS as exc:
         print(f"toolchain {verb}: error: {exc}", file=sys.stderr)
         return 2
-    except check_failures() as exc:
+    except CHECK_FAILURES as exc:
         print(f"toolchain {verb}: check failed: {exc}", file=sys.stderr)
         return 1
 

@@ -53,4 +53,18 @@ def run(args) -> int:
     run_dir = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     print(update_summary(run_dir))
     print(f"run dir: {run_dir}")
+    check_forgetting(run_dir)
     return 0
+
+
+def check_forgetting(run_dir) -> None:
+    """The forgetting limit is a check: an update that forgot more than ``update.max_forgetting`` is kept, marked
+    not promotable, and the command exits 1 (a failed check) so a pipeline does not promote it."""
+    import json
+    from pathlib import Path
+
+    from toolchain.core.errors import CheckFailed
+
+    update = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8")).get("update") or {}
+    if update.get("promotable") is False:
+        raise CheckFailed(f"{run_dir}: not promotable: {update.get('why_not_promotable')}")

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.core.errors import CheckFailed
 
-class GateError(RuntimeError):
-    """A variant failed a parity or accuracy gate; the message names the variant and the margin."""
+
+class GateError(CheckFailed, RuntimeError):
+    """A variant failed a parity or accuracy gate; the message names the variant and the margin (exit 1)."""
 
 
 def check_parity(name: str, diff: float, atol: float, what: str) -> None:
