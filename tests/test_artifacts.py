@@ -28,3 +28,55 @@ def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path, umask, mask, mode
     atomic_write_text(tmp_path / "a.txt", "replaced\n")  # replacing keeps it so
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json", "c.yaml"]  # no temporary left
+
+
+def test_one_rule_for_what_a_stage_may_replace(tmp_path, monkeypatch):
+    """Only a dir the toolchain wrote for that stage may be replaced: a training run for train --overwrite, an
+    export dir (decided from its toolchain.yaml) for export; never a user's folder, the current folder or a parent
+    of it. A missing or empty folder is fine to fill."""
+    from pathlib import Path
+
+    from toolchain.core.artifacts import ArtifactError, check_export_target, check_replaceable, run_dir_marker
+
+    def folder(name, **files):
+        path = tmp_path / name
+        path.mkdir()
+        for file, text in files.items():
+            (path / file).write_text(text)
+        return path
+
+    export_dir = folder("export", **{"toolchain.yaml": "artifact_version: 1\nstage: export\nstatus: complete\n"})
+    failed = folder("export2", **{"toolchain.yaml": "artifact_version: 1\nstage: export\nstatus: failed\n",
+                                  "INCOMPLETE": "gate failed\n"})
+    run_dir = folder("run", **{"toolchain.yaml": "artifact_version: 1\nstage: train\nstatus: complete\n"})
+    killed = folder("killed", INCOMPLETE="interrupted\n")
+    user = folder("user", **{"notes.txt": "keep me"})
+    empty = folder("empty")
+    (tmp_path / "file.txt").write_text("a file")
+
+    assert run_dir_marker(export_dir, ("export",)) and run_dir_marker(failed, ("export",))
+    assert run_dir_marker(run_dir) and run_dir_marker(killed) and not run_dir_marker(export_dir)
+    for stage_dir in (run_dir, killed):
+        check_replaceable(stage_dir)                      # training runs: --overwrite may replace them
+    for ok in (export_dir, failed, empty, tmp_path / "missing"):
+        check_export_target(ok)
+    for refused, why in ((run_dir, "stage 'train'"), (killed, "not an export dir"), (user, "not an export dir"),
+                         (tmp_path / "file.txt", "not a folder")):
+        with pytest.raises(ArtifactError, match=why):
+            check_export_target(refused)
+    with pytest.raises(ArtifactError, match="stage 'export'"):
+        check_replaceable(export_dir)                     # train --overwrite never deletes an export dir
+    with pytest.raises(ArtifactError, match="the run dir being exported"):
+        check_export_target(export_dir, source=export_dir)
+    with pytest.raises(ArtifactError, match="holds the run dir being exported"):
+        check_export_target(tmp_path / "empty", source=tmp_path / "empty" / "run")
+    monkeypatch.chdir(export_dir)
+    for refused in (Path("."), tmp_path):                 # the current folder, a parent of it
+        with pytest.raises(ArtifactError, match="current directory"):
+            check_export_target(refused)
+    monkeypatch.chdir(empty)
+    with pytest.raises(ArtifactError, match="current directory"):
+        check_export_target(Path("."))                    # even empty: the export renames it away
+    assert (user / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "export", "export2", "file.txt", "killed",
+                                                          "run", "user"]

@@ -129,3 +129,30 @@ def test_serve_lists_its_settings():
     assert result.returncode == 0
     for name in ("TOOLCHAIN_MAX_BATCH_ITEMS", "TOOLCHAIN_MAX_BODY_BYTES", "TOOLCHAIN_API_KEYS_FILE", "TOOLCHAIN_AUTH"):
         assert name in result.stdout
+
+
+def test_a_data_file_edited_in_place_makes_the_run_stale(tiny_overrides, tiny_data, tmp_path, capsys):
+    """The config hash does not see a data file edited at the same path: the run's recorded sha256 does. A run
+    whose data changed (or is gone) is trained again, and so is its export; the changed file is named."""
+    import shutil
+
+    from toolchain.build import plan
+    from toolchain.train.runner import train
+
+    data = {split: shutil.copy(path, tmp_path / f"{split}.jsonl") for split, path in tiny_data.items()}
+    overrides = [o for o in tiny_overrides if not o.startswith("data.")] + \
+        [f"data.{split}={path}" for split, path in data.items()] + ["train.max_steps=2"]
+    first = plan("sentiment-full", overrides)
+    assert first.run_state == "train"
+    train(first.run_cfg)
+    assert plan("sentiment-full", overrides).run_state == "up to date"
+    capsys.readouterr()
+    with open(data["train"], "a") as handle:          # the same path, one more example
+        handle.write('{"text": "profit rose again .", "label": "positive"}\n')
+    stale = plan("sentiment-full", overrides)
+    assert stale.run_dir == first.run_dir and (stale.run_state, stale.export_state) == ("train", "export")
+    out = capsys.readouterr().out
+    assert str(Path(data["train"]).resolve()) in out and "changed" in out
+    Path(data["test"]).unlink()
+    assert plan("sentiment-full", overrides).run_state == "train"
+    assert "test.jsonl" in capsys.readouterr().out

@@ -76,3 +76,13 @@ def test_single_file_gets_dev_and_test_splits_with_hashes(tmp_path):
 def _write(path, rows):
     path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
     return path
+
+
+def test_csv_and_jsonl_with_a_utf8_byte_order_mark_are_read(tmp_path):
+    """Spreadsheets save "CSV UTF-8" with a byte-order mark; the first column is 'text', not '\\ufefftext'."""
+    (tmp_path / "bom.csv").write_bytes("text,label\nProfit rose .,positive\nSales fell .,negative\n"
+                                       .encode("utf-8-sig"))
+    got = read_examples(tmp_path / "bom.csv")
+    assert [(e.text, e.label) for e in got] == [("Profit rose .", "positive"), ("Sales fell .", "negative")]
+    (tmp_path / "bom.jsonl").write_bytes('{"text": "Profit rose .", "label": "positive"}\n'.encode("utf-8-sig"))
+    assert [(e.text, e.label) for e in read_examples(tmp_path / "bom.jsonl")] == [("Profit rose .", "positive")]

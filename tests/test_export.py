@@ -363,3 +363,52 @@ def test_the_service_runtime_returns_calibrated_scores(basic_export):
     np.testing.assert_allclose(calibrated, plain / temperature, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(softmax(calibrated), softmax(plain, temperature), rtol=1e-5, atol=1e-6)
     assert (calibrated.argmax(-1) == plain.argmax(-1)).all()
+
+
+def test_export_refuses_a_target_it_did_not_write_before_any_work(full_run, tmp_path, monkeypatch):
+    """`--output` naming the run itself, `.`, a parent of the current folder or a folder with user files is refused
+    before anything is built (export would move it aside and delete it); an export dir, an empty folder or a new
+    path is built into."""
+    import shutil
+
+    from toolchain.core.artifacts import ArtifactError
+    from toolchain.export import pipeline
+
+    class Built(Exception):
+        """Raised where the export would start building: the target passed the check."""
+
+    def no_build(job):
+        raise Built(str(job.out))
+
+    monkeypatch.setattr(pipeline, "build", no_build)
+    run = shutil.copytree(full_run, tmp_path / "runs" / "run")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    failed_user = tmp_path / "out"
+    (tmp_path / "out.failed").mkdir()
+    (tmp_path / "out.failed" / "notes.txt").write_text("keep me too")
+    monkeypatch.chdir(run)
+    for target, why in ((run, "the run dir being exported"), (".", "the run dir being exported"),
+                        (tmp_path / "runs", "holds the run dir being exported"),
+                        (user, "not an export dir"), (failed_user, "out.failed.*not an export dir")):
+        with pytest.raises(ArtifactError, match=why):
+            pipeline.export(run, target)
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for target in (".", "..", tmp_path / "work"):
+        with pytest.raises(ArtifactError, match="current directory"):
+            pipeline.export(run, target)
+    assert (user / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "out.failed" / "notes.txt").read_text() == "keep me too"
+    assert (run / "toolchain.yaml").is_file() and (run / "model").is_dir()
+    assert not list(tmp_path.rglob(".*.tmp-*"))                # refused before the temporary build dir
+    export_dir = tmp_path / "exports" / "old"
+    export_dir.mkdir(parents=True)
+    (export_dir / "toolchain.yaml").write_text("artifact_version: 1\nstage: export\nstatus: complete\n")
+    empty = tmp_path / "exports" / "empty"
+    empty.mkdir()
+    for target in (export_dir, empty, tmp_path / "exports" / "new"):
+        with pytest.raises(Built):
+            pipeline.export(run, target)

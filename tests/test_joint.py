@@ -172,3 +172,22 @@ def test_gate_fails_a_variant_worse_in_the_topic_head_only(joint_run, tmp_path, 
     with pytest.raises(GateError, match="topic head") as error:
         pipeline.export(joint_run, tmp_path / "bad", cfg)
     assert "main head" not in str(error.value)
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_every_main_example_is_checked_for_the_topic_prefix(tiny_data, tiny_topic_data, tmp_path, split):
+    """A main label starting with 'topic:' anywhere in the main data (not only the first example) is refused,
+    naming the file and line; it would otherwise train silently as a topic class."""
+    from toolchain.core.config import load_config
+    from toolchain.data.readers import DataError
+    from toolchain.tasks.joint_data import load_run_splits
+
+    lines = tiny_data[split].read_text().splitlines()
+    lines[4] = json.dumps({"text": "profit rose this quarter .", "label": "topic:Earnings"})
+    bad = tmp_path / f"{split}.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    files = {**tiny_data, split: bad}
+    cfg = load_config("sentiment-full", [*(f"data.{s}={p}" for s, p in files.items()),
+                                         *(f"topic.{s}={p}" for s, p in tiny_topic_data.items())])
+    with pytest.raises(DataError, match=rf"{split}\.jsonl:5: main-head label 'topic:Earnings'"):
+        load_run_splits(cfg)

@@ -89,3 +89,31 @@ def test_ner_items_resample_entity_counts():
     assert counts.tolist() == [[1, 1, 1], [0, 1, 1], [0, 1, 0]]
     # micro F1 over the items: tp 1, predicted 3, gold 2 -> 2/5
     assert group_score("f1", counts[:, None, :]) == pytest.approx(0.4)
+
+
+def test_seeds_with_a_changed_option_refuse_to_replace_finished_runs_without_overwrite(tiny_overrides, tmp_path):
+    """A finished seed run trained with another config (or data) is replaced only with --overwrite; without it the
+    group stops before training anything, naming the seed dir (the single-run path refuses the same way)."""
+    from toolchain.core.config import load_config
+    from toolchain.train.seeds import train_seeds
+
+    group = tmp_path / "group"
+    overrides = [o for o in tiny_overrides if not o.startswith("output_dir=")] + [f"output_dir={group}",
+                                                                                 "train.max_steps=2"]
+    train_seeds(load_config("sentiment-full", overrides), 1)
+    finished = (group / "seed-42" / "metrics.json").read_text()
+    changed = load_config("sentiment-full", overrides + ["train.learning_rate=1e-3"])
+    with pytest.raises(ArtifactError, match=r"seed-42.*--overwrite"):
+        train_seeds(changed, 2)
+    assert (group / "seed-42" / "metrics.json").read_text() == finished      # the finished run is kept
+    assert not (group / "seed-43").exists()                                   # and nothing was trained
+    train_seeds(changed, 2, overwrite=True)                                   # asked for: replaced
+    manifest = _manifest_of(group / "seed-42")
+    assert manifest["config"]["train"]["learning_rate"] == pytest.approx(1e-3)
+    assert json.loads((group / GROUP_FILE).read_text())["seeds"] == [42, 43]
+
+
+def _manifest_of(run_dir):
+    import yaml
+
+    return yaml.safe_load((run_dir / "toolchain.yaml").read_text())

@@ -459,3 +459,34 @@ def test_overwrite_replaces_a_run_dir_an_empty_or_a_missing_one(tmp_path, marker
     empty.mkdir()
     assert prepare_run_dir(overwrite_cfg(empty), resume=False, overwrite=True) == empty
     assert prepare_run_dir(overwrite_cfg(tmp_path / "new"), resume=False, overwrite=True) == tmp_path / "new"
+
+
+def fake_run(root, name, task, labels, test_metrics):
+    """A complete run dir with stored metrics only (compare reads toolchain.yaml and metrics.json)."""
+    run = root / name
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "toolchain.yaml").write_text(yaml.safe_dump({
+        "artifact_version": 1, "stage": "train", "status": "complete", "task": task, "labels": labels,
+        "base_model": "tiny-bert", "config": {"method": {"name": "full"}}}))
+    (run / "metrics.json").write_text(json.dumps({"test": test_metrics, "parameters": {"trainable": 10},
+                                                  "train": {"wall_seconds": 1}}))
+    return str(run)
+
+
+def test_compare_refuses_runs_of_different_task_types(tmp_path):
+    """The headline column is accuracy for classification and entity F1 for NER: a table mixing them would label
+    one run's figure with the other's metric, so compare refuses, naming each run's task."""
+    classes = fake_run(tmp_path, "sentiment", "sequence-classification", ["negative", "positive"],
+                       {"accuracy": 0.9, "macro_f1": 0.8,
+                        "per_class": {"negative": {"f1": 0.7}, "positive": {"f1": 0.9}}})
+    entities = fake_run(tmp_path, "ner", "token-classification", ["O", "B-PER", "I-PER"],
+                        {"f1": 0.5, "macro_f1": 0.4, "per_type": {"PER": {"f1": 0.5}}})
+    for order in ([classes, entities], [entities, classes]):
+        with pytest.raises(ArtifactError, match=r"sentiment.*sequence-classification.*ner.*token-classification"
+                                                r"|ner.*token-classification.*sentiment.*sequence-classification"):
+            compare_runs(order)
+    header = compare_runs([classes, classes]).splitlines()[0].split()
+    assert header[4] == "accuracy"
+    header = compare_runs([entities, entities]).splitlines()[0].split()
+    assert header[4] == "f1"

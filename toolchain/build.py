@@ -1,9 +1,10 @@
 """`toolchain build [--config PRESET] [key=value ...]`: the main job, from a fresh clone to a Bento.
 
-Runs only the stages that are missing or out of date, detected by config hash:
+Runs only the stages that are missing or out of date, detected by config hash (and data file sha256):
 
-1. train  -> ``<output_dir>-<run hash>``            (reused when complete with the same config hash;
-                                                    an interrupted run is resumed from its checkpoint)
+1. train  -> ``<output_dir>-<run hash>``            (reused when complete with the same config hash and
+                                                    its data files unchanged (the sha256 its toolchain.yaml
+                                                    records); an interrupted run is resumed from its checkpoint)
 2. export -> ``<run dir>-export-<export hash>``     (reused when built from this run with this config)
 3. model  -> BentoML model ``<name>:<run hash>-<export hash>-<variant>``: the chosen ONNX variant,
              the tokenizer and the export manifest (checksums verified after the copy)
@@ -31,7 +32,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolchain.core.artifacts import export_state, run_state
+from toolchain.core.artifacts import export_state, run_staleness
 from toolchain.core.config import ConfigError, config_hash, data_root, expand_data_path
 
 log = logging.getLogger("toolchain.build")
@@ -60,7 +61,8 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def plan(preset: str, overrides: list[str], export_preset: str | None = None) -> Stages:
-    """Resolve both configs and decide, by config hash, which stages must run."""
+    """Resolve both configs and decide which stages must run: by config hash, and for the run also by the sha256
+    of its data files (a file edited in place at the same path makes the run, and so its export, stale)."""
     from toolchain.core.config import load_config
     from toolchain.export.config import load_export_config
 
@@ -72,8 +74,12 @@ def plan(preset: str, overrides: list[str], export_preset: str | None = None) ->
     export_hash = config_hash(export_cfg)
     run_dir = Path(cfg.output_dir)
     export_dir = run_dir.with_name(f"{run_dir.name}-export-{export_hash}")
-    return Stages(cfg, export_cfg, run_dir, run_hash, export_dir, export_hash,
-                  run_state(run_dir, config_hash(cfg)), export_state(export_dir, config_hash(cfg), export_hash))
+    state, why = run_staleness(run_dir, config_hash(cfg))
+    if state == "train" and run_dir.exists():   # say what makes the existing run stale (e.g. which file changed)
+        print(f"train: {why}", flush=True)
+    # an export of a run about to be trained again is stale too, whatever its hashes say
+    exported = export_state(export_dir, config_hash(cfg), export_hash) if state == "up to date" else "export"
+    return Stages(cfg, export_cfg, run_dir, run_hash, export_dir, export_hash, state, exported)
 
 
 def check_data(cfg, option: str = "") -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.core.artifacts import RunInfo, load_run
+from toolchain.core.artifacts import ArtifactError, RunInfo, load_run
 from toolchain.core.config import DataConfig, from_dict
 from toolchain.data.dataset import check_labels, read_file
 from toolchain.data.readers import DataError
@@ -100,10 +100,18 @@ def run_evaluate(run_dir: str, data: str | None, split: str, json_out: str | Non
 
 def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "test") -> str:
     """A table of several runs (e.g. head = before adaptation vs full / LoRA = after); seed groups are compared
-    by :func:`toolchain.train.comparison.compare_groups` (the ``compare`` command picks which)."""
-    rows, classes = [], None
-    for run_dir in run_dirs:
-        run = load_run(run_dir)
+    by :func:`toolchain.train.comparison.compare_groups` (the ``compare`` command picks which). The headline
+    column is accuracy (sequence classification) or entity F1 (token classification): runs of different task
+    types are refused rather than put under one column name."""
+    runs = [(run_dir, load_run(run_dir)) for run_dir in run_dirs]   # a run may be listed twice
+    tasks = {run.task for _, run in runs}
+    if len(tasks) > 1:   # the headline column is accuracy for one task type and entity F1 for the other
+        raise ArtifactError("compare: these runs are of different task types ("
+                            + ", ".join(f"{Path(d).name}: {run.task}" for d, run in runs)
+                            + "); their headline metrics and per-class columns differ, so compare the runs of "
+                            "each task type separately")
+    rows, classes, headlines = [], None, set()
+    for run_dir, run in runs:
         if data:
             metrics = evaluate_file(run_dir, data, split)
         else:
@@ -114,12 +122,17 @@ def compare_runs(run_dirs: list[str], data: str | None = None, split: str = "tes
                            [(f"{Path(run_dir).name} [{h}]", m) for h, m in metrics["heads"].items()]):
             per_class = head.get("per_class") or head.get("per_type") or {}
             classes = classes or list(per_class)
-            headline = [head.get("accuracy", head.get("f1")), head.get("macro_f1")]
+            first = "accuracy" if "accuracy" in head else "f1"
+            headlines.add(first)
+            headline = [head.get(first), head.get("macro_f1")]
             rows.append([name, run.config["method"]["name"], base_name(run.base_model),
                          f"{stored['parameters']['trainable']:,}", *headline,
                          *(per_class[c]["f1"] if c in per_class else "-" for c in classes),
                          f"{stored['train'].get('wall_seconds', 0):.0f}s"])
-    first = "accuracy" if rows and "accuracy" in metrics else "f1"
+    if len(headlines) > 1:   # runs of one task type all score by the same metric; never label a column wrong
+        raise ArtifactError(f"compare: the runs' headline metrics differ ({', '.join(sorted(headlines))}); compare "
+                            f"runs scored by the same metric")
+    first = headlines.pop() if headlines else "accuracy"
     header = ["run", "method", "base", "trainable", first, "macro_f1", *(f"f1:{c}" for c in classes), "train time"]
     return format_table(header, rows) + ancestry(run_dirs)
 

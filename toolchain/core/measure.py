@@ -3,8 +3,11 @@
 Latency of several model variants measured fairly: same inputs, same process, interleaved rounds.
 
 Each round times one call of every variant on the same batch, in a shuffled order, so drift of a
-shared machine (other jobs, thermal state) hits every variant alike. Results are per batch size:
-median, p95 and p99 milliseconds per call.
+shared machine (other jobs, thermal state) hits every variant alike. :func:`measure_interleaved`
+returns, per variant and batch size, :func:`summarize`'s ``median_ms``, ``p95_ms``, ``p99_ms`` and
+``mean_ms`` (milliseconds per call) and ``calls``. :func:`served_rates` measures serving-runtime models
+through their own ``infer`` and returns, per model and request size, ``texts_per_s``,
+``median_ms_per_request``, ``requests`` and ``rounds``.
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def summarize(seconds: list[float]) -> dict:
 
 def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]], rounds: int,
                         warmup: int = 3, seed: int = 0, progress: bool = False) -> dict[str, dict[int, dict]]:
-    """{variant: {batch_size: {median_ms, p95_ms, mean_ms, calls}}}; ``inputs`` maps batch size -> batches."""
+    """{variant: {batch_size: {median_ms, p95_ms, p99_ms, mean_ms, calls}}}; ``inputs`` maps batch size -> batches."""
     for batches in inputs.values():
         for run in runners.values():
             for i in range(warmup):
@@ -104,7 +107,9 @@ def served_rates(models: dict, texts: list[str], batch_sizes: tuple[int, ...] = 
     ``batch_sizes`` are request shapes: 1 = one text per call (a lone client), 32 = the 32 texts the
     adaptive batcher merges under load. Each round runs every model over all ``texts`` in chunks of the
     batch size, models in a shuffled order, so drift of a shared machine hits them alike; the rate is
-    the median over rounds. Returns ``{name: {batch_size: {texts_per_s, median_ms_per_call, calls}}}``.
+    the median over rounds. Returns ``{name: {batch_size: {texts_per_s, median_ms_per_request, requests,
+    rounds}}}``: ``requests`` calls of ``infer`` per round, ``median_ms_per_request`` the median round's time
+    divided by them.
     """
     rng = random.Random(seed)
     for model in models.values():  # warm-up: first-call allocations are not part of serving

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from toolchain.core.errors import DataError  # noqa: F401  (defined in core.errors; exported here too)
 
-
+# UTF-8 that drops a leading byte-order mark: spreadsheets write one in "CSV UTF-8" (and some editors in JSONL),
+# and read as plain utf-8 it would stick to the first column's name ('\ufefftext') or break the first JSON line.
+UTF8 = "utf-8-sig"
 
 
 @dataclass
@@ -51,7 +53,8 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
         with _open_text(path, encoding) as handle:
             return handle.read().splitlines()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid {encoding} text at byte {exc.start}") from None
+        name = "utf-8" if encoding == UTF8 else encoding
+        raise DataError(f"{path}: not valid {name} text at byte {exc.start}") from None
 
 
 def _checked_text(value, source: str, column: str) -> str:
@@ -74,7 +77,7 @@ def _checked_label(value, source: str, column: str, labelled: bool) -> str | Non
 
 def read_jsonl(path: Path, text_column: str, label_column: str, labelled: bool = True) -> list[Example]:
     examples = []
-    for number, line in enumerate(_read_lines(path, "utf-8"), start=1):
+    for number, line in enumerate(_read_lines(path, UTF8), start=1):
         if not line.strip():
             continue
         source = f"{path}:{number}"
@@ -96,7 +99,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, labelled: bool =
 def read_csv(path: Path, text_column: str, label_column: str, labelled: bool = True) -> list[Example]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        with _open_text(path, "utf-8") as handle:
+        with _open_text(path, UTF8) as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
             header = reader.fieldnames or []
             for column in (text_column, label_column) if labelled else (text_column,):
@@ -140,7 +143,7 @@ def read_conll(path: Path, tag_column: int = -1, scheme: str = "auto") -> list[E
     from toolchain.data.tags import io_to_iob2, validate_iob2
 
     examples, tokens, tags, start = [], [], [], 0
-    lines = _read_lines(path, "utf-8") + [""]
+    lines = _read_lines(path, UTF8) + [""]
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:

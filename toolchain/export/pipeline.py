@@ -2,6 +2,8 @@
 
 The export dir is built under a temporary name next to the target and renamed into place only after
 every gate passed; a failed gate leaves ``NAME.failed`` (status: failed, not loadable) for inspection.
+An existing target is replaced only when it is an export dir (or an empty folder): anything else (the run
+dir, the current folder, a folder of user files) is refused before the export starts.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, load_run, mark_incomplete,
-                                 replace_dir, write_yaml)
+from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, check_export_target, load_run,
+                                 mark_incomplete, replace_dir, write_yaml)
 from toolchain.core.config import config_hash, to_dict
 from toolchain.export.config import ExportConfig
 from toolchain.export.builders import VARIANT_BUILDERS, save_merged
@@ -33,12 +35,13 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
 
     cfg = cfg or ExportConfig()
     run = load_run(run_dir)
+    final = Path(out_dir or cfg.output_dir or default_output_dir(run)).resolve()
+    check_export_target(final, run.path)   # before any work: only an export dir the toolchain wrote is replaced
     cpu = detect_cpu(cuda=True)
     needs_int8 = any(v in INT8_VARIANTS for v in cfg.variant_list())
     preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
     if "optimized" in cfg.variant_list():
         check_optimize_level(cfg.optimize.level)
-    final = Path(out_dir or cfg.output_dir or default_output_dir(run)).resolve()
     remove_stale_builds(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)

@@ -30,15 +30,21 @@ def load_run_splits(cfg: RunConfig) -> Splits:
     main = load_splits(cfg.data)
     if not cfg.topic.train:
         return main
-    for ex in main.train[:1]:
-        if ex.label.startswith(TOPIC_PREFIX):
-            raise DataError(f"{ex.source}: main-head label {ex.label!r} starts with {TOPIC_PREFIX!r}, which marks "
-                            f"topic classes; rename it")
+    check_main_labels(main)
     topic = load_splits(topic_data_config(cfg))
     files = dict(main.files)
     files.update({f"topic.{role}": info for role, info in topic.files.items()})
     return Splits(main.train * cfg.topic.main_repeat + _prefixed(topic.train), main.dev + _prefixed(topic.dev),
                   main.test + _prefixed(topic.test), files)
+
+
+def check_main_labels(main: Splits) -> None:
+    """Every main-task example (train, dev and test, not only the first) is refused, naming its file:line, when its
+    label starts with the ``topic:`` prefix: it would silently be trained (and scored) as a topic class."""
+    for ex in (*main.train, *main.dev, *main.test):
+        if isinstance(ex.label, str) and ex.label.startswith(TOPIC_PREFIX):
+            raise DataError(f"{ex.source}: main-head label {ex.label!r} starts with {TOPIC_PREFIX!r}, which marks "
+                            f"topic classes; rename it")
 
 
 def run_labels(cfg: RunConfig, splits: Splits) -> list[str]:

@@ -27,28 +27,57 @@ def seed_configs(cfg, count: int) -> list:
 
 
 def train_seeds(cfg, count: int, overwrite: bool = False) -> Path:
-    """Train every seed (a complete run with the same config is reused), then summarize the group."""
-    from toolchain.core.artifacts import run_state
+    """Train every seed (a complete run with the same config and data is reused), then summarize the group.
+
+    A seed dir holding anything else (a run of another config, or trained on data that changed since) is
+    replaced only with ``overwrite`` (--overwrite), as a single run is; without it the group stops before
+    training any seed, naming the seed dirs."""
+    from toolchain.core.artifacts import run_staleness
     from toolchain.core.config import config_hash
     from toolchain.train.runner import train
 
     group = Path(cfg.output_dir)
     if group.is_dir() and (group / "toolchain.yaml").is_file():
         raise ArtifactError(f"{group} is a run dir; a seed group needs its own folder (output_dir=NEW_DIR)")
-    runs = []
-    for index, seed_cfg in enumerate(seed_configs(cfg, count), 1):
+    planned, blocked = [], []
+    for seed_cfg in seed_configs(cfg, count):
         run_dir = Path(seed_cfg.output_dir)
-        state = run_state(run_dir, config_hash(seed_cfg))   # up to date | resume (interrupted) | train
+        state, why = run_staleness(run_dir, config_hash(seed_cfg))  # up to date | resume (interrupted) | train
         if state == "resume" and overwrite:
             state = "train"
+        replaces = state == "train" and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+        if replaces and not overwrite and not interrupted_run_of(run_dir, config_hash(seed_cfg)):
+            blocked.append(why)
+        planned.append((seed_cfg, run_dir, state, replaces))
+    if blocked:
+        raise ArtifactError(f"{group}: training these seeds would replace what their seed dirs hold: "
+                            + "; ".join(blocked) + ". Nothing was trained. Pass --overwrite to train them again, "
+                            "or output_dir=NEW_DIR for a new group")
+    runs = []
+    for index, (seed_cfg, run_dir, state, replaces) in enumerate(planned, 1):
         print(f"seed {seed_cfg.train.seed} ({index}/{count}): {state} {run_dir}", flush=True)
         if state != "up to date":
-            train(seed_cfg, resume=state == "resume", overwrite=state == "train" and run_dir.exists())
+            train(seed_cfg, resume=state == "resume", overwrite=replaces)
         runs.append(run_dir)
     summary = summarize([str(r) for r in runs])
     write_json(group / GROUP_FILE, summary)
     print(group_table(summary))
     return group
+
+
+def interrupted_run_of(run_dir: Path, expected_hash: str) -> bool:
+    """An incomplete run of this very config (killed before its first checkpoint): training it again loses
+    nothing, so it is replaced without --overwrite, as before."""
+    import yaml
+
+    from toolchain.core.artifacts import INCOMPLETE, MANIFEST
+
+    try:
+        manifest = yaml.safe_load((run_dir / MANIFEST).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("stage") == "train" and manifest.get("status") != "complete"
+            and manifest.get("config_hash") == expected_hash and (run_dir / INCOMPLETE).is_file())
 
 
 def headline_metrics(split_metrics: dict) -> dict[str, float]:
