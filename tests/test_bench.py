@@ -1,4 +1,4 @@
-"""Benchmark building blocks: FLOP counting, peak rates, workloads, the gate's verdict, the baseline."""
+"""Benchmark building blocks: FLOP counting, peak rates, workloads, the latency check's verdict, the baseline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from toolchain.bench.flops import encoder_shape, flops_per_sentence
-from toolchain.bench.gate import SPECS, compare, judge, regression_lines, verdict_table
+from toolchain.bench.latency_check import SPECS, compare, judge, regression_lines, verdict_table
 from toolchain.bench.machine import Machine, cgroup_cpu_limit, peak_rates
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,10 +66,10 @@ def test_cgroup_quota_caps_the_usable_cores(tmp_path):
 def test_fixed_length_texts_are_exactly_n_tokens(tiny_bert):
     from transformers import AutoTokenizer
 
-    from toolchain.bench.workloads import GATE_SENTENCES, fixed_length_workload, sentence_batches
+    from toolchain.bench.workloads import LATENCY_CHECK_SENTENCES, fixed_length_workload, sentence_batches
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    sentences = [text for text, _ in GATE_SENTENCES]
+    sentences = [text for text, _ in LATENCY_CHECK_SENTENCES]
     for length in (32, 64, 128):
         workload = fixed_length_workload(tokenizer, sentences, length, count=20)
         assert len(set(workload.texts)) > 10 and set(workload.token_counts) == {length}
@@ -122,9 +122,9 @@ def test_committed_baseline_is_complete_and_names_its_machine():
 
 
 def test_one_baseline_per_cpu_family(tmp_path):
-    """Recording on one family keeps the others'; a family without a baseline gates only portable ratios."""
+    """Recording on one family keeps the others'; a family without a baseline judges only portable ratios."""
     from toolchain.bench.baseline import baseline_document, cpu_family, read_baseline, read_families, write_baseline
-    from toolchain.bench.gate import compare
+    from toolchain.bench.latency_check import compare
 
     avx2 = {"model": "AMD EPYC", "arch": "x86_64", "flags": "avx2,fma,avx"}
     amx = {"model": "Intel Xeon", "arch": "x86_64", "flags": "avx512f,avx512_vnni,avx512_bf16,amx_int8,amx_bf16,avx2"}
@@ -137,17 +137,17 @@ def test_one_baseline_per_cpu_family(tmp_path):
     assert set(read_families(path)) == {"x86_64-avx2", "x86_64-avx512_vnni-amx"}
     assert read_baseline(path, "x86_64-avx2")["ratios"]["int8_vs_fp32_b32"]["value"] == 0.70
 
-    # same family: every ratio gated, a doubled int8/fp32 ratio is a regression
+    # same family: every ratio judged, a doubled int8/fp32 ratio is a regression
     same = {r["ratio"]: r["result"] for r in compare({"int8_vs_fp32_b32": entry(1.4)}, read_baseline(path,
                                                                                                      "x86_64-avx2"))}
     assert same["int8_vs_fp32_b32"] == "REGRESSION"
-    # an unknown family (ARM): the CPU-specific ratio is far off yet not gated; the portable one still is
+    # an unknown family (ARM): the CPU-specific ratio is far off yet not judged; the portable one still is
     other = read_baseline(path, "aarch64-dotprod")
     assert other["same_family"] is False
     rows = {r["ratio"]: r for r in compare({"int8_vs_fp32_b32": entry(2.0), "served_vs_offline_b1": entry(1.5)},
                                            {**read_baseline(path, "x86_64-avx2"), "same_family": False,
                                             "family": "x86_64-avx2"})}
-    assert rows["int8_vs_fp32_b32"]["result"].startswith("not gated")
+    assert rows["int8_vs_fp32_b32"]["result"].startswith("not judged")
     assert rows["served_vs_offline_b1"]["result"] == "pass"
     slow = compare({"served_vs_offline_b1": entry(5.0)}, {**read_baseline(path, "x86_64-avx2"),
                                                           "same_family": False, "family": "x86_64-avx2"})
@@ -177,5 +177,14 @@ def test_re_recording_keeps_reviewed_tolerances_and_notes(tmp_path):
 def test_missing_baseline_is_a_clear_error(tmp_path, capsys):
     from toolchain.commands.bench import main
 
-    assert main(["gate", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
+    assert main(["latency-check", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
     assert "toolchain bench update-baseline" in capsys.readouterr().err
+
+
+def test_bench_gate_is_a_deprecated_alias_of_latency_check(tmp_path, capsys):
+    from toolchain.commands.bench import main
+
+    assert main(["gate", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
+    err = capsys.readouterr().err
+    assert "`bench gate` is deprecated" in err and "toolchain bench latency-check" in err
+    assert "toolchain bench update-baseline" in err    # then runs as latency-check

@@ -1,7 +1,7 @@
 """The benchmarks end to end on a real (tiny) export: the offline benchmark and its report, and the
-latency regression gate, which passes on the unmodified build and fails on an injected slowdown.
+latency check (`toolchain bench latency-check`), which passes on the unmodified build and fails on an injected slowdown.
 
-The quick model is built by the gate's own builder (train one step -> `toolchain export` fp32 + int8)
+The quick model is built by the latency check's own builder (train one step -> `toolchain export` fp32 + int8)
 from the tiny BERT instead of the packaged MiniLM, so that it takes seconds; its baseline is recorded
 here with `update-baseline`, as a maintainer would, because the committed one belongs to MiniLM.
 """
@@ -30,7 +30,7 @@ def run_bench(argv: list[str], capsys) -> tuple[int, str]:
     return code, out
 
 
-def test_quick_export_has_the_gate_variants(quick_export):
+def test_quick_export_has_the_latency_check_variants(quick_export):
     from toolchain.core.artifacts import load_export
 
     export = load_export(quick_export)
@@ -39,7 +39,7 @@ def test_quick_export_has_the_gate_variants(quick_export):
     assert (quick_export / "merged" / "model.safetensors").exists()
 
 
-def test_gate_passes_unmodified_and_fails_on_an_injected_slowdown(quick_export, tmp_path, capsys, monkeypatch):
+def test_latency_check_passes_unmodified_and_fails_on_an_injected_slowdown(quick_export, tmp_path, capsys, monkeypatch):
     baseline = tmp_path / "baseline.json"
     common = ["--export-dir", str(quick_export), "--baseline", str(baseline), "--parts", "offline", "--repeats", "3"]
     code, out = run_bench(["update-baseline", *common, "--tolerance", "1.0"], capsys)
@@ -48,14 +48,14 @@ def test_gate_passes_unmodified_and_fails_on_an_injected_slowdown(quick_export, 
     assert set(recorded["ratios"]) == {"int8_vs_pytorch_b1", "int8_vs_pytorch_b32", "int8_vs_fp32_b32"}
     assert recorded["machine"]["flags"] and recorded["settings"]["threads"] == 1
 
-    code, out = run_bench(["gate", *common], capsys)
+    code, out = run_bench(["latency-check", *common], capsys)
     assert code == 0, out
-    assert "gate: passed" in out and "REGRESSION" not in out
+    assert "latency check: passed" in out and "REGRESSION" not in out
 
     monkeypatch.setenv("TOOLCHAIN_BENCH_INJECT_DELAY_MS", "int8=40")
-    code, out = run_bench(["gate", *common, "--json", str(tmp_path / "verdict.json")], capsys)
+    code, out = run_bench(["latency-check", *common, "--json", str(tmp_path / "verdict.json")], capsys)
     assert code == 1, out
-    assert "REGRESSION int8_vs_pytorch_b1" in out and "gate: FAILED" in out
+    assert "REGRESSION int8_vs_pytorch_b1" in out and "latency check: FAILED" in out
     verdict = {row["ratio"]: row for row in json.loads((tmp_path / "verdict.json").read_text())["verdict"]}
     assert verdict["int8_vs_pytorch_b1"]["result"] == "REGRESSION"
     assert verdict["int8_vs_pytorch_b1"]["measured"] > 2 * verdict["int8_vs_pytorch_b1"]["baseline"]
@@ -81,11 +81,11 @@ def test_offline_benchmark_and_results_page(quick_export, tmp_path, monkeypatch)
     """A short offline run on the quick export with a stand-in test split, then RESULTS.md and PNGs."""
     from toolchain.bench.offline import run_offline
     from toolchain.bench.summary import render_results
-    from toolchain.bench.workloads import GATE_SENTENCES, REAL_TEST
+    from toolchain.bench.workloads import LATENCY_CHECK_SENTENCES, REAL_TEST
 
     data = tmp_path / "data"
     (data / REAL_TEST).parent.mkdir(parents=True)
-    rows = [json.dumps({"text": text, "label": label}) for text, label in GATE_SENTENCES]
+    rows = [json.dumps({"text": text, "label": label}) for text, label in LATENCY_CHECK_SENTENCES]
     (data / REAL_TEST).write_text("\n".join(rows) + "\n")
     results = run_offline(quick_export, data, batch_sizes=(1, 8, 32), scale=0.05, threads=1, progress=False)
     real = results["latency"]["phrasebank-test"]
@@ -100,7 +100,7 @@ def test_offline_benchmark_and_results_page(quick_export, tmp_path, monkeypatch)
     (out / "offline.json").write_text(json.dumps(results))
     page = render_results(tmp_path / "repo", out).read_text()
     for heading in ("## Inference, offline", "### Efficiency against the physical limit", "## Serving",
-                    "## Training", "## Export", "## Latency regression gate"):
+                    "## Training", "## Export", "## Latency check"):
         assert heading in page
     assert "## Accuracy levers\n\n_Not measured yet: run `python benchmarks/ablation.py" in page
     (out / "ablation.md").write_text("# Accuracy levers\n\n| lever | seeds |\n|---|---|\n| dapt | 3 |\n")

@@ -27,7 +27,7 @@ def bento_info(pipeline) -> dict:
 def test_build_runs_the_missing_stages_and_prints_how_to_serve(built):
     out = built.output
     packed = load_export(built.export_dir).serve_variant
-    assert f"variant {packed} (auto, measured on " in out and "passed the gate and serves the most" in out
+    assert f"variant {packed} (auto, measured on " in out and "passed the accuracy gate and serves the most" in out
     assert f"train   train         {built.run_dir}" in out
     assert f"export  export        {built.export_dir}" in out
     assert built.run_dir.name.startswith("tiny-") and built.export_dir.name.startswith(built.run_dir.name + "-export-")
@@ -55,7 +55,7 @@ def test_bento_is_labelled_with_metrics_and_config_hash(built):
     labels = info["labels"]
     assert labels["config_hash"] == manifest["run_config_hash"]
     assert labels["export_config_hash"] == manifest["export_config_hash"]
-    packed = manifest["serve_variant"]      # chosen by the export's gate and throughput ranking
+    packed = manifest["serve_variant"]      # chosen by the export's accuracy gate and throughput ranking
     assert labels["task"] == "sequence-classification" and labels["variant"] == packed
     assert 0.0 <= float(labels["test_accuracy"]) <= 1.0 and 0.0 <= float(labels["test_macro_f1"]) <= 1.0
     assert info["args"] == {"model_tag": labels["model"], "variant": packed}

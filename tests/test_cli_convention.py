@@ -20,11 +20,11 @@ The verb x option table in README.md ("CLI conventions") is rendered here from t
 | explain | - | yes | - | - | - |
 | config | - | yes | - | yes | - |
 | export | yes | yes | - | yes | the accuracy gate failed |
-| build | - | yes | - | yes | the export gate failed |
+| build | - | yes | - | yes | an export's accuracy gate failed |
 | serve | - | - | - | - | (the server's own exit code) |
 | monitor | - | - | - | - | gave up: the service stayed unreachable |
 | pretrain | yes | - | yes | yes | - |
-| bench | - | gate | - | - | gate: a latency regression; a benchmark failed |
+| bench | - | latency-check | - | - | latency-check: a latency regression; a benchmark failed |
 """
 from __future__ import annotations
 
@@ -43,13 +43,13 @@ WRITES_ARTIFACT_DIR = {"train", "pretrain", "update", "tune", "export"}
 PRINTS_RESULT = {"evaluate", "compare", "ensemble", "explain", "export", "build", "config", "bench"}
 RESUMES = {"train", "pretrain", "update"}
 TAKES_OVERRIDES = {"train", "pretrain", "update", "tune", "export", "build", "config"}
-EXIT_ONE = {"export": "the accuracy gate failed", "build": "the export gate failed",
+EXIT_ONE = {"export": "the accuracy gate failed", "build": "an export's accuracy gate failed",
             "serve": "(the server's own exit code)", "monitor": "gave up: the service stayed unreachable",
-            "bench": "gate: a latency regression; a benchmark failed"}
+            "bench": "latency-check: a latency regression; a benchmark failed"}
 # the arguments a verb needs before a trailing override can be parsed, then an option to put it after
 REQUIRED = {"update": ["runs/parent", "--data", "new.jsonl"], "tune": ["--trials", "2"], "export": ["runs/x"],
             "evaluate": ["runs/x"], "compare": ["runs/x"], "ensemble": ["runs/x"], "explain": ["runs/x", "text"],
-            "serve": ["exports/x"], "monitor": ["news.jsonl"], "bench": ["gate"]}
+            "serve": ["exports/x"], "monitor": ["news.jsonl"], "bench": ["latency-check"]}
 FLAG = {"update": ["--dev", "dev.jsonl"], "tune": ["--timeout", "5"], "evaluate": ["--split", "dev"],
         "compare": ["--split", "dev"], "ensemble": ["--split", "dev"], "explain": ["--method", "ig"],
         "serve": ["--port", "3001"], "monitor": ["--window", "10"], "bench": ["--repeats", "1"]}
@@ -60,7 +60,12 @@ def verb_parser(verb: str) -> argparse.ArgumentParser:
 
 
 def subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+    """The subcommands --help lists (a deprecated former name, such as ``bench gate``, is hidden)."""
+    action = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if action is None:
+        return {}
+    listed = {choice.dest for choice in action._choices_actions}
+    return {name: sp for name, sp in action.choices.items() if name in listed}
 
 
 def option(p: argparse.ArgumentParser, name: str) -> argparse.Action | None:
@@ -204,14 +209,14 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["monitor", str(tmp_path / "missing.jsonl")]) == 2    # monitor: no code of its own
     assert "toolchain monitor: error: " in capsys.readouterr().err
-    assert cli.main(["bench", "gate", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
+    assert cli.main(["bench", "latency-check", "--baseline", str(tmp_path / "none.json"), "--parts", "offline"]) == 2
     assert "toolchain bench: error: " in capsys.readouterr().err           # bench: no code of its own
 
 
 @pytest.mark.parametrize("failure", ["check", "gate"])
 def test_failed_checks_exit_1_on_stderr(failure, monkeypatch, capsys):
     import toolchain.commands.export as export_command
-    from toolchain.export.gate import GateError
+    from toolchain.export.accuracy_gate import GateError   # the former name of AccuracyGateError
 
     def failing(args):
         print("progress")
@@ -223,19 +228,19 @@ def test_failed_checks_exit_1_on_stderr(failure, monkeypatch, capsys):
     assert out.out == "progress\n" and out.err.startswith("toolchain export: check failed: ")
 
 
-def test_bench_gate_regression_is_a_failed_check_and_json_goes_to_stdout(monkeypatch, capsys):
-    from toolchain.bench import gate_command
+def test_latency_check_regression_is_a_failed_check_and_json_goes_to_stdout(monkeypatch, capsys):
+    from toolchain.bench import latency_check_command
 
-    def fake_gate(args, update):
+    def fake_check(args, update):
         print("ratio table")
         args.out.write_text(json.dumps({"verdict": [{"ratio": "int8_vs_fp32_b32", "result": "REGRESSION"}]}))
         return 1
 
-    monkeypatch.setattr(gate_command, "run_gate", fake_gate)
-    assert cli.main(["bench", "gate", "--json"]) == 1
+    monkeypatch.setattr(latency_check_command, "run_latency_check", fake_check)
+    assert cli.main(["bench", "latency-check", "--json"]) == 1
     out = capsys.readouterr()
     assert json.loads(out.out)["verdict"][0]["result"] == "REGRESSION"
-    assert "ratio table" in out.err and "toolchain bench: check failed: latency regression gate" in out.err
+    assert "ratio table" in out.err and "toolchain bench: check failed: latency check" in out.err
 
 
 def test_interrupt_exits_130(monkeypatch, capsys):

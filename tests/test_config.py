@@ -145,3 +145,39 @@ def test_config_command_lists_the_options_of_each_kind(capsys):
     assert main(["config", "--config", "export-default", "serve_variant=int8", "--options"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("serve_variant "))
     assert line.split()[1] == "int8" and "variant the service uses" in line  # the resolved value, with help
+
+
+# --------------------------------------------------------------------------- renamed keys (one release)
+
+def test_the_former_gate_section_is_read_as_accuracy_gate_with_a_warning(tmp_path, capsys):
+    """`gate.*` (a YAML section, a key=value override, `export.gate.*` in build) still works, naming the new key."""
+    from toolchain.build import split_overrides
+    from toolchain.export.config import load_export_config
+
+    cfg = load_export_config(None, ["gate.max_drop=2.5"])
+    assert cfg.accuracy_gate.max_drop == 2.5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'gate.max_drop' is deprecated" in err and "'accuracy_gate.max_drop'" in err
+    assert load_export_config(None, split_overrides(["export.gate.alpha=0"])[1]).accuracy_gate.alpha == 0
+    assert "use 'accuracy_gate.alpha'" in capsys.readouterr().err
+
+    old = tmp_path / "old-export.yaml"
+    old.write_text("kind: export\nextends: export-default\ngate:\n  max_drop: 3.0\n")
+    cfg = load_export_config(str(old), ["accuracy_gate.alpha=0.01"])
+    assert (cfg.accuracy_gate.max_drop, cfg.accuracy_gate.alpha, cfg.accuracy_gate.parity_atol) == (3.0, 0.01, 1e-4)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{old}: config key 'gate' is deprecated" in err and "'accuracy_gate'" in err
+    with pytest.raises(ConfigError, match="accuracy_gate.max_drop"):
+        load_export_config(None, ["gate.max_drop=-1"])          # checked under the current name
+
+
+def test_the_rename_changes_no_export_config_hash():
+    """Export dirs written before the rename stay up to date: the hash is taken under the former name."""
+    from dataclasses import replace
+
+    from toolchain.export.config import ExportConfig, load_export_config
+
+    assert config_hash(replace(ExportConfig(), output_dir=None)) == "f780f6d323a073ff"    # as before the rename
+    assert config_hash(replace(load_export_config("export-prune"), output_dir=None)) == "d317af93b9d12253"
+    assert (config_hash(load_export_config(None, ["accuracy_gate.max_drop=2"]))
+            == config_hash(load_export_config(None, ["gate.max_drop=2"])))

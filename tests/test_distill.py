@@ -329,7 +329,7 @@ def test_served_student_scores_what_its_export_measured(distilled, tmp_path):
     import served_accuracy
 
     cfg = load_export_config(None, ["variants=int8", "serve_variant=int8", "latency.rounds=2", "latency.warmup=1",
-                                    "latency.batch_sizes=1", "rank_rounds=1", "gate.max_drop=100"])
+                                    "latency.batch_sizes=1", "rank_rounds=1", "accuracy_gate.max_drop=100"])
     out = export(distilled["student"], tmp_path / "export", cfg)
     assert served_accuracy.main([str(out), "--json", str(tmp_path / "served.json")]) == 0
     result = json.loads((tmp_path / "served.json").read_text())

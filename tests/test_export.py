@@ -77,7 +77,7 @@ def test_int8_variant_runs_in_onnxruntime_with_integer_ops(basic_export):
         assert np.isfinite(logits).all()
 
 
-def test_report_has_parity_and_gate(basic_export):
+def test_report_has_parity_and_accuracy_gate(basic_export):
     import json
 
     report = json.loads((basic_export / "report.json").read_text())
@@ -211,16 +211,16 @@ def scramble_int8(job):
     job.variants["int8"] = ("onnx/int8", path.name)
 
 
-def test_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatch):
+def test_accuracy_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatch):
     from toolchain.core.artifacts import ArtifactError, load_export
     from toolchain.export import pipeline
+    from toolchain.export.accuracy_gate import AccuracyGateError
     from toolchain.export.config import load_export_config
-    from toolchain.export.gate import GateError
 
     monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
     cfg = load_export_config(None, ["variants=fp32,int8", "serve_variant=int8", "latency.rounds=1",
                                     "latency.batch_sizes=1"])
-    with pytest.raises(GateError, match=r"serve variant 'int8' failed the accuracy gate: .*a drop of"):
+    with pytest.raises(AccuracyGateError, match=r"serve variant 'int8' failed the accuracy gate: .*a drop of"):
         pipeline.export(full_run, tmp_path / "bad", cfg)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
     failed = tmp_path / "bad.failed"
@@ -233,7 +233,7 @@ def test_gate_trips_on_a_bad_pinned_serve_variant(full_run, tmp_path, monkeypatc
 
 
 def test_auto_falls_back_to_the_next_passing_variant(full_run, tmp_path, monkeypatch):
-    """A broken int8 fails the gate; auto serves a variant that passed, and the report says why."""
+    """A broken int8 fails the accuracy gate; auto serves a variant that passed, and the report says why."""
     from toolchain.core.artifacts import load_export
     from toolchain.export import pipeline
     from toolchain.export.config import load_export_config
@@ -246,23 +246,24 @@ def test_auto_falls_back_to_the_next_passing_variant(full_run, tmp_path, monkeyp
     assert selection["mode"] == "auto" and "int8" in selection["failed"]
     assert info.serve_variant == selection["variant"] == selection["ranked"][0]
     assert set(selection["ranked"]) == {"fp32", "optimized"} and report["gate"]["passed"]
-    assert "failed the gate: int8" in selection["why"]
+    assert "failed the accuracy gate: int8" in selection["why"]
     rates = {name: selection["served"][name]["32"]["texts_per_s"] for name in selection["ranked"]}
     assert rates[selection["variant"]] == max(rates.values())
 
 
 def test_auto_fails_only_when_no_variant_passes_and_names_the_closest(full_run, tmp_path, monkeypatch):
-    from toolchain.export import pipeline
+    from toolchain.export import pipeline, selection
+    from toolchain.export.accuracy_gate import AccuracyGateError
     from toolchain.export.config import load_export_config
-    from toolchain.export.gate import GateError
 
     monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", scramble_int8)
     cfg = load_export_config(None, ["variants=fp32,int8", *FAST])
-    real_gates = pipeline.gate_variants
-    monkeypatch.setattr(pipeline, "gate_variants", lambda job, rows, metric, gold: {
+    real_gates = selection.accuracy_gate_verdicts
+    monkeypatch.setattr(selection, "accuracy_gate_verdicts", lambda job, rows, metric, gold: {
         name: {**verdict, "passed": False, "problems": [f"forced failure of {name}"]}
         for name, verdict in real_gates(job, rows, metric, gold).items()})
-    with pytest.raises(GateError, match=r"no variant passed the accuracy gate; the closest is 'fp32'.*export.gate"):
+    with pytest.raises(AccuracyGateError,
+                       match=r"no variant passed the accuracy gate; the closest is 'fp32'.*export.accuracy_gate"):
         pipeline.export(full_run, tmp_path / "none", cfg)
     assert (tmp_path / "none.failed").is_dir() and not (tmp_path / "none").exists()
 
@@ -271,12 +272,12 @@ def test_cli_exports_and_reports_bad_values(full_run, tmp_path, capsys):
     from toolchain.cli import main
 
     out = tmp_path / "cli"
-    assert main(["export", str(full_run), "--config", "export-default", "--out", str(out), "variants=fp32,int8",
+    assert main(["export", str(full_run), "--config", "export-default", "--output", str(out), "variants=fp32,int8",
                  "latency.rounds=1", "latency.batch_sizes=1"]) == 0
     assert "int8" in capsys.readouterr().out and (out / "toolchain.yaml").exists()
-    assert main(["export", str(full_run), "--out", str(tmp_path / "x"), "variants=fp32,int9"]) == 2
+    assert main(["export", str(full_run), "--output", str(tmp_path / "x"), "variants=fp32,int9"]) == 2
     assert "int9" in capsys.readouterr().err
-    assert main(["export", str(full_run), "--out", str(tmp_path / "x"), "prune.amount=1.0"]) == 2
+    assert main(["export", str(full_run), "--output", str(tmp_path / "x"), "prune.amount=1.0"]) == 2
     assert "prune.amount: 1.0 is outside (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -321,7 +322,7 @@ def test_token_classification_run_exports_through_its_task(request, tmp_path):
     except pytest.FixtureLookupError:
         pytest.skip("no tiny token-classification fixture in conftest")
     run = train(load_config("ner-conll-full", [*overrides, "train.epochs=2"]))
-    cfg = load_export_config(None, ["variants=fp32,int8", "gate.max_drop=100", "gate.min_agreement=0", *FAST])
+    cfg = load_export_config(None, ["variants=fp32,int8", "accuracy_gate.max_drop=100", "accuracy_gate.min_agreement=0", *FAST])
     info = load_export(export(run, tmp_path / "ner", cfg))
     report = json.loads((info.path / "report.json").read_text())
     assert info.task == "token-classification" and report["metric"] == "f1"

@@ -39,7 +39,7 @@ def test_packaged_model_exports_with_parity_and_small_int8(packaged_run, tmp_pat
     from toolchain.export.pipeline import export
 
     cfg = load_export_config("export-default", ["variants=fp32,int8", "latency.rounds=5", "latency.batch_sizes=1",
-                                                "gate.min_agreement=0.9", "gate.max_drop=5"])
+                                                "accuracy_gate.min_agreement=0.9", "accuracy_gate.max_drop=5"])
     info = load_export(export(packaged_run, tmp_path / "export", cfg))
     info.verify()
     report = json.loads((info.path / "report.json").read_text())

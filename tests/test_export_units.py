@@ -1,4 +1,4 @@
-"""Export building blocks on a tiny BERT: config checks, CPU detection, pruning + reload, latency, gate."""
+"""Export building blocks on a tiny BERT: config checks, CPU detection, pruning + reload, latency, accuracy gate."""
 from __future__ import annotations
 
 import json
@@ -83,7 +83,7 @@ def test_reduce_range_only_where_signed_weights_meet_no_vnni(tmp_path):
 
 def classification_pair(n: int, ref_wrong: list[int], cand_wrong: list[int], classes: int = 3):
     """Gold labels for n items, and reference/candidate predictions wrong exactly at the given items."""
-    from toolchain.export.gate import PairedUnits
+    from toolchain.export.accuracy_gate import PairedUnits
 
     gold = np.arange(n) % classes
     ref, cand = gold.copy(), gold.copy()
@@ -93,14 +93,14 @@ def classification_pair(n: int, ref_wrong: list[int], cand_wrong: list[int], cla
 
 
 def verdict(units, metric="accuracy", agreement=1.0, **kw):
-    from toolchain.export.gate import GateCriteria, judge
+    from toolchain.export.accuracy_gate import AccuracyGateCriteria, judge
 
-    criteria = GateCriteria(metric, kw.get("max_drop", 1.0), kw.get("alpha", 0.05), kw.get("min_agreement", 0.0),
-                            resamples=500)
+    criteria = AccuracyGateCriteria(metric, kw.get("max_drop", 1.0), kw.get("alpha", 0.05),
+                                    kw.get("min_agreement", 0.0), resamples=500)
     return judge("int8", units, agreement, criteria)
 
 
-def test_gate_passes_a_variant_as_accurate_that_changes_3_of_240_labels():
+def test_accuracy_gate_passes_a_variant_as_accurate_that_changes_3_of_240_labels():
     """The case that stopped the main job: int8 changed 3 of 240 test labels (98.75% agreement), 2 for the
     better; the old 99% agreement rule failed it although it was more accurate than fp32."""
     fp32_wrong = list(range(10))                       # fp32: 230/240 right
@@ -115,7 +115,7 @@ def test_gate_passes_a_variant_as_accurate_that_changes_3_of_240_labels():
     assert verdict(swapped)["passed"] and verdict(swapped, "macro_f1")["passed"]
 
 
-def test_gate_fails_a_two_point_drop_whatever_the_agreement_says():
+def test_accuracy_gate_fails_a_two_point_drop_whatever_the_agreement_says():
     units = classification_pair(240, list(range(10)), list(range(15)))    # 5 more wrong: -2.08 points
     result = verdict(units, agreement=235 / 240)
     assert not result["passed"] and result["drop_points"] == pytest.approx(500 / 240)
@@ -123,7 +123,7 @@ def test_gate_fails_a_two_point_drop_whatever_the_agreement_says():
     assert not verdict(units, "macro_f1")["passed"]
 
 
-def test_gate_fails_a_small_but_significant_drop_on_a_large_test_set():
+def test_accuracy_gate_fails_a_small_but_significant_drop_on_a_large_test_set():
     """0.5 points on 20,000 items is within max_drop but far beyond chance: 100 discordant items, all against."""
     units = classification_pair(20_000, [], list(range(100)))
     result = verdict(units)
@@ -132,13 +132,13 @@ def test_gate_fails_a_small_but_significant_drop_on_a_large_test_set():
     assert verdict(units, alpha=0)["passed"]          # the significance test can be turned off
 
 
-def test_gate_agreement_floor_still_available():
+def test_accuracy_gate_agreement_floor_still_available():
     units = classification_pair(240, [], [])
     assert "label agreement" in verdict(units, agreement=0.95, min_agreement=0.99)["problems"][0]
 
 
 def test_entity_counts_give_seqeval_scores():
-    from toolchain.export.gate import entity_metric
+    from toolchain.export.accuracy_gate import entity_metric
     from toolchain.tasks.token_classification import entity_counts
     from toolchain.tasks.token_classification import entity_metrics
 

@@ -1,4 +1,4 @@
-"""A topic head beside the main head: layout, loss, metrics, training, export with a per-head gate, serving."""
+"""A topic head beside the main head: layout, loss, metrics, training, export with a per-head accuracy gate, serving."""
 from __future__ import annotations
 
 import json
@@ -147,16 +147,16 @@ def test_joint_export_gates_every_head_and_serves_both_answers(joint_export, tin
     assert abs(sum(served[0].scores.values()) - 1) < 1e-9 and 0 < served[0].topic.score <= 1
     accuracy = np.mean([p.topic.label == r["label"] for p, r in zip(served, rows)])
     gate_value = report["variants"][info.manifest["serve_variant"]]["test"]["topic_accuracy"]
-    assert accuracy == pytest.approx(gate_value)  # the gate scored exactly what the service answers
+    assert accuracy == pytest.approx(gate_value)  # the accuracy gate scored exactly what the service answers
 
 
-def test_gate_fails_a_variant_worse_in_the_topic_head_only(joint_run, tmp_path, monkeypatch):
+def test_accuracy_gate_fails_a_variant_worse_in_the_topic_head_only(joint_run, tmp_path, monkeypatch):
     """A variant whose topic rows are rotated (the main head untouched) fails, and the error names the head."""
     import copy
 
     from toolchain.export import pipeline
     from toolchain.export.config import load_export_config
-    from toolchain.export.gate import GateError
+    from toolchain.export.accuracy_gate import AccuracyGateError
     from toolchain.export.onnx_export import export_onnx
 
     def rotated_topic_int8(job):
@@ -169,7 +169,7 @@ def test_gate_fails_a_variant_worse_in_the_topic_head_only(joint_run, tmp_path, 
 
     monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8", rotated_topic_int8)
     cfg = load_export_config(None, ["variants=fp32,int8", "serve_variant=int8", *FAST])
-    with pytest.raises(GateError, match="topic head") as error:
+    with pytest.raises(AccuracyGateError, match="topic head") as error:
         pipeline.export(joint_run, tmp_path / "bad", cfg)
     assert "main head" not in str(error.value)
 

@@ -336,7 +336,7 @@ def context_copy(root: Path, bentofile: Path) -> Path | None:
 
 def packed_variant_line(export_dir: Path, variant: str, pinned: bool, what: str = "variant",
                         flag: str = "--variant") -> str:
-    """Which variant the Bento serves and why: the export's gate and throughput ranking, or a pin."""
+    """Which variant the Bento serves and why: the export's accuracy gate and throughput ranking, or a pin."""
     report_file = export_dir / "report.json"
     report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
     selection = report.get("selection") or {}

@@ -6,7 +6,7 @@ share (--output, --json, --resume, key=value overrides) are declared by :mod:`to
 this module adds the overrides given after options and maps errors to exit codes, for every verb:
 
 - 0 done; 2 a user error (``USER_ERRORS``, a usage error); 1 a check that failed (``CHECK_FAILURES``: the
-  export's accuracy gate, the latency regression gate); 130 interrupted. One line on stderr for 2 and 1.
+  export's accuracy gate, the latency check); 130 interrupted. One line on stderr for 2 and 1.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ VERBS = {
     "export": ("toolchain.commands.export", "merge, prune, export to ONNX, optimize and quantize a run dir"),
     "build": ("toolchain.commands.build", "train/export as needed, then build a Bento (the main job)"),
     "serve": ("toolchain.commands.serve", "serve an export dir or a Bento locally"),
-    "monitor": ("toolchain.commands.monitor", "stream news items to the service and show sentiment by topic"),
+    "monitor": ("toolchain.commands.monitor", "stream news to the service; sentiment by predicted topic and source"),
     "pretrain": ("toolchain.commands.pretrain", "continued masked-LM pre-training on unlabeled domain text"),
-    "bench": ("toolchain.commands.bench", "run benchmarks / the latency regression gate"),
+    "bench": ("toolchain.commands.bench", "run benchmarks / the latency check"),
 }
 
 

@@ -1,14 +1,14 @@
-"""benchmarks/baseline.json: the gate's reference ratios, their tolerances and the machine they came from,
+"""benchmarks/baseline.json: the latency check's reference ratios, their tolerances and the machine they came from,
 one baseline per CPU family.
 
 Speed ratios move with the CPU: int8 vs fp32 is a different number with VNNI or AMX than with AVX2
 alone. So the file keeps one baseline per family (``x86_64-avx2``, ``x86_64-avx512_vnni-amx``,
-``aarch64-arm64``, ...); the gate judges every ratio against its own family's, and on a family with
+``aarch64-arm64``, ...); the latency check judges every ratio against its own family's, and on a family with
 none only the ratios that hold across families (the service's overhead over the same model on the
 same machine), against the most recent other family's. A faster or different machine never fails it.
 
 Written only by `toolchain bench update-baseline` (one explicit command, which replaces this family's
-entry and keeps the others); read by `toolchain bench gate`.
+entry and keeps the others); read by `toolchain bench latency-check`.
 """
 from __future__ import annotations
 
@@ -35,19 +35,20 @@ def cpu_family(machine: dict) -> str:
 def read_families(path: Path) -> dict[str, dict]:
     """{family: baseline} of a baseline file (a file from before families holds one, its machine's)."""
     if not path.exists():
-        raise FileNotFoundError(f"gate baseline {path} not found; record one with: toolchain bench update-baseline "
-                                f"--baseline {path}")
+        raise FileNotFoundError(f"latency-check baseline {path} not found; record one with: toolchain bench "
+                                f"update-baseline --baseline {path}")
     document = json.loads(path.read_text(encoding="utf-8"))
     if document.get("version") == FAMILY_VERSION and "ratios" in document:
         return {cpu_family(document["machine"]): document}
     if document.get("version") != BASELINE_VERSION or not isinstance(document.get("families"), dict):
-        raise ValueError(f"{path}: not a gate baseline of version {BASELINE_VERSION} (keys: {sorted(document)})")
+        raise ValueError(f"{path}: not a latency-check baseline of version {BASELINE_VERSION} "
+                         f"(keys: {sorted(document)})")
     return document["families"]
 
 
 def read_baseline(path: Path, family: str | None = None) -> dict:
     """The baseline of ``family`` (default: this machine's). Without one for it, the most recent other
-    family's, marked ``same_family: False`` so the gate judges only the ratios that hold across CPUs."""
+    family's, marked ``same_family: False`` so the latency check judges only the ratios that hold across CPUs."""
     from toolchain.bench.machine import detect_machine
 
     family = family or cpu_family(detect_machine().to_dict())
@@ -75,7 +76,7 @@ def previous_tolerances(path: Path) -> tuple[dict, list]:
 def baseline_document(measured: dict, settings: dict, machine: dict, tolerances: dict, command: str) -> dict:
     """The baseline: each ratio's median, spread, figures and tolerance, and where it was measured.
     ``tolerances`` overrides the ratios' default tolerances by name."""
-    from toolchain.bench.gate import SPECS
+    from toolchain.bench.latency_check import SPECS
 
     ratios = {}
     for name, entry in measured.items():

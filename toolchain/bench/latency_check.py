@@ -1,12 +1,13 @@
-"""The latency regression gate: ratios that stay stable on a noisy shared machine, against a baseline.
+"""The latency check (`toolchain bench latency-check`): ratios that stay stable on a noisy shared machine,
+compared with a baseline.
 
 Absolute milliseconds move with every other job on a shared CI machine; ratios of two things timed
-in the same interleaved rounds do not (much). The gate measures, with repeats:
+in the same interleaved rounds do not (much). The latency check measures, with repeats:
 
 - offline, end to end (tokenization included), single-threaded: int8 ONNX vs the plain transformers
   pipeline at batch 1 and 32, and int8 vs fp32 ONNX at batch 32 (quantization at work);
 - served: the served single-client p50 and server CPU per request vs the same sentence run offline,
-  and server throughput at 64 clients with adaptive batching on vs off (toolchain.bench.gate_serving).
+  and server throughput at 64 clients with adaptive batching on vs off (toolchain.bench.latency_check_serving).
 
 Each ratio is the median over repeats; it is compared with benchmarks/baseline.json with the
 tolerance stated there, in the direction that is a regression (slower latency ratio, lower
@@ -58,15 +59,15 @@ def ratio_entry(values: list[float], figures: dict) -> dict:
 
 
 def offline_ratios(export, repeats: int, threads: int = 1, progress: bool = True) -> dict:
-    """The offline ratios: the gate's sentences, all three variants interleaved, ``repeats`` times."""
+    """The offline ratios: the latency check's sentences, all three variants interleaved, ``repeats`` times."""
     from transformers import AutoTokenizer
 
     from toolchain.core.measure import measure_interleaved
     from toolchain.bench.runners import export_runners
-    from toolchain.bench.workloads import GATE_SENTENCES, real_workload, sentence_batches
+    from toolchain.bench.workloads import LATENCY_CHECK_SENTENCES, real_workload, sentence_batches
 
     tokenizer = AutoTokenizer.from_pretrained(export.tokenizer_dir)
-    workload = real_workload("gate", tokenizer, [t for t, _ in GATE_SENTENCES], export.max_length)
+    workload = real_workload("latency-check", tokenizer, [t for t, _ in LATENCY_CHECK_SENTENCES], export.max_length)
     runners = export_runners(export, ["pytorch", "fp32", "int8"], threads)
     medians: dict = {}
     for r in range(repeats):
@@ -76,7 +77,7 @@ def offline_ratios(export, repeats: int, threads: int = 1, progress: bool = True
             for name, per_bs in timed.items():
                 medians.setdefault((name, bs), []).append(per_bs[bs]["median_ms"])
         if progress:
-            print(f"gate offline repeat {r + 1}/{repeats}: " + ", ".join(
+            print(f"latency check offline repeat {r + 1}/{repeats}: " + ", ".join(
                 f"{n} b{bs} {v[-1]:.1f} ms" for (n, bs), v in sorted(medians.items())), flush=True)
     return {name: ratio_entry([a / b for a, b in zip(medians[(num, bs)], medians[(den, bs)])],
                               {f"{num}_b{bs}_ms": statistics.median(medians[(num, bs)]),
@@ -92,10 +93,10 @@ def judge(name: str, measured: dict, baseline: dict | None, other_family: str | 
     """One row of the verdict: measured vs baseline within tolerance, in the ratio's bad direction.
 
     ``other_family`` names the CPU family of a baseline recorded on a different family: then only a
-    portable ratio is judged (with a wider tolerance); the others are shown, not gated."""
+    portable ratio is judged (with a wider tolerance); the others are shown, not judged."""
     spec = SPECS[name]
     if baseline is None or (other_family and not spec.portable):
-        why = "new (no baseline)" if baseline is None else f"not gated (CPU-specific; baseline from {other_family})"
+        why = "new (no baseline)" if baseline is None else f"not judged (CPU-specific; baseline from {other_family})"
         return {"ratio": name, "measured": measured["value"], "baseline": baseline and baseline["value"],
                 "tolerance": spec.tolerance, "limit": None, "change": None, "result": why}
     base, tolerance = baseline["value"], baseline.get("tolerance", spec.tolerance)

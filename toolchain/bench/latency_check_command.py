@@ -1,5 +1,5 @@
-"""`toolchain bench gate` and `toolchain bench update-baseline`: measure the gate's ratios, then judge
-them against the baseline (exit 1 on a regression) or record them as the new baseline."""
+"""`toolchain bench latency-check` and `toolchain bench update-baseline`: measure the latency check's ratios,
+then judge them against the baseline (exit 1 on a regression) or record them as the new baseline."""
 from __future__ import annotations
 
 import json
@@ -25,12 +25,13 @@ def measure(args, parts: list[str], timings: dict) -> tuple[dict, str]:
     from toolchain.core.artifacts import load_export
     from toolchain.bench.quick_model import build_quick_export
 
-    with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-latency-check-") as tmp:
         started = time.time()
         if args.export_dir:
             export_dir, model = args.export_dir, str(args.export_dir)
         else:
-            print("gate: building the quick model (packaged MiniLM, head trained 1 step; fp32 + int8 ONNX)", flush=True)
+            print("latency check: building the quick model (packaged MiniLM, head trained 1 step; fp32 + int8 ONNX)",
+                  flush=True)
             export_dir = build_quick_export(Path(tmp))
             model = "quick model: packaged MiniLM, 1-step head, export-default fp32+int8"
             timings["build_s"] = round(time.time() - started, 1)
@@ -39,8 +40,8 @@ def measure(args, parts: list[str], timings: dict) -> tuple[dict, str]:
 
 def measure_parts(args, export, parts: list[str], timings: dict) -> dict:
     """Offline ratios, then served ones; the servers start in the background while offline runs."""
-    from toolchain.bench.gate import offline_ratios
-    from toolchain.bench.gate_serving import served_ratios
+    from toolchain.bench.latency_check import offline_ratios
+    from toolchain.bench.latency_check_serving import served_ratios
     from toolchain.bench.serving import ServerPair, load_serve_bench
 
     pair, measured = None, {}
@@ -63,7 +64,7 @@ def measure_parts(args, export, parts: list[str], timings: dict) -> dict:
 
 
 def settings_of(args, parts: list[str], model: str) -> dict:
-    from toolchain.bench.gate import ROUNDS
+    from toolchain.bench.latency_check import ROUNDS
 
     return {"parts": parts, "model": model, "threads": args.threads, "repeats": args.repeats,
             "rounds_per_repeat": {str(k): v for k, v in ROUNDS.items()}, "serve_repeats": args.serve_repeats,
@@ -72,11 +73,11 @@ def settings_of(args, parts: list[str], model: str) -> dict:
 
 def conditions_line(timings: dict, load_start: float) -> str:
     parts = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items() if k != "total_s")
-    return (f"gate wall time {timings['total_s']:.0f} s ({parts}); 1-min load average {load_start:.1f} at start, "
-            f"{os.getloadavg()[0]:.1f} at end, on {os.cpu_count()} CPUs")
+    return (f"latency check wall time {timings['total_s']:.0f} s ({parts}); 1-min load average {load_start:.1f} "
+            f"at start, {os.getloadavg()[0]:.1f} at end, on {os.cpu_count()} CPUs")
 
 
-def run_gate(args, update: bool) -> int:
+def run_latency_check(args, update: bool) -> int:
     from toolchain.bench.baseline import baseline_document, previous_tolerances, read_baseline, write_baseline
     from toolchain.bench.machine import detect_machine
 
@@ -92,7 +93,7 @@ def run_gate(args, update: bool) -> int:
         kept, notes = previous_tolerances(args.baseline)
         tolerances = dict.fromkeys(measured, args.tolerance) if args.tolerance is not None else kept
         document = baseline_document(measured, settings_of(args, parts, model), machine, tolerances, command)
-        document["gate_seconds"] = timings
+        document["check_seconds"] = timings
         if notes:
             document["notes"] = notes
         write_baseline(args.baseline, document)
@@ -110,16 +111,16 @@ def print_recorded(document: dict, path: Path) -> None:
 
 def report_verdict(args, measured: dict, baseline: dict, machine: dict, conditions: str) -> int:
     from toolchain.bench.baseline import machine_differences
-    from toolchain.bench.gate import compare, regression_lines, verdict_table
+    from toolchain.bench.latency_check import compare, regression_lines, verdict_table
 
     rows = compare(measured, baseline)
     from toolchain.bench.baseline import cpu_family
 
     here = cpu_family(machine)
-    print(f"\nlatency regression gate vs {args.baseline}, CPU family {baseline['family']} (recorded "
+    print(f"\nlatency check vs {args.baseline}, CPU family {baseline['family']} (recorded "
           f"{baseline['recorded']} on {baseline['machine']['model']}); this machine: {here}")
     if not baseline["same_family"]:
-        print(f"note: no baseline for CPU family {here}: CPU-specific ratios are shown, not gated; ratios that hold "
+        print(f"note: no baseline for CPU family {here}: CPU-specific ratios are shown, not judged; ratios that hold "
               "across CPUs are judged with a doubled tolerance. Record this family's with: toolchain bench "
               "update-baseline")
     for note in machine_differences(baseline["machine"], machine):
@@ -138,8 +139,8 @@ def report_verdict(args, measured: dict, baseline: dict, machine: dict, conditio
         args.out.write_text(json.dumps({"measured": measured, "verdict": rows, "conditions": conditions}, indent=2))
     if failures:
         print("\n" + "\n".join(failures))
-        print(f"gate: FAILED ({len(failures)} regression(s)); if the slowdown is intended, record a new baseline "
-              "with: toolchain bench update-baseline")
+        print(f"latency check: FAILED ({len(failures)} regression(s)); if the slowdown is intended, record a new "
+              "baseline with: toolchain bench update-baseline")
         return 1
-    print("gate: passed")
+    print("latency check: passed")
     return 0

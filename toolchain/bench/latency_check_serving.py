@@ -1,4 +1,4 @@
-"""The gate's serving ratios, measured on two real servers (adaptive batching on and off).
+"""The latency check's serving ratios, measured on two real servers (adaptive batching on and off).
 
 Both ratios are measured in short alternating slices, repeated, so that the two sides of each ratio
 see the same machine load:
@@ -88,14 +88,15 @@ def served_ratios(pair, export, repeats: int, seconds: float, threads: int, prog
         loaded.append(loaded_repeat(pair, 2 * seconds, slices=2, first="on" if r % 2 == 0 else "off"))
         if progress:
             s, l = single[-1], loaded[-1]
-            print(f"gate serve repeat {r + 1}/{repeats}: 1 client p50 served {s['served_p50_ms']:.1f} ms vs offline "
-                  f"{s['offline_p50_ms']:.1f} ms, CPU {s['served_cpu_ms']:.1f} vs {s['offline_cpu_ms']:.1f} ms; "
-                  f"64 clients {l['batched_rps']:.1f} req/s batched vs {l['unbatched_rps']:.1f} unbatched", flush=True)
+            print(f"latency check serve repeat {r + 1}/{repeats}: 1 client p50 served {s['served_p50_ms']:.1f} ms vs "
+                  f"offline {s['offline_p50_ms']:.1f} ms, CPU {s['served_cpu_ms']:.1f} vs "
+                  f"{s['offline_cpu_ms']:.1f} ms; 64 clients {l['batched_rps']:.1f} req/s batched vs "
+                  f"{l['unbatched_rps']:.1f} unbatched", flush=True)
     return serve_entries(single, loaded)
 
 
 def serve_entries(single: list[dict], loaded: list[dict]) -> dict:
-    from toolchain.bench.gate import ratio_entry
+    from toolchain.bench.latency_check import ratio_entry
 
     def entry(rows, num, den):
         figures = {k: statistics.median(r[k] for r in rows) for k in (num, den)}

@@ -1,10 +1,10 @@
-"""The gate's model, built from scratch in a minute or two so that CI needs no pre-built export.
+"""The latency check's model, built from scratch in a minute or two so that CI needs no pre-built export.
 
-The packaged MiniLM gets a classification head trained for a single optimizer step on the gate's
-own sentences (toolchain.bench.workloads.GATE_SENTENCES): the head is as good as random, which does
+The packaged MiniLM gets a classification head trained for a single optimizer step on the latency
+check's own sentences (toolchain.bench.workloads.LATENCY_CHECK_SENTENCES): the head is as good as random, which does
 not matter for latency ratios (the arithmetic is the same whatever the weights). It then goes through
 the real `toolchain export` pipeline with the shipped export-default preset, restricted to the fp32
-and dynamic int8 variants, so a change to export or quantization settings shows up in the gate.
+and dynamic int8 variants, so a change to export or quantization settings shows up in the latency check.
 The export's accuracy gate is switched off (an untrained head has no accuracy to protect).
 """
 from __future__ import annotations
@@ -14,16 +14,17 @@ import logging
 from pathlib import Path
 
 PACKAGED_BASE = "packaged:all-MiniLM-L6-v2"
-EXPORT_OVERRIDES = ["variants=fp32,int8", "serve_variant=int8", "gate.min_agreement=0", "gate.max_drop=100",
+EXPORT_OVERRIDES = ["variants=fp32,int8", "serve_variant=int8", "accuracy_gate.min_agreement=0",
+                    "accuracy_gate.max_drop=100",
                     "latency.rounds=1", "latency.warmup=0", "latency.batch_sizes=1", "latency.pytorch=false"]
 
 
-def write_gate_data(folder: Path) -> dict[str, Path]:
-    """train: every gate sentence; dev and test: halves of them (each holds all three labels)."""
-    from toolchain.bench.workloads import GATE_SENTENCES
+def write_check_data(folder: Path) -> dict[str, Path]:
+    """train: every latency-check sentence; dev and test: halves of them (each holds all three labels)."""
+    from toolchain.bench.workloads import LATENCY_CHECK_SENTENCES
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"text": text, "label": label} for text, label in GATE_SENTENCES]
+    rows = [{"text": text, "label": label} for text, label in LATENCY_CHECK_SENTENCES]
     half = len(rows) // 2
     paths = {}
     for split, part in (("train", rows), ("dev", rows[:half]), ("test", rows[half:])):
@@ -49,7 +50,7 @@ def build_quick_export(work_dir: Path, base: str = PACKAGED_BASE) -> Path:
     for name in quiet:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        data = write_gate_data(work_dir / "data")
+        data = write_check_data(work_dir / "data")
         run_dir = train(load_config("sentiment-head", train_overrides(data, work_dir / "run", base)), overwrite=True)
         return export(run_dir, work_dir / "export", load_export_config("export-default", EXPORT_OVERRIDES))
     finally:

@@ -59,7 +59,7 @@ def onnx_text_runner(model_file: Path, tokenizer, threads: int) -> Runner:
 
 
 def injected_delay(environ=None) -> tuple[str, float] | None:
-    """Test hook for the regression gate: ``TOOLCHAIN_BENCH_INJECT_DELAY_MS=MS`` (or ``VARIANT=MS``) adds
+    """Test hook for the latency check: ``TOOLCHAIN_BENCH_INJECT_DELAY_MS=MS`` (or ``VARIANT=MS``) adds
     MS milliseconds of sleep to every call of that variant (default int8). Read by nothing else."""
     value = (environ if environ is not None else os.environ).get(INJECT_DELAY_ENV, "").strip()
     if not value:

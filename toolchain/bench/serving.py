@@ -1,5 +1,5 @@
 """Serving figures: the HTTP load benchmark (benchmarks/serve_bench.py) run whole, or its pieces driven
-by the gate (two real servers, batching on and off; see toolchain.bench.gate_serving)."""
+by the latency check (two real servers, batching on and off; see toolchain.bench.latency_check_serving)."""
 from __future__ import annotations
 
 import importlib.util
@@ -45,17 +45,17 @@ def server_env(export_dir: Path, key: str, batching: bool, threads: int) -> dict
 
 class ServerPair:
     """Two servers of one export dir, adaptive batching on and off, started together and kept up
-    while the gate alternates between them (an idle server's ONNX Runtime threads sleep)."""
+    while the latency check alternates between them (an idle server's ONNX Runtime threads sleep)."""
 
     def __init__(self, bench, export_dir: Path, threads: int):
         self.bench, self.key = bench, secrets.token_urlsafe(24)
-        self.logs = Path(tempfile.mkdtemp(prefix="bench-gate-servers-"))
+        self.logs = Path(tempfile.mkdtemp(prefix="bench-latency-check-servers-"))
         self.ports = {mode: bench.free_port() for mode in ("on", "off")}
         self.envs = {mode: server_env(export_dir.resolve(), self.key, mode == "on", threads) for mode in self.ports}
         self.servers: dict = {}
 
     def start(self) -> None:
-        """Start both servers in the background (the gate measures offline meanwhile); see wait()."""
+        """Start both servers in the background (the latency check measures offline meanwhile); see wait()."""
         def one(mode):
             return mode, self.bench.start_server(self.bench.SERVICE, self.envs[mode], self.ports[mode],
                                                  self.logs / f"server-{mode}.log")

@@ -261,9 +261,9 @@ def export_section(repo: Path) -> list[str]:
     reports = [p for p in sorted(repo.glob("exports/*/report.json")) if not (p.parent / "INCOMPLETE").exists()]
     for report_path in reports:
         report = json.loads(report_path.read_text())
-        gate = report.get("gate") or {}
+        verdict = report.get("gate") or {}   # report.json key: the served variant's accuracy-gate verdict
         out += [f"### {report_path.parent.name} (serves {report.get('serve_variant')}; accuracy gate: "
-                f"{'passed' if gate.get('passed') else 'not passed'})", "",
+                f"{'passed' if verdict.get('passed') else 'not passed'})", "",
                 md_table(["variant", "MB", "b1 p50 ms", "b32 p50 ms", f"test {report['metric']} %",
                           "Δ points vs pytorch", "agreement %"], export_rows(report)), ""]
     failed = sorted(p.parent.name for p in repo.glob("exports/*.failed/report.json"))
@@ -283,19 +283,20 @@ def committed_baseline(path: Path) -> dict | None:
         return None
 
 
-def gate_section(baseline: dict | None) -> list[str]:
-    out = ["## Latency regression gate", "",
-           "`toolchain bench gate` (CI runs it on every change, `.ci/run`): builds a quick model (the packaged "
-           "MiniLM with a 1-step head, exported by the real pipeline to fp32 + int8 ONNX), measures the ratios "
-           "below with repeats and interleaving, single-threaded, and fails when one is worse than the baseline "
-           "by more than its tolerance, printing each ratio (measured, baseline, tolerance, limit, result) and "
-           "the figures behind a regression. `toolchain bench update-baseline` rewrites `benchmarks/baseline.json` "
-           "with the machine it ran on.", "",
+def latency_check_section(baseline: dict | None) -> list[str]:
+    out = ["## Latency check", "",
+           "`toolchain bench latency-check` (CI runs it on every change, `.ci/run`): builds a quick model (the "
+           "packaged MiniLM with a 1-step head, exported by the real pipeline to fp32 + int8 ONNX), measures the "
+           "ratios below with repeats and interleaving, single-threaded, and fails when one is worse than the "
+           "baseline by more than its tolerance, printing each ratio (measured, baseline, tolerance, limit, result) "
+           "and the figures behind a regression. `toolchain bench update-baseline` rewrites "
+           "`benchmarks/baseline.json` with the machine it ran on.", "",
            "Tolerances sit above the run-to-run spread of each ratio on this shared machine and below what a real "
            "slowdown does: int8 quantization switched off takes `int8_vs_fp32_b32` to about 1.0, and a 2x slower "
-           "int8 call doubles `int8_vs_pytorch_b1`. To see the gate fail: "
-           "`TOOLCHAIN_BENCH_INJECT_DELAY_MS=int8=40 toolchain bench gate` (a test-only hook that sleeps before "
-           "every int8 call; `tests/test_bench_gate.py` asserts the failure and that the unmodified build passes).",
+           "int8 call doubles `int8_vs_pytorch_b1`. To see the latency check fail: "
+           "`TOOLCHAIN_BENCH_INJECT_DELAY_MS=int8=40 toolchain bench latency-check` (a test-only hook that sleeps "
+           "before every int8 call; `tests/test_bench_gate.py` asserts the failure and that the unmodified build "
+           "passes).",
            ""]
     if baseline is None:
         return out + ["_No baseline recorded yet._", ""]
@@ -348,7 +349,7 @@ def render_results(repo: Path, results: Path) -> Path:
     lines += page_section(results / "ablation.md", "Accuracy levers",
                           "python benchmarks/ablation.py (see its --help for the steps)")
     lines += export_section(repo)
-    lines += gate_section(committed_baseline(repo / "benchmarks" / "baseline.json"))
+    lines += latency_check_section(committed_baseline(repo / "benchmarks" / "baseline.json"))
     path = results.parent / "RESULTS.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

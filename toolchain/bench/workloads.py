@@ -1,4 +1,4 @@
-"""What the benchmarks feed the models: real test sentences, fixed-length texts, the gate's sentences.
+"""What the benchmarks feed the models: real test sentences, fixed-length texts, the latency check's sentences.
 
 A workload is a list of texts and the max length they are truncated to. Real sentences keep their
 natural length distribution; fixed-length texts are cut so that every one is exactly ``length``
@@ -13,9 +13,9 @@ from pathlib import Path
 
 REAL_TEST = "financial_phrasebank/splits/allagree/test.jsonl"
 
-# Written for the gate (no data set is needed in CI): finance news in the style and length range of
-# the PhraseBank, each with a sentiment label so that the gate can train its quick model on them.
-GATE_SENTENCES = [
+# Written for the latency check (no data set is needed in CI): finance news in the style and length range of
+# the PhraseBank, each with a sentiment label so that the latency check can train its quick model on them.
+LATENCY_CHECK_SENTENCES = [
     ("Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 .", "positive"),
     ("Net sales decreased by 9 % to EUR 212 million , and the company expects demand to stay weak .", "negative"),
     ("The annual general meeting will be held in Helsinki on Thursday 24 March .", "neutral"),

@@ -1,10 +1,12 @@
-"""`toolchain bench COMMAND`: the benchmarks and the latency regression gate.
+"""`toolchain bench COMMAND`: the benchmarks and the latency check.
 
     toolchain bench all                 # offline + serve + train, then RESULTS.md and plots (long)
     toolchain bench offline|serve|train # one benchmark, then RESULTS.md and plots
     toolchain bench report              # RESULTS.md and plots from the JSON already in benchmarks/results
-    toolchain bench gate [--json [PATH]] # quick ratios vs benchmarks/baseline.json; exit 1 on a regression
+    toolchain bench latency-check [--json [PATH]]  # quick ratios vs benchmarks/baseline.json; exit 1 on a regression
     toolchain bench update-baseline     # measure the same ratios and rewrite benchmarks/baseline.json
+
+`toolchain bench gate` is the deprecated former name of `latency-check` (a one-line warning; kept for one release).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from toolchain.commands.options import add_json_option, emit_json, human_output
 
-COMMANDS = ("all", "offline", "serve", "train", "report", "gate", "update-baseline")
+COMMANDS = ("all", "offline", "serve", "train", "report", "latency-check", "update-baseline")
+DEPRECATED_COMMANDS = {"gate": "latency-check"}   # former name -> command; hidden from --help, one release
 
 
 def repo_root() -> Path:
@@ -40,7 +43,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--steps", type=int, default=60, help="optimizer steps per training variant")
 
 
-def add_gate_options(p: argparse.ArgumentParser, command: str) -> None:
+def add_latency_check_options(p: argparse.ArgumentParser, command: str) -> None:
     baseline = repo_root() / "benchmarks" / "baseline.json"
     p.add_argument("--baseline", type=Path, default=baseline, help=f"baseline file (default {baseline})")
     p.add_argument("--export-dir", type=Path, help="measure this export dir (needs fp32 and int8) instead of "
@@ -52,12 +55,12 @@ def add_gate_options(p: argparse.ArgumentParser, command: str) -> None:
                    "requests (and as many offline), twice that of 64 clients per server (default 3)")
     p.add_argument("--threads", type=int, default=1, help="threads per model, offline and served (default 1: "
                    "single-threaded ratios are the stable ones on a shared machine)")
-    if command == "gate":
+    if command == "latency-check":
         add_json_option(p, "the measured ratios, the verdict and the conditions", deprecated=("--out",))
     if command == "update-baseline":
         p.add_argument("--tolerance", type=float, help="one relative tolerance for every ratio (default: keep "
                        "the tolerances of the baseline being replaced; a new ratio gets its default from "
-                       "toolchain.bench.gate.RATIOS)")
+                       "toolchain.bench.latency_check.RATIOS)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,26 +70,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "serve": "the HTTP load benchmark (1 and 64 clients, batching on/off)",
              "train": "the training throughput benchmark",
              "report": "regenerate benchmarks/RESULTS.md and the plots from benchmarks/results/*.json",
-             "gate": "the quick latency regression gate against benchmarks/baseline.json",
-             "update-baseline": "measure the gate's ratios and rewrite the baseline (records this machine)"}
+             "latency-check": "the quick latency check: speed ratios against benchmarks/baseline.json",
+             "update-baseline": "measure the latency check's ratios and rewrite the baseline (records this machine)"}
     for command in COMMANDS:
         p = sub.add_parser(command, help=helps[command], description=helps[command])
-        if command in ("gate", "update-baseline"):
-            add_gate_options(p, command)
+        if command in ("latency-check", "update-baseline"):
+            add_latency_check_options(p, command)
         else:
             add_benchmark_options(p, command)
+    for old, command in DEPRECATED_COMMANDS.items():   # no help=: not listed by --help
+        add_latency_check_options(sub.add_parser(old, description=f"deprecated name of `toolchain bench {command}`: "
+                                                 + helps[command]), command)
 
 
 def run(args) -> int:
     from toolchain.core.errors import ConfigError
 
+    command = current_command(args.bench_command)
     try:
-        if args.bench_command == "gate":
-            return run_gate_command(args)
-        if args.bench_command == "update-baseline":
-            from toolchain.bench.gate_command import run_gate
+        if command == "latency-check":
+            return run_latency_check_command(args)
+        if command == "update-baseline":
+            from toolchain.bench.latency_check_command import run_latency_check
 
-            return run_gate(args, update=True)
+            return run_latency_check(args, update=True)
         from toolchain.bench.suite import run_suite
 
         return run_suite(args, repo_root())
@@ -96,22 +103,31 @@ def run(args) -> int:
         raise ConfigError(str(exc)) from exc
 
 
-def run_gate_command(args) -> int:
-    """The latency regression gate: its verdict as --json asks, a regression raised as a failed check (exit 1)."""
+def current_command(command: str) -> str:
+    """The command a deprecated former name stands for, with a one-line warning on stderr."""
+    if command not in DEPRECATED_COMMANDS:
+        return command
+    print(f"toolchain bench: warning: `bench {command}` is deprecated and goes in the next release; use "
+          f"`toolchain bench {DEPRECATED_COMMANDS[command]}`", file=sys.stderr)
+    return DEPRECATED_COMMANDS[command]
+
+
+def run_latency_check_command(args) -> int:
+    """The latency check: its verdict as --json asks, a regression raised as a failed check (exit 1)."""
     import json
     import tempfile
 
-    from toolchain.bench.gate_command import run_gate
+    from toolchain.bench.latency_check_command import run_latency_check
     from toolchain.core.errors import CheckFailed
 
     with tempfile.TemporaryDirectory() as tmp, human_output(args):
-        args.out = Path(tmp) / "gate.json" if args.json else None   # where run_gate writes its verdict
-        code = run_gate(args, update=False)
+        args.out = Path(tmp) / "latency-check.json" if args.json else None   # where the verdict is written
+        code = run_latency_check(args, update=False)
         verdict = json.loads(args.out.read_text()) if args.out and args.out.is_file() else None
     if verdict is not None:
         emit_json(args, verdict)
     if code:
-        raise CheckFailed(f"latency regression gate failed against {args.baseline} (the regressions are listed "
+        raise CheckFailed(f"latency check failed against {args.baseline} (the regressions are listed "
                           "above; if the slowdown is intended, `toolchain bench update-baseline` records it)")
     return 0
 

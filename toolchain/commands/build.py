@@ -63,7 +63,7 @@ def prepare(args):
 
 def export_dirs(args, main, topic) -> tuple[Path, Path | None]:
     """Run the missing stages (main model first) and return (main export dir, topic export dir or None)."""
-    from toolchain.export.gate import GateError
+    from toolchain.export.accuracy_gate import AccuracyGateError
 
     if main is None:
         print(f"export  given         {args.export_dir}", flush=True)
@@ -80,9 +80,9 @@ def export_dirs(args, main, topic) -> tuple[Path, Path | None]:
             ensure_run(stages)
             try:
                 ensure_export(stages)
-            except GateError as exc:
+            except AccuracyGateError as exc:
                 where = f"{which} {stages.run_dir}: " if which != "model" else ""
-                raise CheckFailed(f"export gate failed: {where}{exc}") from exc
+                raise CheckFailed(f"the export's accuracy gate failed: {where}{exc}") from exc
     topic_dir = topic.export_dir if topic else (Path(args.topic_export_dir) if args.topic_export_dir else None)
     return (main.export_dir if main else Path(args.export_dir)), topic_dir
 

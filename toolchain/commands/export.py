@@ -33,7 +33,7 @@ def run(args) -> int:
 
     from toolchain.core.errors import CheckFailed
     from toolchain.export.config import load_export_config
-    from toolchain.export.gate import GateError
+    from toolchain.export.accuracy_gate import AccuracyGateError
     from toolchain.export.pipeline import export
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -44,8 +44,8 @@ def run(args) -> int:
     with human_output(args):
         try:
             out = export(args.run_dir, args.output, cfg)
-        except GateError as exc:
-            raise CheckFailed(f"gate failed: {exc}; no export dir was written (the failed build is kept as "
+        except AccuracyGateError as exc:
+            raise CheckFailed(f"accuracy gate failed: {exc}; no export dir was written (the failed build is kept as "
                               "*.failed)") from exc
         print(f"export dir: {out}")
     emit_json(args, summary(out))

@@ -3,6 +3,12 @@
 YAML files are serialized configs; ``key=value`` overrides use dotted paths
 (``method.name=lora``, ``train.epochs=3``). A bad key or value fails at load time
 with a message naming the key and, for typos, the closest valid key.
+
+A renamed key keeps working for one release: a config class lists its former names in ``RENAMED_KEYS``
+(``{"gate": "accuracy_gate"}``: a section or a dotted key); each file and each override is read with them
+(:func:`current_keys`, :func:`apply_overrides`), with a one-line warning on stderr naming the new key, and
+:func:`config_hash` hashes a config under the former names, so a rename does not make existing runs and
+exports out of date.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -322,14 +329,54 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML scalars)."""
+def deprecated_key(old: str, new: str, where: str = "") -> None:
+    print(f"toolchain: warning: {where}config key '{old}' is deprecated and goes in the next release; use '{new}'",
+          file=sys.stderr)
+
+
+def current_key(key: str, renamed: dict[str, str]) -> str:
+    """A dotted key with a former name (of it or of a section above it) replaced by the current one, warning."""
+    for old, new in renamed.items():
+        if key == old or key.startswith(old + "."):
+            current = new + key[len(old):]
+            deprecated_key(key, current)
+            return current
+    return key
+
+
+def current_keys(raw: dict, renamed: dict[str, str], where: str = "") -> dict:
+    """A config mapping (one file's) with its sections and keys under former names moved to the current names
+    (merged into the current section when a file gives both; the current names win), warning once per key."""
+    for old, new in renamed.items():
+        *parents, name = old.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        if name not in node:
+            continue
+        deprecated_key(old, new, f"{where}: " if where else "")
+        value = node.pop(name)
+        *new_parents, new_name = new.split(".")
+        target = raw
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        given = target.get(new_name)
+        if isinstance(value, dict) and isinstance(given, dict):
+            target[new_name] = deep_merge(value, given)
+        elif given is None:
+            target[new_name] = value
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], renamed: dict[str, str] | None = None) -> dict:
+    """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML scalars); ``renamed`` maps former
+    key names to current ones (:func:`current_key`)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3)")
         path, value = item.split("=", 1)
         node = raw
-        parts = path.strip().split(".")
+        parts = current_key(path.strip(), renamed or {}).split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -366,27 +413,34 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def read_preset(name_or_path: str, seen: tuple = ()) -> dict:
-    """A preset's mapping, with ``extends: OTHER`` resolved (the other preset's values, overridden)."""
+def read_preset(name_or_path: str, seen: tuple = (), renamed: dict[str, str] | None = None) -> dict:
+    """A preset's mapping, with ``extends: OTHER`` resolved (the other preset's values, overridden); each file's
+    keys under former names (``renamed``) read as the current ones."""
     path = resolve_preset(name_or_path)
-    raw = read_yaml(path)
+    raw = current_keys(read_yaml(path), renamed or {}, str(path))
     parent = raw.pop("extends", None)
     if parent:
         if parent in seen:
             raise ConfigError(f"{path}: 'extends: {parent}' forms a cycle")
-        raw = deep_merge(read_preset(parent, seen + (parent,)), raw)
+        raw = deep_merge(read_preset(parent, seen + (parent,), renamed), raw)
     return raw
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
                 cls: type = RunConfig) -> Any:
-    raw = read_preset(name_or_path) if name_or_path else {}
-    return from_dict(cls, apply_overrides(raw, list(overrides or [])))
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    raw = read_preset(name_or_path, renamed=renamed) if name_or_path else {}
+    return from_dict(cls, apply_overrides(raw, list(overrides or []), renamed))
 
 
 def config_hash(cfg: Any) -> str:
-    """Stable short hash of a config (sorted JSON), used to detect out-of-date stages."""
-    blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=str)
+    """Stable short hash of a config (sorted JSON), used to detect out-of-date stages. A key renamed since
+    (the class's ``RENAMED_KEYS``) is hashed under its former name, so the rename changes no hash."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    for old, new in getattr(cfg, "RENAMED_KEYS", {}).items():
+        if "." not in old and "." not in new and new in data:
+            data[old] = data.pop(new)
+    blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

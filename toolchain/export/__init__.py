@@ -1,4 +1,4 @@
-"""`toolchain export`: merge, prune, ONNX export, graph optimization, int8 quantization, gate, report.
+"""`toolchain export`: merge, prune, ONNX export, graph optimization, int8 quantization, accuracy gate, report.
 
 The entry point is :func:`toolchain.export.pipeline.export`; heavy imports happen inside functions.
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.export.gate import check_parity
+from toolchain.export.accuracy_gate import check_parity
 from toolchain.export.job import CALIBRATION_SEED, ExportJob, parity_diff
 
 
@@ -26,7 +26,7 @@ def build_fp32(job: ExportJob) -> None:
     _register(job, "fp32", export_onnx(job.model, job.onnx_dir("fp32"), job.task, job.cfg.opset))
     diff = parity_diff(job, "pytorch", "fp32")
     job.parity["fp32_vs_pytorch"] = diff
-    check_parity("fp32", diff, job.cfg.gate.parity_atol, "ONNX fp32 vs PyTorch")
+    check_parity("fp32", diff, job.cfg.accuracy_gate.parity_atol, "ONNX fp32 vs PyTorch")
 
 
 def build_optimized(job: ExportJob) -> None:
@@ -73,7 +73,7 @@ def build_pruned(job: ExportJob) -> None:
     _register(job, "pruned", export_onnx(job.pruned_model, job.onnx_dir("pruned"), job.task, job.cfg.opset))
     diff = parity_diff(job, "pruned-pytorch", "pruned")
     job.parity["pruned_vs_pruned_pytorch"] = diff
-    check_parity("pruned", diff, job.cfg.gate.parity_atol, "ONNX pruned vs pruned PyTorch")
+    check_parity("pruned", diff, job.cfg.accuracy_gate.parity_atol, "ONNX pruned vs pruned PyTorch")
 
 
 VARIANT_BUILDERS = {

@@ -3,10 +3,15 @@
 Export presets live next to the training presets in ``toolchain/configs/`` as ``export-*.yaml``; they
 carry ``kind: export`` at the top level so a loader can tell them from run configs. Load one with
 :func:`load_export_config` (``toolchain.export.config.load_export_config("export-default", ["prune.amount=0.3"])``).
+
+The section ``accuracy_gate`` was called ``gate``: ``gate.*`` keys (in YAML files, as ``key=value`` overrides and
+as ``export.gate.*`` in ``toolchain build``) are still read for one release, with a deprecation warning
+(``ExportConfig.RENAMED_KEYS``, applied by :mod:`toolchain.core.config`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from toolchain.core.config import CONFIG_VERSION, ConfigError, apply_overrides, from_dict, opt, read_preset
 
@@ -54,8 +59,8 @@ class PruneConfig:
 
 
 @dataclass
-class GateConfig:
-    metric: str = opt("auto", "task metric of the gate (auto = the task's headline metric, e.g. accuracy)")
+class AccuracyGateConfig:
+    metric: str = opt("auto", "task metric of the accuracy gate (auto = the task's headline metric, e.g. accuracy)")
     max_drop: float = opt(1.0, "largest allowed test-metric drop of a serving variant vs fp32 PyTorch, in points",
                           min=0.0)
     alpha: float = opt(0.05, "a variant significantly worse than fp32 PyTorch at this level fails (paired test: "
@@ -78,6 +83,8 @@ class LatencyConfig:
 
 @dataclass
 class ExportConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"gate": "accuracy_gate"}   # former name -> name; one release
+
     version: int = opt(CONFIG_VERSION, "config schema version")
     kind: str = opt("export", "marks an export config (presets in toolchain/configs/export-*.yaml)",
                     choices=("export",))
@@ -86,8 +93,8 @@ class ExportConfig:
                         "'pruned-int8' are added when prune.amount is set")
     serve_variant: str = opt("auto", "variant the service uses: auto = of the variants that pass the accuracy "
                              "gate, the one with the highest served throughput on this machine; or a variant name "
-                             "(pinned: it must pass the gate)", choices=("auto", *VARIANTS))
-    serve_threads: int = opt(1, "ONNX Runtime threads per call when the gate scores and ranks variants (the "
+                             "(pinned: it must pass the accuracy gate)", choices=("auto", *VARIANTS))
+    serve_threads: int = opt(1, "ONNX Runtime threads per call when the accuracy gate scores and ranks variants (the "
                                 "service's per-worker threads; 1 for small encoders)", min=1, max=256)
     rank_rounds: int = opt(3, "timing rounds of the served-throughput ranking (median)", min=1, max=50)
     eval_batch_size: int = opt(64, "batch size for scoring variants on dev/test", min=1)
@@ -101,7 +108,8 @@ class ExportConfig:
     optimize: OptimizeConfig = opt(None, "graph optimization", factory=OptimizeConfig)
     quantize: QuantizeConfig = opt(None, "int8 quantization", factory=QuantizeConfig)
     prune: PruneConfig = opt(None, "structured pruning", factory=PruneConfig)
-    gate: GateConfig = opt(None, "accuracy and parity gates", factory=GateConfig)
+    accuracy_gate: AccuracyGateConfig = opt(None, "the accuracy gate: logit parity and the test-metric drop of each "
+                                            "variant (former name: gate)", factory=AccuracyGateConfig)
     latency: LatencyConfig = opt(None, "latency measurement", factory=LatencyConfig)
 
     def __post_init__(self) -> None:
@@ -141,8 +149,8 @@ class ExportConfig:
 
 def load_export_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> ExportConfig:
     """An export preset (name in toolchain/configs or a YAML path) with ``key=value`` overrides applied."""
-    raw = read_preset(name_or_path) if name_or_path else {}
+    raw = read_preset(name_or_path, renamed=ExportConfig.RENAMED_KEYS) if name_or_path else {}
     if name_or_path and raw.get("kind") != "export":
         raise ConfigError(f"config {name_or_path!r} is not an export config (no 'kind: export'); "
                           "export presets are named export-*.yaml, e.g. --config export-default")
-    return from_dict(ExportConfig, apply_overrides(raw, list(overrides or [])))
+    return from_dict(ExportConfig, apply_overrides(raw, list(overrides or []), ExportConfig.RENAMED_KEYS))

@@ -34,7 +34,7 @@ class ExportJob:
     parity: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)      # manifest/report sections (merge, pruning)
     logits: dict = field(default_factory=dict)     # (model or variant, split) -> logits
-    serve_variant: str | None = None               # chosen by the gate and the throughput ranking
+    serve_variant: str | None = None               # chosen by the accuracy gate and the throughput ranking
     served: dict = field(default_factory=dict)     # (variant, threads) -> serving-runtime model, loaded once
 
     def onnx_dir(self, name: str) -> Path:

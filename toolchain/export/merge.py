@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.core.artifacts import RunInfo
-from toolchain.export.gate import GateError
+from toolchain.export.accuracy_gate import AccuracyGateError
 
 
 @dataclass
@@ -28,6 +28,6 @@ def merge_run(run: RunInfo, task, dev_examples, atol: float, batch_size: int = 6
     after = predict_logits(merged, tokenizer, task, dev_examples, run.max_length, batch_size)
     diff = float(np.max(np.abs(before - after)))
     if diff >= atol:
-        raise GateError(f"merging the adapter of {run.path} moved the dev logits by {diff:.3g} "
-                          f"(gate.merge_atol={atol:g}); the merged model does not match the trained one")
+        raise AccuracyGateError(f"merging the adapter of {run.path} moved the dev logits by {diff:.3g} "
+                                f"(accuracy_gate.merge_atol={atol:g}); the merged model does not match the trained one")
     return MergeResult(merged, tokenizer, diff)

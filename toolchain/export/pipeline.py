@@ -1,7 +1,8 @@
-"""`toolchain export`: run dir -> export dir (merged model, ONNX variants, report), gated and atomic.
+"""`toolchain export`: run dir -> export dir (merged model, ONNX variants, report), checked and atomic.
 
 The export dir is built under a temporary name next to the target and renamed into place only after
-every gate passed; a failed gate leaves ``NAME.failed`` (status: failed, not loadable) for inspection.
+the accuracy gate passed; a failed accuracy gate leaves ``NAME.failed`` (status: failed, not loadable) for
+inspection.
 An existing target is replaced only when it is an export dir (or an empty folder): anything else (the run
 dir, the current folder, a folder of user files) is refused before the export starts.
 """
@@ -20,7 +21,7 @@ from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, ch
 from toolchain.core.config import config_hash, to_dict
 from toolchain.export.config import ExportConfig
 from toolchain.export.builders import VARIANT_BUILDERS, save_merged
-from toolchain.export.gate import GateError
+from toolchain.export.accuracy_gate import AccuracyGateError
 from toolchain.export.job import INT8_VARIANTS, ExportJob, default_output_dir
 from toolchain.export.selection import cpu_section, evaluate_variants
 
@@ -49,7 +50,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     job = ExportJob(run, run_task(run), cfg, tmp, cpu, preset)
     try:
         report = build(job)
-    except GateError as exc:
+    except AccuracyGateError as exc:
         keep_failed(job, final, str(exc))
         raise
     except BaseException:
@@ -74,7 +75,7 @@ def keep_failed(job: ExportJob, final: Path, why: str) -> None:
     """Leave the failed build as NAME.failed (status: failed, INCOMPLETE marker) for inspection."""
     failed = final.with_name(final.name + ".failed")
     write_yaml(job.out / MANIFEST, {**manifest(job, None, "failed"), "failure": why})
-    mark_incomplete(job.out, f"gate failed: {why}")
+    mark_incomplete(job.out, f"accuracy gate failed: {why}")
     shutil.rmtree(failed, ignore_errors=True)
     os.replace(job.out, failed)
 
@@ -87,7 +88,7 @@ def build(job: ExportJob) -> dict:
 
     started = time.time()
     job.splits = load_run_splits(job.run)
-    merged = merge_run(job.run, job.task, job.splits.dev, job.cfg.gate.merge_atol, job.cfg.eval_batch_size)
+    merged = merge_run(job.run, job.task, job.splits.dev, job.cfg.accuracy_gate.merge_atol, job.cfg.eval_batch_size)
     job.model, job.tokenizer = merged.model, merged.tokenizer
     job.extra["merge"] = {"peft": job.run.is_peft, "max_abs_diff": merged.max_abs_diff}
     save_merged(job)

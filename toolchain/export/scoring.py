@@ -62,11 +62,11 @@ def score(task, logits: np.ndarray, gold: np.ndarray, labels: list[str], referen
 
 
 def headline_metric(task, metric: str, sample: dict) -> str:
-    """The gate's metric: the configured one, or the task's first headline figure."""
+    """The accuracy gate's metric: the configured one, or the task's first headline figure."""
     if metric != "auto":
         if metric not in sample:
             from toolchain.core.config import ConfigError
-            raise ConfigError(f"gate.metric: {metric!r} is not a metric of this task; available: "
+            raise ConfigError(f"accuracy_gate.metric: {metric!r} is not a metric of this task; available: "
                               f"{', '.join(k for k in sample if k != 'agreement')}")
         return metric
     return next(iter(sample))

@@ -6,20 +6,20 @@ import os
 
 import numpy as np
 
-from toolchain.export.gate import GateError
+from toolchain.export.accuracy_gate import AccuracyGateError
 from toolchain.export.job import ExportJob, served_model, served_texts, torch_logits, variant_logits
 
 
 def evaluate_variants(job: ExportJob) -> dict:
-    """Score every variant on dev/test as served, gate each, calibrate, time, choose the serve variant; the
-    report is written to report.json (also when no variant passes, so a failed dir explains itself)."""
+    """Score every variant on dev/test as served, judge each by the accuracy gate, calibrate, time, choose the serve
+    variant; the report is written to report.json (also when no variant passes, so a failed dir explains itself)."""
     from toolchain.export.report import write_report
     from toolchain.export.scoring import headline_metric
 
     rows, gold = score_variants(job)
-    metric = headline_metric(job.task, job.cfg.gate.metric, rows["pytorch"]["test"])
+    metric = headline_metric(job.task, job.cfg.accuracy_gate.metric, rows["pytorch"]["test"])
     report = base_report(job, rows, metric)
-    report["gates"] = gate_variants(job, rows, metric, gold)
+    report["gates"] = accuracy_gate_verdicts(job, rows, metric, gold)   # report key: "gates"
     if job.cfg.calibrate and job.task.name == "sequence-classification":
         report["calibration"] = calibrate_variants(job)
     report["latency"], report["latency_conditions"] = measure_latency(job)
@@ -37,7 +37,7 @@ def score_variants(job: ExportJob) -> tuple[dict, np.ndarray]:
     from toolchain.export.scoring import gold_ids, score
 
     run, task, rows = job.run, job.task, {}
-    for split in ("dev", "test"):  # test last: its gold labels are the gate's
+    for split in ("dev", "test"):  # test last: its gold labels are the accuracy gate's
         gold = gold_ids(task, getattr(job.splits, split), run.labels, job.tokenizer, run.max_length)
         reference = torch_logits(job, "pytorch", split)
         rows.setdefault("pytorch", {})[split] = score(task, reference, gold, run.labels, None)
@@ -59,7 +59,7 @@ def print_variant_table(report: dict, metric: str) -> None:
 
 
 def select_serve_variant(job: ExportJob, report: dict) -> None:
-    """The chosen variant, its gate verdict and the worker layout measured for it, into the report."""
+    """The chosen variant, its accuracy-gate verdict and the worker layout measured for it, into the report."""
     report["selection"] = choose_serve_variant(job, report["gates"])
     job.serve_variant = report["serve_variant"] = report["selection"]["variant"]
     report["gate"] = report["gates"][job.serve_variant]
@@ -94,12 +94,12 @@ def calibrate_variants(job: ExportJob) -> dict:
     return calibration
 
 
-def gate_variants(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> dict:
+def accuracy_gate_verdicts(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> dict:
     """The accuracy gate's verdict on every ONNX variant (test split, paired with fp32 PyTorch)."""
-    from toolchain.export.gate import GateCriteria, judge_variant
+    from toolchain.export.accuracy_gate import AccuracyGateCriteria, judge_variant
 
-    g = job.cfg.gate
-    criteria = GateCriteria(metric, g.max_drop, g.alpha, g.min_agreement, g.bootstrap_resamples)
+    g = job.cfg.accuracy_gate
+    criteria = AccuracyGateCriteria(metric, g.max_drop, g.alpha, g.min_agreement, g.bootstrap_resamples)
     reference = torch_logits(job, "pytorch", "test")
     return {name: judge_variant(name, job.task, reference, variant_logits(job, name, "test"), gold, job.run.labels,
                                 rows[name]["test"]["agreement"], criteria)
@@ -108,17 +108,18 @@ def gate_variants(job: ExportJob, rows: dict, metric: str, gold: np.ndarray) -> 
 
 def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     """The pinned variant if it passes; on auto, the passing variant with the highest served throughput."""
-    from toolchain.export.gate import closest_failure, gate_error
+    from toolchain.export.accuracy_gate import accuracy_gate_error, closest_failure
     from toolchain.core.measure import served_rates
 
     pinned = job.cfg.serve_variant
     if pinned != "auto":
         if not verdicts[pinned]["passed"]:
-            raise gate_error(verdicts[pinned])
-        return {"mode": "pinned", "variant": pinned, "why": f"serve_variant={pinned} (pinned); it passed the gate"}
+            raise accuracy_gate_error(verdicts[pinned])
+        return {"mode": "pinned", "variant": pinned,
+                "why": f"serve_variant={pinned} (pinned); it passed the accuracy gate"}
     passing = [name for name, verdict in verdicts.items() if verdict["passed"]]
     if not passing:
-        raise GateError(closest_failure(verdicts))
+        raise AccuracyGateError(closest_failure(verdicts))
     texts = served_texts(job.task, job.splits.test)
     # every variant is timed (the report shows what each would serve here); only passing ones are ranked
     rates = served_rates({name: served_model(job, name) for name in verdicts}, texts, (1, 32), job.cfg.rank_rounds)
@@ -126,9 +127,9 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     best = ranked[0]
     failed = {name: verdict["problems"] for name, verdict in verdicts.items() if not verdict["passed"]}
     others = ", ".join(f"{name} {rates[name][32]['texts_per_s']:.0f}" for name in ranked[1:])
-    why = (f"{best} passed the gate and serves the most: {rates[best][32]['texts_per_s']:.0f} texts/s in 32-text "
-           f"calls on {job.cfg.serve_threads} thread(s) (others passing: {others or 'none'}"
-           + (f"; failed the gate: {', '.join(failed)}" if failed else "") + ")")
+    why = (f"{best} passed the accuracy gate and serves the most: {rates[best][32]['texts_per_s']:.0f} texts/s in "
+           f"32-text calls on {job.cfg.serve_threads} thread(s) (others passing: {others or 'none'}"
+           + (f"; failed the accuracy gate: {', '.join(failed)}" if failed else "") + ")")
     return {"mode": "auto", "variant": best, "ranked": ranked, "failed": failed, "why": why,
             "criterion": "texts/s of the serving runtime at 32 texts per call (what the adaptive batcher forms "
                          "under load), per worker thread",

@@ -1,15 +1,16 @@
-"""Gates of the export: parity figures, and the accuracy gate of every candidate serving variant.
+"""The export's accuracy gate: logit parity of the exported graphs, and the test-metric check of every candidate
+serving variant (config section ``accuracy_gate``; ``gate`` is its deprecated former name).
 
 The accuracy gate compares a variant's test metric with fp32 PyTorch's on the *same* items, so it is
 paired: only the items where the two disagree carry information. A variant fails when
 
-- its metric is lower by more than ``gate.max_drop`` points (a large drop fails whatever the test
+- its metric is lower by more than ``accuracy_gate.max_drop`` points (a large drop fails whatever the test
   set's size), or
-- it is worse with statistical significance at level ``gate.alpha`` (one-sided): for accuracy the
+- it is worse with statistical significance at level ``accuracy_gate.alpha`` (one-sided): for accuracy the
   exact McNemar test on the discordant items (fp32 right / variant wrong vs the reverse); for any
   other metric a paired bootstrap of the drop over the test items.
 
-Raw label agreement is reported beside it (and can still be required with ``gate.min_agreement``),
+Raw label agreement is reported beside it (and can still be required with ``accuracy_gate.min_agreement``),
 but it is not a sound criterion on a small test set: a variant that changes 3 of 240 labels, 2 of
 them for the better, agrees 98.75% and is as accurate as fp32.
 """
@@ -22,14 +23,19 @@ import numpy as np
 from toolchain.core.errors import CheckFailed
 
 
-class GateError(CheckFailed, RuntimeError):
-    """A variant failed a parity or accuracy gate; the message names the variant and the margin (exit 1)."""
+class AccuracyGateError(CheckFailed, RuntimeError):
+    """A variant failed the accuracy gate (logit parity or test metric); the message names the variant and the
+    margin (exit 1)."""
+
+
+GateError = AccuracyGateError   # the former name, still importable
 
 
 def check_parity(name: str, diff: float, atol: float, what: str) -> None:
     if not diff < atol:
-        raise GateError(f"variant {name!r}: {what} max abs logit difference {diff:.3g} is over the tolerance "
-                        f"{atol:g} (gate.parity_atol); the exported graph does not match the PyTorch model")
+        raise AccuracyGateError(f"variant {name!r}: {what} max abs logit difference {diff:.3g} is over the tolerance "
+                                f"{atol:g} (accuracy_gate.parity_atol); the exported graph does not match the PyTorch "
+                                "model")
 
 
 # ---------------------------------------------------------------------- paired units
@@ -137,7 +143,7 @@ def bootstrap_worse(units: PairedUnits, metric: str, resamples: int, seed: int) 
 
 
 @dataclass(frozen=True)
-class GateCriteria:
+class AccuracyGateCriteria:
     metric: str
     max_drop: float          # points
     alpha: float             # 0 = no significance test
@@ -146,8 +152,8 @@ class GateCriteria:
     seed: int = 0
 
 
-def judge(name: str, units: PairedUnits, agreement: float, criteria: GateCriteria) -> dict:
-    """The gate's verdict on one variant: figures, whether it passed, and why not."""
+def judge(name: str, units: PairedUnits, agreement: float, criteria: AccuracyGateCriteria) -> dict:
+    """The accuracy gate's verdict on one variant: figures, whether it passed, and why not."""
     metric = criteria.metric
     reference, value = units.metric(metric, "reference"), units.metric(metric, "candidate")
     drop = 100.0 * (reference - value)
@@ -158,13 +164,13 @@ def judge(name: str, units: PairedUnits, agreement: float, criteria: GateCriteri
     problems = []
     if drop > criteria.max_drop:
         problems.append(f"test {metric} {value:.4f} vs fp32 PyTorch {reference:.4f}, a drop of {drop:.2f} points "
-                        f"(allowed {criteria.max_drop:g}, gate.max_drop)")
+                        f"(allowed {criteria.max_drop:g}, accuracy_gate.max_drop)")
     if criteria.alpha > 0 and drop > 0 and test["p_value"] < criteria.alpha:
         problems.append(f"significantly worse than fp32 PyTorch on test ({test['test']}: p = {test['p_value']:.3g} "
-                        f"< gate.alpha = {criteria.alpha:g})")
+                        f"< accuracy_gate.alpha = {criteria.alpha:g})")
     if agreement < criteria.min_agreement:
         problems.append(f"label agreement with fp32 PyTorch on test is {agreement:.2%}, below "
-                        f"{criteria.min_agreement:.2%} (gate.min_agreement)")
+                        f"{criteria.min_agreement:.2%} (accuracy_gate.min_agreement)")
     return {"variant": name, "metric": metric, "reference": reference, "value": value, "drop_points": drop,
             "max_drop_points": criteria.max_drop, "alpha": criteria.alpha, **test, "agreement": agreement,
             "min_agreement": criteria.min_agreement, "items": units.size, "passed": not problems,
@@ -172,7 +178,7 @@ def judge(name: str, units: PairedUnits, agreement: float, criteria: GateCriteri
 
 
 def judge_variant(name: str, task, reference_logits: np.ndarray, candidate_logits: np.ndarray, gold: np.ndarray,
-                  labels: list[str], agreement: float, criteria: GateCriteria) -> dict:
+                  labels: list[str], agreement: float, criteria: AccuracyGateCriteria) -> dict:
     """The verdict on one variant; a model with a topic head is judged per head, on each head's own test
     items and classes, and passes only when every head passes (the figures shown are the worst head's)."""
     heads = getattr(task, "heads", None)
@@ -193,8 +199,9 @@ def judge_variant(name: str, task, reference_logits: np.ndarray, candidate_logit
             "heads": verdicts}
 
 
-def gate_error(verdict: dict) -> GateError:
-    return GateError(f"serve variant {verdict['variant']!r} failed the accuracy gate: " + "; ".join(verdict["problems"]))
+def accuracy_gate_error(verdict: dict) -> AccuracyGateError:
+    return AccuracyGateError(f"serve variant {verdict['variant']!r} failed the accuracy gate: "
+                             + "; ".join(verdict["problems"]))
 
 
 def closest_failure(verdicts: dict[str, dict]) -> str:
@@ -202,5 +209,6 @@ def closest_failure(verdicts: dict[str, dict]) -> str:
     name, verdict = min(verdicts.items(), key=lambda kv: kv[1]["drop_points"])
     return (f"no variant passed the accuracy gate; the closest is {name!r}: " + "; ".join(verdict["problems"])
             + ". Check the run (fp32 ONNX should match PyTorch), or loosen the gate "
-            f"(export.gate.max_drop={max(1.0, round(verdict['drop_points'] + 0.5, 1))}, export.gate.alpha=0), "
+            f"(export.accuracy_gate.max_drop={max(1.0, round(verdict['drop_points'] + 0.5, 1))}, "
+            "export.accuracy_gate.alpha=0), "
             "or pin a variant with export.serve_variant=NAME")
