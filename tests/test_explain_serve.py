@@ -83,7 +83,7 @@ def test_over_its_cap_explain_gets_a_fast_503_and_classify_is_unaffected(server,
     before = metric_total(scrape(server), "toolchain_rejected_requests_total", reason="overload")
     held = hold_explain_slot(server.port, body)
     try:
-        time.sleep(0.5)   # the gate has admitted it and waits for the rest of its body
+        time.sleep(0.5)   # admission control has admitted it and waits for the rest of its body
         started = time.perf_counter()
         refused = client.post("/explain", json={"texts": [TEXT]})
         took = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """Masking of personal data (toolchain/core/privacy.py): exact outputs on real headlines with personal data put
 in, checksum-failing look-alikes and finance figures left alone, the real test sets left unchanged, the
-service's error messages and logs masked (the gate in process, and a real server).
+service's error messages and logs masked (admission control in process, and a real server).
 
 The headlines are from the Financial PhraseBank (allagree test split) and the Twitter financial news
 topic test set; the personal data put in them uses reserved or published test values (555-01xx and
@@ -20,7 +20,7 @@ from conftest import DATA_ROOT, REPO
 from test_serve_support import built  # noqa: F401  (the fixture of the real-server test)
 from toolchain.core.privacy import MaskingFilter, clip, find, install_log_masking, mask
 from toolchain.serve.classify import ROUTE, TASK, parse_request, predicted_labels
-from toolchain.serve.gate import RequestGate, Route
+from toolchain.serve.admission import AdmissionControl, Route
 from toolchain.serve.settings import ServeSettings
 from toolchain.serve.validation import preview
 
@@ -148,7 +148,7 @@ def test_masking_filter_masks_messages_arguments_and_tracebacks(caplog):
     assert "jane.doe" not in text and "4111" not in text and "7946" not in text
 
 
-def call_gate(gate: RequestGate, body: bytes) -> tuple[int, dict]:
+def call_admission(admission: AdmissionControl, body: bytes) -> tuple[int, dict]:
     sent = []
 
     async def receive():
@@ -158,7 +158,7 @@ def call_gate(gate: RequestGate, body: bytes) -> tuple[int, dict]:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": [(b"content-type", b"application/json")]}
-    asyncio.run(gate(scope, receive, send))
+    asyncio.run(admission(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
@@ -167,26 +167,27 @@ async def failing_app(scope, receive, send):
 
 
 @pytest.mark.parametrize("mask_pii", [True, False])
-def test_gate_error_messages_quote_requests_masked_unless_turned_off(mask_pii):
-    gate = RequestGate(failing_app, {ROUTE: Route(TASK, parse_request, predicted_labels)},
-                       ServeSettings(auth=False, mask_pii=mask_pii))
+def test_admission_error_messages_quote_requests_masked_unless_turned_off(mask_pii):
+    admission = AdmissionControl(failing_app, {ROUTE: Route(TASK, parse_request, predicted_labels)},
+                                 ServeSettings(auth=False, mask_pii=mask_pii))
     requests = [b'{"texts": "Refund to jane.doe@example.org please"}',
                 b'{"texts": ["ok"], "jane.doe@example.org": 1}',
                 b'{"texts": ["ok"], "topic": ["jane.doe@example.org"]}']
     for body in requests:
-        status, answer = call_gate(gate, body)
+        status, answer = call_admission(admission, body)
         assert status == 422
         assert ("[EMAIL]" in answer["message"]) is mask_pii
         assert ("jane.doe@example.org" in answer["message"]) is not mask_pii
 
 
-def test_gate_exception_log_is_masked_once_the_service_installs_the_filter(caplog):
+def test_admission_exception_log_is_masked_once_the_service_installs_the_filter(caplog):
     logger = logging.getLogger("toolchain.serve")
     install_log_masking(logger)   # what toolchain/serve/service.py does with TOOLCHAIN_MASK_PII=true
-    gate = RequestGate(failing_app, {ROUTE: Route(TASK, parse_request, predicted_labels)}, ServeSettings(auth=False))
+    admission = AdmissionControl(failing_app, {ROUTE: Route(TASK, parse_request, predicted_labels)},
+                                 ServeSettings(auth=False))
     with caplog.at_level(logging.ERROR, logger="toolchain.serve"):
-        status, answer = call_gate(gate, b'{"texts": ["Refund jane.doe@example.org"]}')
-    assert status == 500 and "the request gate failed" in caplog.text
+        status, answer = call_admission(admission, b'{"texts": ["Refund jane.doe@example.org"]}')
+    assert status == 500 and "admission control failed" in caplog.text
     assert "could not read 'Refund [EMAIL]'" in caplog.text and "jane.doe" not in caplog.text
 
 

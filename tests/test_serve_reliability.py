@@ -1,10 +1,10 @@
-"""Reliability of the request gate: every response counted, malformed JSON, honest 503s, key rotation,
+"""Reliability of admission control: every response counted, malformed JSON, honest 503s, key rotation,
 idempotent retries.
 
 The unit tests need no server. The server tests run a real `bentoml serve` on 127.0.0.1 of the tiny
 model's export, through a test-only module (``faulty_service``) that wraps the real service with faults
 injected on request: a model call slower than the timeout, a ServiceUnavailable from the model, an
-exception inside the gate. Everything else is the production code path.
+exception inside admission control. Everything else is the production code path.
 """
 from __future__ import annotations
 
@@ -256,11 +256,12 @@ import time
 
 import bentoml
 
-from toolchain.serve import gate, runtime
+from toolchain.inference import runtime
+from toolchain.serve import admission
 from toolchain.serve.service import ToolchainService  # noqa: F401  (what bentoml serves)
 
 _infer = runtime.OnnxModel.infer
-_admit = gate.RequestGate.admit
+_admit = admission.AdmissionControl.admit
 
 
 def infer(self, texts):
@@ -275,13 +276,13 @@ def infer(self, texts):
 
 
 def admit(self, scope):
-    if (b"x-fault", b"gate") in scope["headers"]:
-        raise RuntimeError("the gate exploded")
+    if (b"x-fault", b"admission") in scope["headers"]:
+        raise RuntimeError("admission control exploded")
     return _admit(self, scope)
 
 
 runtime.OnnxModel.infer = infer
-gate.RequestGate.admit = admit
+admission.AdmissionControl.admit = admit
 '''
 
 
@@ -333,13 +334,13 @@ def test_timeout_504_is_counted(faulty):
 
 
 @pytest.mark.server
-def test_exception_inside_the_gate_is_a_counted_json_500(faulty):
+def test_exception_inside_admission_control_is_a_counted_json_500(faulty):
     before = counted(faulty, 500)
-    response = post(faulty, ["profit rose"], headers={"X-Fault": "gate"})
+    response = post(faulty, ["profit rose"], headers={"X-Fault": "admission"})
     assert response.status_code == 500 and response.json()["error"] == "internal_error"
-    assert "gate exploded" not in response.text          # internals stay in the log
+    assert "admission control exploded" not in response.text          # internals stay in the log
     assert counted(faulty, 500) == before + 1
-    assert "the gate exploded" in faulty.output()
+    assert "admission control exploded" in faulty.output()
     assert_still_serving(faulty)
 
 
@@ -443,7 +444,7 @@ def wait_for(condition, timeout: float = 8.0) -> bool:
 
 @pytest.mark.server
 def test_every_status_on_inference_routes_is_counted(faulty):
-    """Whatever produced it: gate rejections, BentoML's own answers (405), model results."""
+    """Whatever produced it: admission control's rejections, BentoML's own answers (405), model results."""
     cases = [(lambda: httpx.get(faulty.url + "/classify", timeout=10), 405),
              (lambda: post(faulty, ["profit rose"], key="wrong"), 401),
              (lambda: httpx.post(faulty.url + "/classify", content=b'{"texts": [NaN]}', timeout=10,

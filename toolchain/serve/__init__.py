@@ -1,6 +1,7 @@
 """The serving stage: a BentoML service for an export dir's ONNX variant (see docs/SERVING.md).
 
-Modules: ``service`` (the BentoML service), ``gate`` (auth, limits, overload: ASGI middleware),
-``classify`` (the /classify request and response), ``runtime`` (ONNX Runtime and tokenizer),
-``metrics``, ``auth``, ``settings``, ``validation``, ``cli`` (`toolchain serve`).
+Modules: ``service`` (the BentoML service), ``admission`` (admission control: auth, limits, overload, validation;
+ASGI middleware), ``classify`` (the /classify request and response), ``ner``, ``explain``, ``metrics``, ``auth``,
+``settings``, ``validation``, ``idempotency``, ``layout``, ``windows``; ONNX Runtime and the tokenizer are
+:mod:`toolchain.inference.runtime`, `toolchain serve` is :mod:`toolchain.commands.serve`.
 """

@@ -99,6 +99,6 @@ def no_predictions(response: list) -> list[str]:
 
 
 def parser(labels: Callable[[], list[str] | None]) -> Callable[[bytes, Limits], ExplainRequest]:
-    """``parse_request`` for the gate, checking ``target`` against the served model's labels (``labels()``:
+    """``parse_request`` for admission control, checking ``target`` against the served model's labels (``labels()``:
     None until the model has loaded)."""
     return lambda body, limits: parse_request(body, limits, labels())

@@ -1,4 +1,4 @@
-"""The BentoML service: one export dir variant, loaded once per worker, behind the request gate.
+"""The BentoML service: one export dir variant, loaded once per worker, behind admission control.
 
 The model comes from the Bento (``toolchain build`` packs the variant as a BentoML model and records
 its tag as the Bento argument ``model_tag``) or, for local runs, from ``TOOLCHAIN_EXPORT_DIR``. A topic
@@ -28,7 +28,7 @@ from toolchain.serve import auth
 from toolchain.serve import classify as text_classification
 from toolchain.serve import explain as explanation
 from toolchain.serve import ner as token_classification
-from toolchain.serve.gate import BENTOML_ERROR_LOGGER, RequestGate, Route
+from toolchain.serve.admission import BENTOML_ERROR_LOGGER, AdmissionControl, Route
 from toolchain.inference.drift import drift_monitor
 from toolchain.serve.metrics import model_version, service_metrics
 from toolchain.serve.settings import load_settings
@@ -49,7 +49,7 @@ Explanations = Annotated[list[explanation.Explanation], ContentType("application
 # The route module of each task: request parsing, response building, labels for the metrics.
 TASK_ROUTES = {text_classification.TASK: text_classification, token_classification.TASK: token_classification}
 
-# Every inference route and how the gate checks it; a route missing here would be unprotected.
+# Every inference route and how admission control checks it; a route missing here would be unprotected.
 ROUTES = {
     text_classification.ROUTE: Route(text_classification.TASK, text_classification.parse_request,
                                      text_classification.predicted_labels),
@@ -60,7 +60,7 @@ ROUTES = {
 }
 SERVED_LABELS: list[str] = []   # the served model's labels once it has loaded (/explain checks its target)
 
-# The task of the model this worker serves, set once it has loaded (the gate answers 404 on the other route).
+# The task of the model this worker serves, set once it has loaded (admission control answers 404 on the other route).
 SERVED: dict[str, str | None] = {"task": None}
 
 
@@ -205,7 +205,7 @@ class ToolchainService:
         return result
 
     def require(self, task: str) -> None:
-        """The gate answers 404 before this; kept so the API never runs the wrong task's post-processing."""
+        """Admission control answers 404 before this; kept so the API never runs the wrong task's post-processing."""
         if task != self.task:
             raise bentoml.exceptions.NotFound(f"this deployment serves {self.task}: use POST {self.route.ROUTE}")
 
@@ -235,7 +235,7 @@ class ToolchainService:
 
         Body: {"texts": ["..."], "target": "optional label (default: the predicted one)", "source": "optional"}.
         Runs in a thread of its own, not in the one BentoML gives the batched routes, so /classify never
-        queues behind an explanation; the gate caps it at TOOLCHAIN_EXPLAIN_CONCURRENCY per worker.
+        queues behind an explanation; admission control caps it at TOOLCHAIN_EXPLAIN_CONCURRENCY per worker.
         """
         import anyio.to_thread
 
@@ -243,4 +243,4 @@ class ToolchainService:
         return await anyio.to_thread.run_sync(explanation.explain, self.model, texts, target)
 
 
-ToolchainService.add_asgi_middleware(RequestGate, routes=ROUTES, served_task=served_task)
+ToolchainService.add_asgi_middleware(AdmissionControl, routes=ROUTES, served_task=served_task)

@@ -3,7 +3,7 @@
 Each check raises :class:`RequestRejected` with the HTTP status, the rejection reason used by the
 ``toolchain_rejected_requests_total`` metric and a message that names the offending field and value.
 A message quotes at most the start of a value (:func:`preview`); :meth:`RequestRejected.masked` is what
-the gate sends when personal data is masked (the default).
+admission control sends when personal data is masked (the default).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def invalid(message: str, field: str | None = None) -> RequestRejected:
 
 def preview(value: Any, width: int = 40) -> str:
     """The start of ``value``'s repr for an error message, never cut inside an e-mail address, card number or
-    other span that :func:`toolchain.core.privacy.mask` replaces: the gate masks the whole message
+    other span that :func:`toolchain.core.privacy.mask` replaces: admission control masks the whole message
     (``TOOLCHAIN_MASK_PII``), and a cut one would not be recognised."""
     text = repr(value)
     return text if len(text) <= width else clip(text, width) + "..."
@@ -93,7 +93,7 @@ def parse_json(text: str) -> Any:
 
 def without_bom(body: bytes) -> bytes:
     """The body without a leading UTF-8 byte-order mark (RFC 8259 section 8.1 lets a parser ignore it);
-    the gate hands this to BentoML too, whose own JSON parsing would refuse the mark."""
+    admission control hands this to BentoML too, whose own JSON parsing would refuse the mark."""
     return body[3:] if body.startswith(BOM.encode("utf-8")) else body
 
 

@@ -1,18 +1,20 @@
-"""The request gate: ASGI middleware in front of every inference route.
+"""Admission control: ASGI middleware in front of every inference route (rate, concurrency and size limits,
+auth and validation before the API).
 
 In order, for each inference request: API key (401), bounded concurrency per worker (fast 503; a
 costly route such as ``/explain`` also has its own, lower cap: ``Route.concurrency``),
 media type (415), body cap (413, without reading an over-long body), ``Idempotency-Key`` replay
 (see :mod:`toolchain.serve.idempotency`), the route's own validation (400/422). Only then does the
-request reach BentoML's API and its adaptive batching. The gate also counts rejections by reason,
+request reach BentoML's API and its adaptive batching. Admission control also counts rejections by reason,
 predictions by label and topic, and every response of an inference route by status, whatever
-produced it: the gate, BentoML, the model, a timeout (504), an exception in the gate itself (500).
+produced it: admission control, BentoML, the model, a timeout (504), an exception in admission control itself
+(500).
 Health probes pass untouched; ``/metrics`` needs a key only when ``TOOLCHAIN_METRICS_AUTH`` is on.
 
 Where BentoML puts things (``_bentoml_impl/server/app.py``, ``ServiceAppFactory.middlewares``): its
-``TimeoutMiddleware`` (``traffic.timeout``) wraps this gate from outside. On expiry it cancels the
-request's task and sends its own 504, so the gate would never see that response. The gate therefore
-keeps its own deadline, slightly shorter (:func:`gate_deadline`): it answers 504 (or 408 while the body
+``TimeoutMiddleware`` (``traffic.timeout``) wraps this middleware from outside. On expiry it cancels the
+request's task and sends its own 504, so admission control would never see that response. It therefore
+keeps its own deadline, slightly shorter (:func:`admission_deadline`): it answers 504 (or 408 while the body
 is still arriving) itself and counts it; a cancellation from outside is still counted as 504.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ BATCHER_OVERLOADED = "process is overloaded"                 # its adaptive batc
 
 @dataclass(frozen=True)
 class Route:
-    """What the gate needs to know about one inference route."""
+    """What admission control needs to know about one inference route."""
     task: str
     parse: Callable[[bytes, Limits], Any]              # body -> request with .source; raises RequestRejected
     labels_of: Callable[[Any], list[tuple[str, str]]]  # response JSON -> (predicted label, predicted topic) pairs
@@ -74,8 +76,8 @@ def too_large(size: int | str, cap: int) -> RequestRejected:
                            "(TOOLCHAIN_MAX_BODY_BYTES)", reason="size")
 
 
-def gate_deadline(timeout_s: float) -> float:
-    """The gate's own deadline: a little before BentoML's TimeoutMiddleware, so the gate answers first."""
+def admission_deadline(timeout_s: float) -> float:
+    """Admission control's own deadline: a little before BentoML's TimeoutMiddleware, so it answers first."""
     return timeout_s - min(0.5, 0.1 * timeout_s)
 
 
@@ -123,7 +125,7 @@ def replay(body: bytes, receive):
 
 
 class ResponseRecorder:
-    """Holds a (small, JSON) response so the gate can read it before passing it on."""
+    """Holds a (small, JSON) response so admission control can read it before passing it on."""
 
     def __init__(self):
         self.start: dict | None = None
@@ -208,10 +210,10 @@ def unavailable(note: RequestNote, max_latency_ms: int) -> RequestRejected:
                            reason="unavailable")
 
 
-# --------------------------------------------------------------------------- the gate
+# --------------------------------------------------------------------------- admission control
 
-class RequestGate:
-    """ASGI middleware; BentoML adds it with ``Service.add_asgi_middleware(RequestGate, routes=...)``."""
+class AdmissionControl:
+    """ASGI middleware; BentoML adds it with ``Service.add_asgi_middleware(AdmissionControl, routes=...)``."""
 
     def __init__(self, app, routes: dict[str, Route], settings: ServeSettings | None = None,
                  served_task: Callable[[], str | None] = lambda: None):
@@ -222,7 +224,7 @@ class RequestGate:
         self.keys = auth.ReloadingKeys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
         self.sources = self.settings.source_allow_list
-        self.deadline_s = gate_deadline(self.settings.timeout_s)
+        self.deadline_s = admission_deadline(self.settings.timeout_s)
         self.idempotency = store_for_workers()
         self.in_flight = 0
         self.route_in_flight: dict[str, int] = {}   # per path, for routes with their own cap (Route.concurrency)
@@ -253,7 +255,7 @@ class RequestGate:
                 send.status = 504
             raise
         except Exception:
-            log.exception("the request gate failed on %s %s", scope["method"], scope["path"])
+            log.exception("admission control failed on %s %s", scope["method"], scope["path"])
             if send.status is None:
                 await send_json(send, 500, {"error": "internal_error", "message": "the server failed on this "
                                             "request; the error is in the server log"})
@@ -265,7 +267,7 @@ class RequestGate:
         return self.keys.check(auth.presented_key(scope["headers"]))
 
     async def handle(self, route: Route, scope, receive, send) -> None:
-        """Gate one inference request within the deadline."""
+        """Admit (or refuse) one inference request and answer it within the deadline."""
         try:
             self.admit(scope)
             self.check_task(route)
