@@ -6,12 +6,10 @@ The same command runs under ``torchrun --nproc_per_node N`` (DDP; gloo on CPU); 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import re
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,11 +20,12 @@ from toolchain.core.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError,
 from toolchain.core.config import RunConfig, config_hash, from_dict, to_dict, train_metric
 from toolchain.data.dataset import check_labels
 from toolchain.tasks.joint_data import load_run_splits, run_labels
-from toolchain.inference.modeling import load_pretrained, load_tokenizer, resolve_base_model
+from toolchain.inference.modeling import load_tokenizer, resolve_base_model
 from toolchain.tasks import get_task
 from toolchain.tasks.joint import has_topic_head
 from toolchain.core.hardware import is_main, precision_flags, world
-from toolchain.train.methods import HEAD_NAMES, PEFT_METHODS, apply_method, parameter_counts
+from toolchain.train.methods import PEFT_METHODS, parameter_counts
+from toolchain.train.model import NEW_HEAD, build_model, resolve_labels
 from toolchain.train.comparison import write_test_predictions
 
 
@@ -61,58 +60,6 @@ def keeps_best_model(cfg: RunConfig) -> bool:
     return cfg.method.name != "adalora"
 
 
-def build_model(cfg: RunConfig, task, labels: list[str], base_path: str, total_steps: int,
-                new_head: bool = False):
-    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-              "label2id": {label: i for i, label in enumerate(labels)}}
-    if cfg.model.classifier_dropout is not None:
-        kwargs["classifier_dropout"] = cfg.model.classifier_dropout
-    model = load_pretrained(task.auto_model_class(), base_path, ignore_mismatched_sizes=True, **kwargs)
-    if new_head:
-        reset_head(model)
-    return apply_method(model, cfg.method, task.peft_task_type, total_steps)
-
-
-NEW_HEAD = "train data (new head; the base model's head is not reused)"
-
-
-def reset_head(model) -> None:
-    """Re-initialise the task head (a base model's head trained for other labels is not reused)."""
-    for name, module in model.named_children():
-        if name in HEAD_NAMES and name != "pooler":
-            module.apply(model._init_weights)
-
-
-def base_head_labels(base_path: str, task) -> list[str] | None:
-    """Label names of a base model fine-tuned for the same task (e.g. a run's model/), else None."""
-    config_file = Path(base_path) / "config.json"
-    if not config_file.exists():
-        return None
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    suffix = task.auto_model_class().__name__.replace("AutoModel", "")
-    if not any(arch.endswith(suffix) for arch in config.get("architectures") or []):
-        return None
-    id2label = config.get("id2label") or {}
-    names = [id2label[key] for key in sorted(id2label, key=int)]
-    return None if all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
-
-
-def resolve_labels(train_labels: list[str], base_path: str, task) -> tuple[list[str], str]:
-    """The label map of the run and where it comes from.
-
-    A base fine-tuned for the same task whose labels cover the training labels keeps its label map
-    (order and head weights); with other labels the head is replaced by a new one for the training labels.
-    """
-    base_labels = base_head_labels(base_path, task)
-    if base_labels is None:
-        return train_labels, "train data"
-    if set(train_labels) <= set(base_labels):
-        return base_labels, "base model"
-    print(f"base model {base_path} was trained for labels {base_labels}; the training data has "
-          f"{train_labels}: a new head is trained for the training labels", flush=True)
-    return train_labels, NEW_HEAD
-
-
 def estimated_steps(cfg: RunConfig, n_train: int) -> int:
     t = cfg.train
     if t.max_steps > 0:
@@ -132,139 +79,234 @@ def manifest(cfg: RunConfig, status: str, labels, base_path, splits, extra=None)
     }
 
 
+@dataclass
+class Run:
+    """What the steps of one training run share (filled in order by :func:`train`'s steps)."""
+    cfg: RunConfig
+    task: object
+    run_dir: Path
+    splits: object
+    base_path: str = ""
+    labels: list = field(default_factory=list)
+    label_source: str = ""
+    parent: object = None             # toolchain update: the parent run and its data
+    parent_data: object = None
+    lineage: dict = field(default_factory=dict)
+    distill: object = None            # distillation: the teachers' soft targets
+    tokenizer: object = None
+    datasets: dict = field(default_factory=dict)
+    model: object = None
+    adalora: object = None            # AdaLoRA's budget callback (its update_and_allocate hook)
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
-    from transformers import EarlyStoppingCallback, set_seed
+    """Fine-tune ``cfg`` into its run dir, as a recipe of named steps."""
+    from transformers import set_seed
 
-    from toolchain.train.adversarial import AdversarialTrainer
-    from toolchain.train.callbacks import AdaLoraBudgetCallback
-    from toolchain.train.loss import trainer_class
-    from toolchain.core.report import finish_run
+    run = open_run(cfg, resume, overwrite)
+    set_seed(cfg.train.seed)
+    read_data(run)
+    choose_base_and_labels(run)
+    check_teachers(run)
+    start_run_dir(run)
+    encode_splits(run)
+    steps = estimated_steps(cfg, len(run.datasets["train"]))
+    run.model = build_model(cfg, run.task, run.labels, run.base_path, steps, new_head=run.label_source == NEW_HEAD)
+    counts = parameter_counts(run.model)
+    trainer = make_trainer(run)
+    parent_before = trainer.predict(run.datasets["test"]) if run.parent is not None else None  # the parent, before
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    elapsed = time.time() - started
+    metrics = final_metrics(run, trainer, {**result.metrics, "wall_seconds": elapsed}, counts, parent_before)
+    report_rank_agreement(trainer.model, metrics)
+    write_run(run, trainer, metrics, counts)
+    return run.run_dir
 
+
+def open_run(cfg: RunConfig, resume: bool, overwrite: bool) -> Run:
+    """The task configured from the data options, and the run dir checked (resume) or cleared (overwrite)."""
     task = get_task(cfg.model.task)
     if hasattr(task, "configure"):
         task.configure(cfg.data)
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
-    set_seed(cfg.train.seed)
-    splits = load_run_splits(cfg)
+    return Run(cfg, task, prepare_run_dir(cfg, resume, overwrite), None)
+
+
+def read_data(run: Run) -> None:
+    """The train/dev/test splits (with a topic head, both data sets), augmented and, for an update, with the
+    replayed parent examples; the base model is the parent's for an update."""
+    cfg = run.cfg
+    run.splits = load_run_splits(cfg)
     if cfg.augment.method != "none":
         from toolchain.data.augment import with_augmented_train
 
         seed = cfg.train.seed if cfg.augment.seed is None else cfg.augment.seed
-        splits = with_augmented_train(splits, cfg.augment, cfg.model.task, seed)
-    parent = parent_data = None
+        run.splits = with_augmented_train(run.splits, cfg.augment, cfg.model.task, seed)
     if cfg.update.parent:   # continuing a parent run's model (toolchain update)
         from toolchain.train import update
 
-        parent = update.load_parent(cfg)
-        parent_data = update.parent_splits(parent)
-        splits = update.with_parent_data(cfg, splits, parent_data)
-        base_path = update.parent_base(parent, run_dir)
+        run.parent = update.load_parent(cfg)
+        run.parent_data = update.parent_splits(run.parent)
+        run.splits = update.with_parent_data(cfg, run.splits, run.parent_data)
+        run.base_path = update.parent_base(run.parent, run.run_dir)
+        run.lineage = {"lineage": update.lineage(run.parent)}
     else:
-        base_path = resolve_base_model(cfg.model.base)
-    labels, label_source = resolve_labels(run_labels(cfg, splits), base_path, task)
-    task = get_task(cfg.model.task, labels)
+        run.base_path = resolve_base_model(cfg.model.base)
+
+
+def choose_base_and_labels(run: Run) -> None:
+    """The label map (the base model's head when it has these labels, else the train data's) checked on every
+    split; the task built for it."""
+    run.labels, run.label_source = resolve_labels(run_labels(run.cfg, run.splits), run.base_path, run.task)
+    run.task = get_task(run.cfg.model.task, run.labels)
     for role in ("dev", "test"):
-        check_labels(getattr(splits, role), labels, role)
-    if parent_data is not None:
-        check_labels(parent_data.test, labels, "parent test")
-    lineage = {"lineage": update.lineage(parent)} if parent is not None else {}
-    distill = None
-    if cfg.distill.teacher:   # teachers and unlabeled texts checked before the run dir is written
+        check_labels(getattr(run.splits, role), run.labels, role)
+    if run.parent_data is not None:
+        check_labels(run.parent_data.test, run.labels, "parent test")
+
+
+def check_teachers(run: Run) -> None:
+    """Distillation: teachers and unlabeled texts checked before the run dir is written."""
+    if run.cfg.distill.teacher:
         from toolchain.train.distill import Distillation
 
-        distill = Distillation.check(cfg, labels, splits)
-    if is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        mark_incomplete(run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
-                                 f"{run_dir}")
-        write_yaml(run_dir / MANIFEST, manifest(cfg, "incomplete", labels, base_path, splits,
-                                                {"label_source": label_source, **lineage}))
+        run.distill = Distillation.check(run.cfg, run.labels, run.splits)
 
-    tokenizer = load_tokenizer(base_path)
-    label2id = {label: i for i, label in enumerate(labels)}
-    encode_train = getattr(task, "encode_for_training", task.encode)
-    datasets = {role: (encode_train if role == "train" else task.encode)(
-        getattr(splits, role), tokenizer, label2id, cfg.data.max_length) for role in ("train", "dev", "test")}
-    if distill:   # the teacher's probabilities carried with each training example (+ the unlabeled texts)
-        distill.attach(task, splits, datasets, tokenizer)
-    total_steps = estimated_steps(cfg, len(datasets["train"]))
-    model = build_model(cfg, task, labels, base_path, total_steps, new_head=label_source == NEW_HEAD)
-    counts = parameter_counts(model)
+
+def start_run_dir(run: Run) -> None:
+    """The run dir marked INCOMPLETE, with a manifest saying how to resume it (rank 0 only)."""
+    if is_main():
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        mark_incomplete(run.run_dir, "training in progress or interrupted; continue with: toolchain train --resume "
+                                     f"{run.run_dir}")
+        write_yaml(run.run_dir / MANIFEST, manifest(run.cfg, "incomplete", run.labels, run.base_path, run.splits,
+                                                    {"label_source": run.label_source, **run.lineage}))
+
+
+def encode_splits(run: Run) -> None:
+    """Every split tokenized by the base model's tokenizer (the teachers' probabilities attached to train)."""
+    run.tokenizer = load_tokenizer(run.base_path)
+    label2id = {label: i for i, label in enumerate(run.labels)}
+    encode_train = getattr(run.task, "encode_for_training", run.task.encode)
+    run.datasets = {role: (encode_train if role == "train" else run.task.encode)(
+        getattr(run.splits, role), run.tokenizer, label2id, run.cfg.data.max_length)
+        for role in ("train", "dev", "test")}
+    if run.distill:   # the teacher's probabilities carried with each training example (+ the unlabeled texts)
+        run.distill.attach(run.task, run.splits, run.datasets, run.tokenizer)
+
+
+def callbacks_of(run: Run) -> list:
+    """Early stopping, and AdaLoRA's budget reallocation after every optimizer step (kept on ``run``)."""
+    from transformers import EarlyStoppingCallback
+
+    from toolchain.train.callbacks import AdaLoraBudgetCallback
 
     callbacks = []
-    if cfg.train.early_stopping_patience and keeps_best_model(cfg):
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    adalora = AdaLoraBudgetCallback(model) if cfg.method.name == "adalora" else None
-    if adalora:
-        callbacks.append(adalora)
+    if run.cfg.train.early_stopping_patience and keeps_best_model(run.cfg):
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.cfg.train.early_stopping_patience))
+    run.adalora = AdaLoraBudgetCallback(run.model) if run.cfg.method.name == "adalora" else None
+    if run.adalora:
+        callbacks.append(run.adalora)
+    return callbacks
+
+
+def make_trainer(run: Run):
+    """The Hugging Face Trainer composed for this run: adversarial training, the head loss, distillation and the
+    update penalty are mixins of one class (toolchain.train.loss.trainer_class and friends)."""
+    from transformers import Trainer
+
+    from toolchain.train.adversarial import AdversarialTrainer
+    from toolchain.train.loss import trainer_class
+
+    cfg = run.cfg
+    base_cls = AdversarialTrainer if cfg.adversarial.kind != "none" else Trainer
+    kwargs = {"adversarial": cfg.adversarial} if base_cls is AdversarialTrainer else {}
+    head_loss = training_loss(cfg, run.labels, run.datasets["train"])
+    if head_loss is not None:
+        kwargs["head_loss"] = head_loss
+    trainer_cls = trainer_class(base_cls, head_loss is not None)
+    if run.distill:
+        trainer_cls = run.distill.trainer_class(trainer_cls)
+        kwargs["distill_loss"] = run.distill.loss
+    if cfg.update.l2sp > 0:
+        from toolchain.train import update
+
+        trainer_cls = update.with_penalty(trainer_cls)
+        kwargs["parent_penalty"] = update.ParentPenalty(run.model, cfg.update.l2sp)
+    task, labels = run.task, run.labels
 
     def compute_metrics(prediction):
         return task.summary(task.metrics(prediction.predictions, prediction.label_ids, labels))
 
-    from transformers import Trainer
-    base_cls = AdversarialTrainer if cfg.adversarial.kind != "none" else Trainer
-    kwargs = {"adversarial": cfg.adversarial} if base_cls is AdversarialTrainer else {}
-    head_loss = training_loss(cfg, labels, datasets["train"])
-    if head_loss is not None:
-        kwargs["head_loss"] = head_loss
-    trainer_cls = trainer_class(base_cls, head_loss is not None)
-    if distill:
-        trainer_cls = distill.trainer_class(trainer_cls)
-        kwargs["distill_loss"] = distill.loss
-    if cfg.update.l2sp > 0:
-        trainer_cls = update.with_penalty(trainer_cls)
-        kwargs["parent_penalty"] = update.ParentPenalty(model, cfg.update.l2sp)
-    trainer = trainer_cls(
-        model=model, args=training_arguments(cfg, run_dir), train_dataset=datasets["train"],
-        eval_dataset=datasets["dev"], data_collator=task.collator(tokenizer), processing_class=tokenizer,
-        compute_metrics=compute_metrics, callbacks=callbacks, **kwargs)
-    parent_on_new = trainer.predict(datasets["test"]) if parent is not None else None  # the parent, before
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    elapsed = time.time() - started
+    return trainer_cls(
+        model=run.model, args=training_arguments(cfg, run.run_dir), train_dataset=run.datasets["train"],
+        eval_dataset=run.datasets["dev"], data_collator=task.collator(run.tokenizer), processing_class=run.tokenizer,
+        compute_metrics=compute_metrics, callbacks=callbacks_of(run), **kwargs)
 
+
+def final_metrics(run: Run, trainer, train_metrics: dict, counts: dict, parent_before) -> dict:
+    """Dev and test metrics of the final (best) model, the training figures, and the method's own report."""
+    cfg, task, labels = run.cfg, run.task, run.labels
     # group_by_length also reorders evaluation batches (transformers' eval sampler): the final predictions keep
     # the split's order, so test_predictions.json, the distillation report and paired comparisons line up
     trainer.args.group_by_length = False
-    dev = trainer.predict(datasets["dev"])
-    test = trainer.predict(datasets["test"])
+    dev = trainer.predict(run.datasets["dev"])
+    test = trainer.predict(run.datasets["test"])
     if is_main() and not has_topic_head(labels):
-        write_test_predictions(run_dir, cfg.model.task, test.predictions, test.label_ids, labels,
-                               splits.files.get("test", {}).get("sha256"))
+        write_test_predictions(run.run_dir, cfg.model.task, test.predictions, test.label_ids, labels,
+                               run.splits.files.get("test", {}).get("sha256"))
     metrics = {
         "dev": task.metrics(dev.predictions, dev.label_ids, labels),
         "test": task.metrics(test.predictions, test.label_ids, labels),
-        "train": {**result.metrics, "wall_seconds": elapsed, "global_step": trainer.state.global_step,
+        "train": {**train_metrics, "global_step": trainer.state.global_step,
                   "best_checkpoint": trainer.state.best_model_checkpoint, "metric_for_best_model": train_metric(cfg),
                   "precision": precision_flags(cfg.train.precision)["resolved_precision"],
                   "world_size": world()[1]},
         "parameters": counts, "method": cfg.method.name, "adversarial": cfg.adversarial.kind,
     }
-    if adalora:
-        metrics["adalora"] = {"update_and_allocate_calls": adalora.calls, "rank_history": adalora.budget_history,
-                              "final_rank_total": adalora.current_ranks(),
-                              "initial_rank_total": adalora.initial_budget}
-    if distill:
-        metrics["distill"] = distill.report(test.predictions, test.label_ids, labels, task)
-    if parent is not None:
-        parent_test = task.encode(parent_data.test, tokenizer, label2id, cfg.data.max_length)
-        on_parent = trainer.predict(parent_test)
-        scores = update.UpdateScores(task.metrics(parent_on_new.predictions, parent_on_new.label_ids, labels),
-                                     task.metrics(on_parent.predictions, on_parent.label_ids, labels))
-        metrics["parent_test"] = scores.run_on_parent
-        metrics["update"] = update.update_report(cfg, parent, scores, metrics["test"])
-        lineage["promotable"] = metrics["update"]["promotable"]
-    report_rank_agreement(trainer.model, metrics)
-    if trainer.is_world_process_zero():
-        save_model(trainer.model, tokenizer, run_dir)
-        finish_run(run_dir, trainer.state.log_history, metrics, labels, task)
-        write_yaml(run_dir / MANIFEST, manifest(cfg, "complete", labels, base_path, splits,
-                                                {"parameters": counts, "label_source": label_source, **lineage,
-                                                 **({"distill": distill.record} if distill else {})}))
-        mark_complete(run_dir)
-        if parent is not None and cfg.method.name not in PEFT_METHODS:
-            update.drop_parent_copy(run_dir)   # a full model holds all of it; a PEFT run keeps its merged base
-    return run_dir
+    if run.adalora:
+        a = run.adalora
+        metrics["adalora"] = {"update_and_allocate_calls": a.calls, "rank_history": a.budget_history,
+                              "final_rank_total": a.current_ranks(), "initial_rank_total": a.initial_budget}
+    if run.distill:
+        metrics["distill"] = run.distill.report(test.predictions, test.label_ids, labels, task)
+    if run.parent is not None:
+        add_update_scores(run, trainer, metrics, parent_before)
+    return metrics
+
+
+def add_update_scores(run: Run, trainer, metrics: dict, parent_before) -> None:
+    """toolchain update: the run and its parent on both test sets, and whether the run may be promoted."""
+    from toolchain.train import update
+
+    task, labels = run.task, run.labels
+    label2id = {label: i for i, label in enumerate(labels)}
+    parent_test = task.encode(run.parent_data.test, run.tokenizer, label2id, run.cfg.data.max_length)
+    on_parent = trainer.predict(parent_test)
+    scores = update.UpdateScores(task.metrics(parent_before.predictions, parent_before.label_ids, labels),
+                                 task.metrics(on_parent.predictions, on_parent.label_ids, labels))
+    metrics["parent_test"] = scores.run_on_parent
+    metrics["update"] = update.update_report(run.cfg, run.parent, scores, metrics["test"])
+    run.lineage["promotable"] = metrics["update"]["promotable"]
+
+
+def write_run(run: Run, trainer, metrics: dict, counts: dict) -> None:
+    """Model, tokenizer, metrics, curves and the complete manifest; the INCOMPLETE marker removed last."""
+    from toolchain.core.report import finish_run
+
+    if not trainer.is_world_process_zero():
+        return
+    cfg = run.cfg
+    save_model(trainer.model, run.tokenizer, run.run_dir)
+    finish_run(run.run_dir, trainer.state.log_history, metrics, run.labels, run.task)
+    extra = {"parameters": counts, "label_source": run.label_source, **run.lineage,
+             **({"distill": run.distill.record} if run.distill else {})}
+    write_yaml(run.run_dir / MANIFEST, manifest(cfg, "complete", run.labels, run.base_path, run.splits, extra))
+    mark_complete(run.run_dir)
+    if run.parent is not None and cfg.method.name not in PEFT_METHODS:
+        from toolchain.train import update
+
+        update.drop_parent_copy(run.run_dir)   # a full model holds all of it; a PEFT run keeps its merged base
 
 
 def training_loss(cfg: RunConfig, labels: list[str], train_set):
