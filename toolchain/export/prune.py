@@ -5,10 +5,16 @@ gradient ``g``, |sum(a * g)| per example, summed over the dev data; it estimates
 moves if the unit is removed. Each layer loses the same share of its lowest-scoring units (at least
 one head is kept per layer).
 
-Reloading: heads removed with ``prune_heads`` are recorded in ``config.pruned_heads`` and replayed by
-``from_config``; FFN widths are not representable in a BERT config (one ``intermediate_size``), so
-``pruning.json`` stores each layer's width and :func:`load_pruned` rebuilds the shapes before loading
-the safetensors weights.
+The parts of each block are found by :func:`toolchain.inference.architecture.block_parts` from what the model
+declares, so every family with that block layout prunes alike (BERT, RoBERTa, DistilBERT, MPNet, DeBERTa-v2);
+another layout is refused before any work. A head is removed by dropping its rows from the projections into
+head space and its columns from the projection back; an input that a block receives per head from outside it
+(MPNet's shared relative-position bias) is narrowed to the kept heads by a forward pre-hook, which the ONNX
+export traces into the graph.
+
+Reloading: ``pruning.json`` stores each layer's removed heads and FFN width, and :func:`load_pruned` rebuilds
+the shapes before loading the safetensors weights (a pruned export written by an earlier release, with
+``config.pruned_heads``, reloads as before).
 """
 from __future__ import annotations
 
@@ -17,14 +23,11 @@ from pathlib import Path
 
 import torch
 
-from toolchain.inference.architecture import encoder_layers
+from toolchain.inference.architecture import BlockParts, block_parts
 
 PRUNING_FILE = "pruning.json"
-
-
-def _blocks(layer) -> tuple:
-    """(attention output projection, FFN input projection, FFN output projection) of a BERT-style block."""
-    return layer.attention.output.dense, layer.intermediate.dense, layer.output.dense
+# attention type -> (position, name) of an argument carrying one slice per head from outside the block
+PER_HEAD_INPUTS = {"MPNetSelfAttention": (3, "position_bias")}
 
 
 def _capture_inputs(module, store: list) -> torch.utils.hooks.RemovableHandle:
@@ -37,20 +40,20 @@ def _capture_inputs(module, store: list) -> torch.utils.hooks.RemovableHandle:
 
 def importance_scores(model, batches) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Taylor importance of every head (layers x heads) and FFN neuron (per layer) over labelled batches."""
-    layers = encoder_layers(model)
-    heads = model.config.num_attention_heads
-    head_scores = torch.zeros(len(layers), heads)
-    ffn_scores = [torch.zeros(_blocks(layer)[1].out_features) for layer in layers]
+    parts = block_parts(model)
+    heads = parts[0].head_count
+    head_scores = torch.zeros(len(parts), heads)
+    ffn_scores = [torch.zeros(part.ffn_in.linear.out_features) for part in parts]
     model.eval()
     for batch in batches:
-        contexts, hidden = [[] for _ in layers], [[] for _ in layers]
-        handles = [_capture_inputs(_blocks(layer)[0], contexts[i]) for i, layer in enumerate(layers)]
-        handles += [_capture_inputs(_blocks(layer)[2], hidden[i]) for i, layer in enumerate(layers)]
+        contexts, hidden = [[] for _ in parts], [[] for _ in parts]
+        handles = [_capture_inputs(part.from_heads.linear, contexts[i]) for i, part in enumerate(parts)]
+        handles += [_capture_inputs(part.ffn_out.linear, hidden[i]) for i, part in enumerate(parts)]
         model.zero_grad()
         model(**batch).loss.backward()
         for handle in handles:
             handle.remove()
-        for i in range(len(layers)):
+        for i in range(len(parts)):
             ctx, neurons = contexts[i][0], hidden[i][0]
             per_head = (ctx * ctx.grad).reshape(ctx.shape[0], ctx.shape[1], heads, -1).sum(dim=(1, 3))
             head_scores[i] += per_head.abs().sum(dim=0).detach()
@@ -63,32 +66,66 @@ def lowest(scores: torch.Tensor, count: int) -> list[int]:
     return sorted(torch.argsort(scores)[:count].tolist())
 
 
-def prune_model(model, head_scores, ffn_scores, amount: float, heads: bool = True, ffn: bool = True) -> dict:
-    """Remove ``amount`` of each layer's heads and FFN neurons in place; returns the pruning plan."""
+def remove_heads(part: BlockParts, removed: list[int]) -> None:
+    """Drop heads ``removed`` (indices of the unpruned block) from one block, in place."""
     from transformers.pytorch_utils import prune_linear_layer
 
-    layers = encoder_layers(model)
+    size, kept = part.head_size_before, [h for h in range(part.head_count) if h not in removed]
+    index = torch.tensor([h * size + d for h in kept for d in range(size)], dtype=torch.long)
+    for slot in part.into_heads:
+        slot.replace(prune_linear_layer(slot.linear, index, dim=0))
+    part.from_heads.replace(prune_linear_layer(part.from_heads.linear, index, dim=1))
+    part.set_head_count(len(kept))
+    narrow_per_head_inputs(part.heads, kept)
+
+
+def narrow_per_head_inputs(attention, kept: list[int]) -> None:
+    """An input given per head from outside the block (MPNet's position bias) keeps the kept heads' slices."""
+    spec = PER_HEAD_INPUTS.get(type(attention).__name__)
+    if spec is None:
+        return
+    position, name = spec
+    index = torch.tensor(kept, dtype=torch.long)
+
+    def narrow(_module, args, kwargs):
+        if len(args) > position and args[position] is not None:
+            args = (*args[:position], args[position].index_select(1, index), *args[position + 1:])
+        elif kwargs.get(name) is not None:
+            kwargs = {**kwargs, name: kwargs[name].index_select(1, index)}
+        return args, kwargs
+    attention.register_forward_pre_hook(narrow, with_kwargs=True)
+
+
+def keep_neurons(part: BlockParts, keep: torch.Tensor) -> None:
+    """Keep only FFN neurons ``keep`` of one block, in place."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    part.ffn_in.replace(prune_linear_layer(part.ffn_in.linear, keep, dim=0))
+    part.ffn_out.replace(prune_linear_layer(part.ffn_out.linear, keep, dim=1))
+
+
+def prune_model(model, head_scores, ffn_scores, amount: float, heads: bool = True, ffn: bool = True) -> dict:
+    """Remove ``amount`` of each layer's heads and FFN neurons in place; returns the pruning plan."""
+    parts = block_parts(model)
     n_heads = head_scores.shape[1]
-    plan = {"amount": amount, "heads_before": n_heads * len(layers),
-            "intermediate_before": [_blocks(layer)[1].out_features for layer in layers]}
-    if heads:
-        per_layer = min(n_heads - 1, round(amount * n_heads))
-        model.prune_heads({i: lowest(head_scores[i], per_layer) for i in range(len(layers)) if per_layer})
-    for i, layer in enumerate(layers):
-        if not ffn:
-            break
-        width = ffn_scores[i].numel()
-        keep = torch.tensor(sorted(set(range(width)) - set(lowest(ffn_scores[i], round(amount * width)))))
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
-    plan["pruned_heads"] = {str(k): sorted(v) for k, v in model.config.pruned_heads.items()}
+    plan = {"amount": amount, "heads_before": n_heads * len(parts),
+            "intermediate_before": [part.ffn_in.linear.out_features for part in parts], "pruned_heads": {}}
+    per_layer = min(n_heads - 1, round(amount * n_heads)) if heads else 0
+    for i, part in enumerate(parts):
+        if per_layer:
+            plan["pruned_heads"][str(i)] = lowest(head_scores[i], per_layer)
+            remove_heads(part, plan["pruned_heads"][str(i)])
+        if ffn:
+            width = ffn_scores[i].numel()
+            removed = set(lowest(ffn_scores[i], round(amount * width)))
+            keep_neurons(part, torch.tensor(sorted(set(range(width)) - removed)))
     plan["heads_after"] = plan["heads_before"] - sum(len(v) for v in plan["pruned_heads"].values())
-    plan["intermediate_sizes"] = [_blocks(layer)[1].out_features for layer in layers]
+    plan["intermediate_sizes"] = [part.ffn_in.linear.out_features for part in parts]
     return plan
 
 
 def save_pruned(model, plan: dict, out_dir: Path) -> None:
-    """safetensors weights + config.json (pruned_heads) + pruning.json (FFN widths): all a reload needs."""
+    """safetensors weights + config.json + pruning.json (removed heads, FFN widths): all a reload needs."""
     model.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / PRUNING_FILE).write_text(json.dumps(plan, indent=2) + "\n")
 
@@ -101,11 +138,11 @@ def load_pruned(model_dir: str | Path, task):
     model_dir = Path(model_dir)
     plan = json.loads((model_dir / PRUNING_FILE).read_text())
     config = AutoConfig.from_pretrained(model_dir)
-    model = task.auto_model_class().from_config(config)  # replays config.pruned_heads
-    for layer, width in zip(encoder_layers(model), plan["intermediate_sizes"]):
-        hidden = layer.intermediate.dense.in_features
-        layer.intermediate.dense = torch.nn.Linear(hidden, width)
-        layer.output.dense = torch.nn.Linear(width, hidden)
+    model = task.auto_model_class().from_config(config)  # an earlier release's config.pruned_heads is replayed here
+    for i, (part, width) in enumerate(zip(block_parts(model), plan["intermediate_sizes"])):
+        if not config.pruned_heads and plan.get("pruned_heads", {}).get(str(i)):
+            remove_heads(part, plan["pruned_heads"][str(i)])
+        keep_neurons(part, torch.arange(width))
     model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
     return model.eval()
 
