@@ -258,7 +258,7 @@ def test_real_server_logs_and_errors_hold_no_e_mail_address(built, tmp_path):
 def test_a_bad_line_quotes_no_piece_of_an_address_it_cuts(pad):
     """The feeder's bad-line reasons quote at most 60 characters; wherever the cut falls, masking the reason
     leaves no piece of the e-mail address in the clear."""
-    from toolchain.monitor.sources import BadLine, parse_line
+    from toolchain.monitor.inputs import BadLine, parse_line
 
     raw = ("x" * pad + " write to jane.doe@example.org now").encode() + b"\n"  # not JSON
     record = parse_line(raw, "f", 1, len(raw))

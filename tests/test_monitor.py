@@ -22,7 +22,7 @@ import pytest
 
 from toolchain.cli import main
 from toolchain.monitor.client import Backoff
-from toolchain.monitor.sources import BadLine, FileCursor, FolderSource, NewsItem, parse_line
+from toolchain.monitor.inputs import BadLine, FileCursor, FolderInput, NewsItem, parse_line
 from toolchain.monitor.state import FeedState, StateError
 from toolchain.monitor.table import RollingShare
 
@@ -149,7 +149,7 @@ def monitor(*args: str) -> int:
 ])
 def test_bad_lines_name_the_problem(raw, reason):
     record = parse_line(raw + b"\n", "wire.jsonl", 7, 99)
-    assert isinstance(record, BadLine) and record.where == "wire.jsonl:7"
+    assert isinstance(record, BadLine) and record.location == "wire.jsonl:7"
     assert reason in record.reason
 
 
@@ -175,17 +175,17 @@ def test_a_line_still_being_written_waits_for_its_newline(tmp_path):
     assert [(r.text, r.line) for r in cursor.read(10, final=False)] == [("two", 2)]
 
 
-def test_folder_source_picks_up_new_files_and_appended_lines(tmp_path):
+def test_folder_input_picks_up_new_files_and_appended_lines(tmp_path):
     news(tmp_path / "b.jsonl", ["b1"])
     news(tmp_path / "a.jsonl", ["a1", "a2"])
     (tmp_path / "notes.txt").write_text("ignored\n")
-    source = FolderSource(tmp_path, {}, "*.jsonl", follow=True, warn=print)
-    assert [r.text for r in source.read(10)] == ["a1", "a2", "b1"]
+    folder = FolderInput(tmp_path, {}, "*.jsonl", follow=True, warn=print)
+    assert [r.text for r in folder.read(10)] == ["a1", "a2", "b1"]
     news(tmp_path / "c.jsonl", ["c1"])
     with open(tmp_path / "a.jsonl", "a") as out:
         out.write(json.dumps({"text": "a3"}) + "\n")
-    assert [r.text for r in source.read(10)] == ["a3", "c1"]
-    assert source.read(10) == [] and not source.exhausted
+    assert [r.text for r in folder.read(10)] == ["a3", "c1"]
+    assert folder.read(10) == [] and not folder.exhausted
 
 
 def test_state_survives_a_round_trip_and_bad_files_are_named(tmp_path):
@@ -244,7 +244,7 @@ def test_rolling_table_shows_shares_by_predicted_topic_then_by_source():
     for topic, source, label in [("Earnings", "reuters", "negative"), ("Earnings", "bloomberg", "positive"),
                                  ("Energy | Oil", "reuters", "neutral"), ("Earnings", "reuters", "negative"),
                                  ("Earnings", "reuters", "negative")]:
-        table.add(source, label, topic=topic)
+        table.add(source, label, predicted_topic=topic)
     text = table.render(now=1714555800)
     by_topic, by_source = text.split("\n\n")
     assert by_topic.startswith("sentiment share by topic, last 3 items per topic")
@@ -263,23 +263,23 @@ def test_summary_names_the_topics_whose_negative_share_rose_most():
 
     def feed(topic: str, negatives: list[int]) -> None:
         for negative in negatives:
-            table.add("wire", "negative" if negative else "neutral", topic=topic)
+            table.add("wire", "negative" if negative else "neutral", predicted_topic=topic)
     feed("Earnings", [1] + [0] * 9 + [1] * 9 + [0])
     feed("Markets", [1, 1] + [0] * 8 + [1, 1, 1] + [0] * 7)
     feed("Macro", [1] * 5 + [0] * 5 + [0] * 10)
     feed("IPO", [0] * 5 + [1] * 5)
     rises = table.rising(min_items=10)
-    assert [(r.topic, r.before, r.after) for r in rises] == [("Earnings", 0.1, 0.9), ("Markets", 0.2, 0.3)]
+    assert [(r.predicted_topic, r.before, r.after) for r in rises] == [("Earnings", 0.1, 0.9), ("Markets", 0.2, 0.3)]
     assert round(rises[0].points, 6) == 80.0 and rises[0].items == 20
     summary = table.summary(min_items=10)
     lines = summary.splitlines()
     assert lines[0] == "negative share rising most, first half vs second half of each topic's items this run:"
     assert lines[1].split() == ["Earnings", "10.0%", "->", "90.0%", "(+80.0", "points,", "20", "items)"]
     assert lines[2].split()[0] == "Markets" and len(lines) == 3
-    assert [r.topic for r in table.rising(min_items=10, top=1)] == ["Earnings"]
-    assert [r.topic for r in table.rising(min_items=5)] == ["IPO", "Earnings", "Markets"]   # IPO 0% -> 100%
+    assert [r.predicted_topic for r in table.rising(min_items=10, top=1)] == ["Earnings"]
+    assert [r.predicted_topic for r in table.rising(min_items=5)] == ["IPO", "Earnings", "Markets"]   # IPO 0% -> 100%
     quiet = RollingShare()
-    quiet.add("wire", "negative", topic="Macro")
+    quiet.add("wire", "negative", predicted_topic="Macro")
     assert quiet.summary() == ("negative share rising most, first half vs second half of each topic's items this "
                                "run: none rose (a topic needs 10 items in each half; 1 topics seen)")
 
@@ -296,7 +296,9 @@ def test_items_are_sent_by_source_and_bad_lines_reported(stub, tmp_path, capsys,
                                      ("general", "No source here"): 1, ("old", "Profit fell"): 1})
     out, err = capsys.readouterr()
     assert f"{wire}:2: skipped bad line: not JSON" in err
-    assert json.loads(bad.read_text())["line"] == 2
+    assert ("--topic is deprecated" in err) == (option == "--topic")
+    bad_line = json.loads(bad.read_text())
+    assert bad_line["line"] == 2 and bad_line["file"] == bad_line["source"] == str(wire)
     assert "sent 4 items this run (4 in all); 1 bad lines skipped" in out
     assert "general" in out and "banks" in out
 
@@ -323,17 +325,21 @@ def test_with_a_topic_head_the_run_shows_topics_and_the_predictions_carry_them(t
     assert row_of(out, "  Earnings")[:3] == ["0.0%", "->", "100.0%"] and "Energy | Oil  " not in out.split("rising most")[1]
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 48 and {r["news_source"] for r in rows} == {"reuters"}
-    assert rows[0]["source"] == str(wire) and rows[0]["line"] == 1
-    assert Counter(r["topic"] for r in rows) == Counter({"Earnings": 24, "Energy | Oil": 24})
-    assert {r["topic_score"] for r in rows} == {0.8}
-    assert {(r["label"], r["topic"]) for r in rows if r["line"] > 36} == {("negative", "Earnings")}   # the burst
+    assert rows[0]["file"] == str(wire) and rows[0]["line"] == 1
+    assert Counter(r["predicted_topic"] for r in rows) == Counter({"Earnings": 24, "Energy | Oil": 24})
+    assert {r["predicted_topic_score"] for r in rows} == {0.8}
+    burst_rows = {(r["label"], r["predicted_topic"]) for r in rows if r["line"] > 36}
+    assert burst_rows == {("negative", "Earnings")}
+    # the former key names are written too, for one release: source = file, topic(_score) = predicted_topic(_score)
+    assert all((r["source"], r["topic"], r["topic_score"])
+               == (r["file"], r["predicted_topic"], r["predicted_topic_score"]) for r in rows)
 
 
 def test_without_a_topic_head_the_predictions_have_no_topic(stub, tmp_path, capsys):
     wire, predictions = news(tmp_path / "wire.jsonl", ["Profit rose", "Sales fell"]), tmp_path / "pred.jsonl"
     assert monitor(str(wire), "--url", stub.url, "--predictions", str(predictions)) == 0
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert [(r["news_source"], r["label"], r["topic"], r["topic_score"]) for r in rows] == [
+    assert [(r["news_source"], r["label"], r["predicted_topic"], r["predicted_topic_score"]) for r in rows] == [
         ("markets", "positive", None, None), ("markets", "negative", None, None)]
     out = capsys.readouterr().out
     assert "sentiment share by source" in out and "by topic" not in out and "rising most" not in out
@@ -465,11 +471,11 @@ def test_a_pending_batch_written_before_sources_existed_is_finished(stub, tmp_pa
     """A state an earlier version left mid-batch names the request's source `topic` (in its write-ahead and
     its answered rows): the restart sends the rest under that source and writes the rows in today's form."""
     from toolchain.monitor.batch import describe
-    from toolchain.monitor.sources import FileSource
+    from toolchain.monitor.inputs import FileInput
 
     wire = tmp_path / "wire.jsonl"
     wire.write_text("".join(json.dumps({"text": f"{t} {i}", "topic": t}) + "\n" for i, t in enumerate("abab")))
-    records, ranges, end = describe(FileSource(wire, {}, False, print).read(10))
+    records, ranges, end = describe(FileInput(wire, {}, False, print).read(10))
     state, predictions = FeedState(), tmp_path / "pred.jsonl"
     state.begin(ranges, end, {str(predictions.resolve()): 0}, 0)
     old_row = {"source": str(wire), "line": 1, "id": None, "topic": "a", "label": "neutral", "score": 0.9}
@@ -481,9 +487,39 @@ def test_a_pending_batch_written_before_sources_existed_is_finished(stub, tmp_pa
     assert stub.received == Counter({("b", "b 1"): 1, ("b", "b 3"): 1})
     assert "resending 2 items of source b" in capsys.readouterr().err
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert [(r["line"], r["news_source"], r["topic"]) for r in rows] == [(1, "a", None), (3, "a", None),
+    assert [(r["line"], r["news_source"], r["predicted_topic"]) for r in rows] == [(1, "a", None), (3, "a", None),
                                                                         (2, "b", None), (4, "b", None)]
 
+
+def test_a_pending_batch_written_before_the_file_was_called_file_is_finished(stub, tmp_path):
+    """The previous version's write-ahead names a range's file `source` and keeps answered rows with `source` (the
+    file) and `topic`/`topic_score` (the predicted topic): the restart replays its lines and writes today's rows."""
+    from toolchain.monitor.batch import describe
+    from toolchain.monitor.inputs import FileInput
+
+    wire = news(tmp_path / "wire.jsonl", ["a 0", "a 1", "a 2"], source="a")
+    records, ranges, end = describe(FileInput(wire, {}, False, print).read(10))
+    ranges = [{("source" if key == "file" else key): value for key, value in r.items()} for r in ranges]
+    state, predictions = FeedState(), tmp_path / "pred.jsonl"
+    state.begin(ranges, end, {str(predictions.resolve()): 0}, 0)
+    old_row = {"source": str(wire), "line": 1, "id": None, "news_source": "a", "label": "neutral", "score": 0.9,
+               "topic": "Earnings", "topic_score": 0.7}
+    state.pending["acked"].append({"key": state.next_key(), "items": [0], "rows": [old_row]})
+    state.save(tmp_path / "state.json")
+    assert monitor(str(wire), "--url", stub.url, "--state", str(tmp_path / "state.json"),
+                   "--predictions", str(predictions)) == 0
+    assert stub.received == Counter({("a", "a 1"): 1, ("a", "a 2"): 1})
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["file"], r["line"], r["predicted_topic"], r["predicted_topic_score"]) for r in rows] == [
+        (str(wire), 1, "Earnings", 0.7), (str(wire), 2, None, None), (str(wire), 3, None, None)]
+
+
+def test_stdin_lines_stored_before_the_rename_are_restored():
+    from toolchain.monitor.batch import restored, stored
+
+    item = parse_line(b'{"text": "x", "source": "a"}\n', "<stdin>", 3, 3)
+    old = {("source" if key == "file" else key): value for key, value in stored(item).items()}
+    assert restored(old) == item and restored(stored(item)) == item and item.location == "<stdin>:3"
 
 def test_sigterm_while_the_service_is_down_parks_and_loses_nothing(tmp_path):
     service = StubService(script=[503] * 1000)

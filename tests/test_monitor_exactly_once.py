@@ -317,7 +317,7 @@ def test_retry_after_as_seconds_or_http_date():
 
 
 def test_a_topic_longer_than_the_service_takes_is_a_bad_line():
-    from toolchain.monitor.sources import BadLine, parse_line
+    from toolchain.monitor.inputs import BadLine, parse_line
 
     record = parse_line(json.dumps({"text": "ok", "topic": "t" * 201}).encode() + b"\n", "f", 1, 10)
     assert isinstance(record, BadLine) and "at most 200" in record.reason
@@ -329,10 +329,10 @@ def test_stdin_lines_of_the_pending_batch_are_kept_in_the_state(stub, crasher, m
     import io
 
     data = "".join(json.dumps({"text": f"item {i}", "topic": "xy"[i % 2], "id": str(i)}) + "\n" for i in range(6))
-    from toolchain.monitor import sources
+    from toolchain.monitor import inputs
 
-    opened = sources.open_source
-    monkeypatch.setattr(sources, "open_source", lambda spec, *args: opened(spec, *args, stdin=io.BytesIO(data.encode())))
+    opened = inputs.open_input
+    monkeypatch.setattr(inputs, "open_input", lambda spec, *args: opened(spec, *args, stdin=io.BytesIO(data.encode())))
     predictions = tmp_path / "pred.jsonl"
     args = ["-", "--url", stub.url, "--state", str(tmp_path / "state.json"), "--batch-size", "4",
             "--predictions", str(predictions)]

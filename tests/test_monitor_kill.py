@@ -203,7 +203,7 @@ def test_kills_and_restarts_lose_and_repeat_nothing(tmp_path, failing, rounds, s
         service.victim = None
         service.close()
     predicted = Counter(json.loads(line)["id"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines())
-    bad = Counter((row["source"], row["line"]) for row in map(json.loads, (tmp_path / "bad.jsonl").read_text().splitlines()))
+    bad = Counter((row["file"], row["line"]) for row in map(json.loads, (tmp_path / "bad.jsonl").read_text().splitlines()))
     state = json.loads((tmp_path / "state.json").read_text())
     written = Counter(writer.ids)
     figures = {"kills": dict(kills), "items": len(written), "bad lines": len(writer.bad),

@@ -1,4 +1,4 @@
-"""`toolchain monitor SOURCE... --url URL --state FILE`: stream news items to the service (see
+"""`toolchain monitor INPUT... --url URL --state FILE`: stream news items to the service (see
 :mod:`toolchain.monitor` for what it does; this module is its CLI handler)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from toolchain.commands.options import DeprecatedAlias
 from toolchain.monitor import KEY_ENV, URL_ENV, check_url, read_key, show, warn
 
 
@@ -22,7 +23,7 @@ EPILOG = ("Items: one JSON object per line, {\"text\": ..., \"source\": ..., \"t
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="JSONL file, folder of *.jsonl files, or - (stdin)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL file, folder of *.jsonl files, or - (stdin)")
     p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:3000"),
                    help=f"service base address (default: ${URL_ENV} or http://127.0.0.1:3000); https:// unless "
                         "the host is loopback")
@@ -32,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", type=Path, help=f"file holding the API key (default: ${KEY_ENV})")
     p.add_argument("--state", type=Path, help="state file of the durable position (without it a restart "
                    "starts from the beginning)")
-    p.add_argument("--source", "--topic", dest="source", metavar="NAME",
+    p.add_argument("--source", metavar="NAME",
                    help="source (ticker, desk, publisher) of items that carry none: sent as the request's `source`, "
-                        "a metric label at the service (--topic: its former name)")
+                        "a metric label at the service")
+    p.add_argument("--topic", dest="source", metavar="NAME", action=DeprecatedAlias, replacement="--source")
     p.add_argument("--pattern", default="*.jsonl", help="file names read in a folder")
     p.add_argument("--follow", action="store_true", help="keep reading a file as it grows (like tail -f)")
     p.add_argument("--once", action="store_true", help="folders: stop when the files present are read")
@@ -57,8 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(exactly once with a service that honours the key, else at least once) or skip it (at "
                         "most once)")
     p.add_argument("--predictions", type=Path, help="append each prediction as JSONL to this file: file, line, id, "
-                   "news_source, label, score, predicted topic and topic_score (exactly once; the feeder must be its "
-                   "only writer)")
+                   "news_source, label, score, predicted_topic and predicted_topic_score (exactly once; the feeder "
+                   "must be its only writer; the former keys source, topic and topic_score are written too until the "
+                   "next release)")
     p.add_argument("--bad-lines", type=Path, help="also append each bad line's file, line and reason here "
                    "(exactly once)")
     p.add_argument("--no-mask", action="store_true", help="write texts to --predictions, --bad-lines and the "
@@ -71,7 +74,7 @@ def run(args) -> int:
     from toolchain.monitor.client import GaveUp, MonitorError
     from toolchain.monitor.state import StateError
 
-    try:   # a bad option, URL, key, state file or source: a user error (the CLI prints it, exit 2)
+    try:   # a bad option, URL, key, state file or input: a user error (the CLI prints it, exit 2)
         feeder, client = build(args)
     except (MonitorError, StateError, FileNotFoundError, ValueError) as exc:
         if isinstance(exc, ConfigError):
@@ -84,7 +87,7 @@ def run(args) -> int:
         raise ConfigError(str(exc)) from exc
     except GaveUp as exc:   # not a user error: the service stayed unreachable; the position is kept
         where = (f"the position is saved in {args.state}: a restart resumes there" if args.state else
-                 "but without --state a restart reads every source from the start")
+                 "but without --state a restart reads every input from the start")
         print(f"toolchain monitor: gave up: {exc}; nothing unacknowledged was committed, {where}", file=sys.stderr)
         return 1
     finally:
@@ -106,24 +109,24 @@ def build(args):
     """The feeder and its client from the parsed arguments; validates them first."""
     from toolchain.monitor.client import Backoff, ServiceClient
     from toolchain.monitor.feeder import FeedOptions, Feeder
-    from toolchain.monitor.sources import open_source
+    from toolchain.monitor.inputs import open_input
     from toolchain.monitor.state import FeedState
     from toolchain.monitor.table import RollingShare
 
     _check_numbers(args)
     check_url(args.url, args.allow_insecure_http)
     if args.state is None:
-        warn("no --state given: the position is not saved, a restart reads every source from the start")
+        warn("no --state given: the position is not saved, a restart reads every input from the start")
     state = FeedState.load(args.state)
     resume = state.resume_positions()
-    sources = [open_source(spec, resume, args.pattern, args.follow or (Path(spec).is_dir() and not args.once), warn)
-               for spec in args.sources]
+    inputs = [open_input(spec, resume, args.pattern, args.follow or (Path(spec).is_dir() and not args.once), warn)
+              for spec in args.inputs]
     stop = threading.Event()
     backoff = Backoff(max_s=args.backoff_max, max_attempts=args.max_retries, give_up_after_s=args.give_up_after)
     client = ServiceClient(args.url, read_key(args.api_key_file), args.timeout, backoff, stop, warn)
     options = FeedOptions(args.batch_size, args.flush_seconds, args.poll_seconds, args.table_every, args.uncertain,
                           args.source, mask=not args.no_mask)
-    feeder = Feeder(sources, client, state, args.state, options, RollingShare(args.window), warn, show, stop,
+    feeder = Feeder(inputs, client, state, args.state, options, RollingShare(args.window), warn, show, stop,
                     args.predictions, args.bad_lines)
     return feeder, client
 
@@ -142,7 +145,7 @@ def _check_numbers(args) -> None:
         path = getattr(args, name)
         if path is not None and not path.resolve().parent.is_dir():
             raise ValueError(f"--{name.replace('_', '-')} {path}: the folder {path.resolve().parent} does not exist")
-    from toolchain.monitor.sources import MAX_SOURCE_CHARS
+    from toolchain.monitor.inputs import MAX_SOURCE_CHARS
 
     if args.source is not None and len(args.source) > MAX_SOURCE_CHARS:
         raise ValueError(f"--source has {len(args.source)} characters; the service takes at most {MAX_SOURCE_CHARS}")

@@ -1,14 +1,15 @@
-"""`toolchain monitor SOURCE... --url URL --state FILE`: stream news items to the service.
+"""`toolchain monitor INPUT... --url URL --state FILE`: stream news items to the service.
 
 Reads JSONL news items (``text``, optional ``source``, ``timestamp``, ``id``; ``topic`` is the former name
-of ``source``) from files, folders that grow (new files and appended lines are picked up) or stdin
-(``-``); sends them to the service's ``/classify`` in batches, one request per source (the request's
-``source``, a metric label at the service), with the API key and an Idempotency-Key; retries with
-backoff on 5xx/429/connection errors (up to ``--give-up-after``, then stops with its place kept);
-records each batch's exact lines before sending it and commits its position durably after; prints
-rolling tables of sentiment share by predicted topic (the service's ``topic`` of each prediction,
-from a model with a topic head) and by source, and at the end names the topics whose negative share
-rose most (:mod:`toolchain.monitor.table`). Bad lines are reported with file and line and skipped.
+of ``source``) from its inputs (:mod:`toolchain.monitor.inputs`): files, folders that grow (new files and
+appended lines are picked up) or stdin (``-``); sends them to the service's ``/classify`` in batches, one
+request per news source (the request's ``source``, a metric label at the service), with the API key and an
+Idempotency-Key; retries with backoff on 5xx/429/connection errors (up to ``--give-up-after``, then stops
+with its place kept); records each batch's exact lines before sending it and commits its position durably
+after; prints rolling tables of sentiment share by predicted topic (the service's ``topic`` of each
+prediction, from a model with a topic head) and by news source, and at the end names the predicted topics
+whose negative share rose most (:mod:`toolchain.monitor.table`). Bad lines are reported with their location
+(file:line) and skipped.
 Nothing is lost or repeated across kills and restarts: see :mod:`toolchain.monitor.feeder`.
 
     toolchain monitor news/ --url https://sentiment.example.com --api-key-file key.txt --state feed.json

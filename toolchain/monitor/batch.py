@@ -3,17 +3,20 @@
 A batch takes, from each file it reads, one contiguous run of complete lines (a cursor only moves
 forward). It is recorded as one *range* per file, in the order the batch first read them::
 
-    {"source": PATH, "inode": INODE, "start": BYTES, "end": BYTES, "line": N,   # N: lines before start
+    {"file": PATH, "inode": INODE, "start": BYTES, "end": BYTES, "line": N,     # N: lines before start
      "records": COUNT, "sha256": HEX}                                            # of the bytes [start, end)
 
-Lines read from stdin cannot be read again, so they are stored whole: ``{"source": "<stdin>",
+Lines read from stdin cannot be read again, so they are stored whole: ``{"file": "<stdin>",
 "stored": [RECORD, ...]}``. These are the only texts the state file holds, unmasked because a resend
 must be the very request first sent; they leave it when the batch is committed. The batch's
 *canonical order* is range by range, line by line; the write-ahead names items by their index in it.
 A replay reads the same bytes (checked against the inode, length, digest and count), so it yields
-the same records in the same order however the sources grew, or new files appeared, meanwhile. A
+the same records in the same order however the inputs grew, or new files appeared, meanwhile. A
 range that cannot be read again (file replaced, truncated or rewritten) is reported; its items are
 placeholders (None) and are not sent.
+
+A state written before the inputs' file was called ``file`` names it ``source`` (in a range and in a stored
+record); both are still read.
 """
 from __future__ import annotations
 
@@ -22,26 +25,26 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from toolchain.monitor.sources import STDIN, BadLine, NewsItem, parse_line
+from toolchain.monitor.inputs import STDIN, BadLine, NewsItem, parse_line
 
 
 def describe(records: list) -> tuple[list, list[dict], dict[str, dict]]:
     """The records in canonical order, their ranges and the positions after them."""
-    order = list(dict.fromkeys(r.source for r in records))
-    ordered = sorted(records, key=lambda r: (order.index(r.source), r.line))
+    order = list(dict.fromkeys(r.file for r in records))
+    ordered = sorted(records, key=lambda r: (order.index(r.file), r.line))
     ranges, end = [], {}
-    for source in order:
-        mine = [r for r in ordered if r.source == source]
-        if source == STDIN:
-            ranges.append({"source": STDIN, "stored": [stored(r) for r in mine]})
+    for file in order:
+        mine = [r for r in ordered if r.file == file]
+        if file == STDIN:
+            ranges.append({"file": STDIN, "stored": [stored(r) for r in mine]})
             end[STDIN] = {"offset": None, "line": mine[-1].line, "inode": None}
             continue
         first, last = mine[0], mine[-1]
-        inode, data = read_bytes(Path(source), first.start, last.end)
-        ranges.append({"source": source, "inode": inode, "start": first.start, "end": last.end,
+        inode, data = read_bytes(Path(file), first.start, last.end)
+        ranges.append({"file": file, "inode": inode, "start": first.start, "end": last.end,
                        "line": first.line - 1, "records": len(mine),
                        "sha256": hashlib.sha256(data).hexdigest()})
-        end[source] = {"offset": last.end, "line": last.line, "inode": inode}
+        end[file] = {"offset": last.end, "line": last.line, "inode": inode}
     return ordered, ranges, end
 
 
@@ -49,15 +52,15 @@ def replay(ranges: list[dict], report) -> list:
     """The records of a pending batch, in canonical order; None for each one that cannot be read again."""
     records: list = []
     for spec in ranges:
-        if spec["source"] == STDIN:
+        if range_file(spec) == STDIN:
             records += [restored(r) for r in spec["stored"]]
             continue
         try:
             records += replay_file(spec)
         except ReplayError as exc:
             lost = spec["records"] or 0
-            report(f"{spec['source']}: the pending batch's lines after line {spec['line']} cannot be read again "
-                   f"({exc}); its {lost} lines there are not sent (the source was not append-only)")
+            report(f"{range_file(spec)}: the pending batch's lines after line {spec['line']} cannot be read again "
+                   f"({exc}); its {lost} lines there are not sent (the file was not append-only)")
             records += [None] * lost
     return records
 
@@ -66,8 +69,13 @@ class ReplayError(Exception):
     pass
 
 
+def range_file(spec: dict) -> str:
+    """The file of a range (``source``: its key in a state written before the rename)."""
+    return spec["file"] if "file" in spec else spec["source"]
+
+
 def replay_file(spec: dict) -> list:
-    path, start, end = Path(spec["source"]), spec["start"], spec["end"]
+    path, start, end = Path(range_file(spec)), spec["start"], spec["end"]
     try:
         inode, data = read_bytes(path, start, end)
     except OSError as exc:
@@ -111,4 +119,6 @@ def stored(record) -> dict:
 
 def restored(data: dict):
     data = dict(data)
+    if "source" in data and "file" not in data:   # stored before the rename: ``source`` was the file
+        data["file"] = data.pop("source")
     return (BadLine if data.pop("kind") == "bad" else NewsItem)(**data)

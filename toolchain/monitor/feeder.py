@@ -16,19 +16,19 @@ atomically (and fsynced) before the action that depends on it.
    lines and predictions appended to ``--bad-lines`` / ``--predictions``, which are fsynced.
 4. *Commit*: the positions become the batch's ends, the output lengths and counters are updated.
 
-A restart with a pending batch replays exactly its recorded lines (however the sources grew or new
+A restart with a pending batch replays exactly its recorded lines (however the inputs grew or new
 files appeared since), cuts the output files back to their lengths when the batch began, resends
 the request in doubt with *the same* Idempotency-Key and items, sends the items not yet settled,
-and goes on from step 3. Sources read on from the batch's ends.
+and goes on from step 3. Inputs read on from the batch's ends.
 
-Guarantee. Assume the sources are append-only (a complete line is never changed; files are not
+Guarantee. Assume the inputs are append-only (a complete line is never changed; files are not
 replaced or truncated while lines of theirs are pending; stdin is replayed identically), fsync is
 honoured, the feeder is the only writer of its state and output files, and the service honours
 ``Idempotency-Key``: a request with a key it has answered with 200 gets that answer again and is not
 counted again, for as long as the feeder may stay down, whichever worker or replica receives it (the
 body of a resend is byte for byte the first one's). Then, for any sequence of kills (SIGKILL or power
 loss at any instant; SIGTERM/SIGINT finish the batch in hand) and restarts, ended by a run that
-drains its sources: every line is, exactly once, either counted by the service (and written to
+drains its inputs: every line is, exactly once, either counted by the service (and written to
 ``--predictions``), or refused by it by name (422 ``texts[i]``, or 413 alone; reported), or reported
 as a bad line (and written to ``--bad-lines``); the state's counters agree. A transient failure never
 drops an item: after ``--give-up-after`` the feeder stops (exit 1) with the batch pending.
@@ -48,12 +48,14 @@ from pathlib import Path
 from toolchain.monitor.batch import describe, replay
 from toolchain.monitor.client import GaveUp, MonitorError, Rejected, StopRequested
 from toolchain.monitor.outputs import Outputs
-from toolchain.monitor.sources import BadLine, NewsItem
+from toolchain.monitor.inputs import BadLine, NewsItem
 from toolchain.monitor.state import FeedState
 from toolchain.monitor.table import RollingShare
 from toolchain.core.privacy import masker
 
 ITEM_FIELD = re.compile(r"^texts\[(\d+)\]$")
+# Output rows also carry these former key names, beside the current ones, until the next release.
+FORMER_ROW_KEYS = {"source": "file", "topic": "predicted_topic", "topic_score": "predicted_topic_score"}
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,10 @@ class FeedOptions:
 
 
 class Feeder:
-    def __init__(self, sources: list, client, state: FeedState, state_path: Path | None, options: FeedOptions,
+    def __init__(self, inputs: list, client, state: FeedState, state_path: Path | None, options: FeedOptions,
                  table: RollingShare, report, show, stop: threading.Event, predictions_path: Path | None = None,
                  bad_lines_path: Path | None = None):
-        self.sources, self.client, self.state, self.state_path = sources, client, state, state_path
+        self.inputs, self.client, self.state, self.state_path = inputs, client, state, state_path
         self.options, self.table, self.report, self.show, self.stop = options, table, report, show, stop
         self.redact = masker(options.mask)   # texts go to the service as they are; what is kept or printed is masked
         self.outputs = Outputs({"predictions": predictions_path, "bad_lines": bad_lines_path}, report, self.redact)
@@ -79,7 +81,7 @@ class Feeder:
         self.last_table = time.monotonic()
 
     def run(self) -> None:
-        """Until the sources are exhausted or a stop is asked; the state is consistent on every exit."""
+        """Until the inputs are exhausted or a stop is asked; the state is consistent on every exit."""
         try:
             self.recover()
             while not self.stop.is_set():
@@ -102,13 +104,13 @@ class Feeder:
         self.show(self.table.render())
 
     def exhausted(self) -> bool:
-        return all(source.exhausted for source in self.sources)
+        return all(feed.exhausted for feed in self.inputs)
 
     def read(self, limit: int) -> list:
         records = []
-        for source in self.sources:
+        for feed in self.inputs:
             if len(records) < limit:
-                records += source.read(limit - len(records))
+                records += feed.read(limit - len(records))
         return records
 
     def collect(self) -> list:
@@ -145,7 +147,7 @@ class Feeder:
         """Send what of the pending batch is not settled yet, write its outputs, commit it."""
         bad = [r for r in records if isinstance(r, BadLine)]
         for line in bad:
-            self.report(f"{line.where}: skipped bad line: {self.redact(line.reason)}")
+            self.report(f"{line.location}: skipped bad line: {self.redact(line.reason)}")
         if in_doubt is not None:
             self.resend_in_doubt(in_doubt, records)
         settled = self.state.settled()
@@ -153,7 +155,8 @@ class Feeder:
         for source, group in group_by_source(records, items, self.options.default_source).items():
             self.send_group(records, group, source)
         self.save()
-        self.outputs.append("bad_lines", [{"source": r.source, "line": r.line, "reason": r.reason} for r in bad])
+        self.outputs.append("bad_lines", [with_former_keys({"file": r.file, "line": r.line, "reason": r.reason})
+                                          for r in bad])
         for acked in self.state.pending["acked"]:
             self.record(acked["rows"], [records[i] for i in acked["items"]])
         self.outputs.sync()
@@ -195,19 +198,19 @@ class Feeder:
         if exc.status == 413:
             self.reject(records[part[0]], part[0], exc)
             return []
-        raise MonitorError(f"the service refused {len(part)} items of source {source or '(none)'} ({where(records, part)}) "
-                           f"with HTTP {exc.status} ({exc.message}) without naming an item; nothing of the batch "
-                           "was committed: fix the cause and restart")
+        raise MonitorError(f"the service refused {len(part)} items of source {source or '(none)'} "
+                           f"({locations(records, part)}) with HTTP {exc.status} ({exc.message}) without naming an "
+                           "item; nothing of the batch was committed: fix the cause and restart")
 
     def reject(self, item: NewsItem, index: int, exc: Rejected) -> None:
         self.state.pending["rejected"].append(index)
-        self.report(f"{item.where}: rejected by the service (HTTP {exc.status}): {self.redact(exc.message)}")
+        self.report(f"{item.location}: rejected by the service (HTTP {exc.status}): {self.redact(exc.message)}")
 
     def resend_in_doubt(self, request: dict, records: list) -> None:
         """The request a hard kill interrupted: resent with its key (or dropped with --uncertain skip)."""
         part = [i for i in request["items"] if records[i] is not None]
         source, count = attempted_source(request), len(part)
-        lines = f"{where(records, part)}" if part else "(none)"
+        lines = f"{locations(records, part)}" if part else "(none)"
         self.state.pending["attempting"] = None
         if not part:
             return
@@ -236,10 +239,10 @@ class Feeder:
     def record(self, rows: list[dict], items: list) -> None:
         """Answered predictions: into the rolling table and the predictions file (with each item's text, which
         the output masks; the state holds the rows without it)."""
-        rows = [current_row(row) for row in rows]
+        rows = [with_former_keys(current_row(row)) for row in rows]
         for row, item in zip(rows, items):
             self.table.add(row["news_source"], row["label"], item.timestamp if item is not None else None,
-                           topic=row["topic"])
+                           predicted_topic=row["predicted_topic"])
         self.outputs.append("predictions", [row if item is None else {**row, "text": item.text}
                                             for row, item in zip(rows, items)])
 
@@ -260,20 +263,30 @@ class Feeder:
 
 
 def prediction_row(item: NewsItem, prediction: dict, source: str) -> dict:
-    """A predictions-file row: where the item was read (``source``: file, ``line``), its ``id`` and own
-    ``news_source``, the sentiment ``label``/``score`` and the predicted ``topic``/``topic_score`` (None
-    when the model has no topic head)."""
+    """A predictions-file row: where the item was read (``file``, ``line``), its ``id`` and ``news_source`` (the
+    request's ``source``), the sentiment ``label``/``score`` and the ``predicted_topic``/``predicted_topic_score``
+    (the service's ``topic``; None when the model has no topic head)."""
     topic = prediction.get("topic") if isinstance(prediction.get("topic"), dict) else {}
-    return {"source": item.source, "line": item.line, "id": item.item_id, "news_source": source or None,
-            "label": prediction["label"], "score": prediction.get("score"), "topic": topic.get("label"),
-            "topic_score": topic.get("score")}
+    return {"file": item.file, "line": item.line, "id": item.item_id, "news_source": source or None,
+            "label": prediction["label"], "score": prediction.get("score"), "predicted_topic": topic.get("label"),
+            "predicted_topic_score": topic.get("score")}
 
 
 def current_row(row: dict) -> dict:
-    """A row as written now; a row an earlier version kept in a pending batch held the source as ``topic``."""
-    if "news_source" in row:
-        return row
-    return {**row, "news_source": row.get("topic"), "topic": None, "topic_score": None}
+    """A row in today's names. A row an earlier version kept in a pending batch held the file as ``source`` and
+    the predicted topic as ``topic``/``topic_score``; before that, ``topic`` was the news source."""
+    if "file" in row:
+        return {key: value for key, value in row.items() if key not in FORMER_ROW_KEYS}
+    if "news_source" not in row:
+        row = {**row, "news_source": row.get("topic"), "topic": None, "topic_score": None}
+    current = {new: row.get(old) for old, new in FORMER_ROW_KEYS.items()}
+    return {**{key: value for key, value in row.items() if key not in FORMER_ROW_KEYS}, **current}
+
+
+def with_former_keys(row: dict) -> dict:
+    """An output row with the former key names as well (``source`` = ``file``, ``topic`` = ``predicted_topic``,
+    ...), so readers of the old names keep working until the next release."""
+    return {**row, **{old: row[new] for old, new in FORMER_ROW_KEYS.items() if new in row}}
 
 
 def attempted_source(request: dict) -> str | None:
@@ -281,8 +294,8 @@ def attempted_source(request: dict) -> str | None:
     return request["source"] if "source" in request else request.get("topic")
 
 
-def where(records: list, part: list[int]) -> str:
-    return f"{records[part[0]].where} .. {records[part[-1]].where}"
+def locations(records: list, part: list[int]) -> str:
+    return f"{records[part[0]].location} .. {records[part[-1]].location}"
 
 
 def group_by_source(records: list, items: list[int], default: str | None = None) -> dict[str, list[int]]:

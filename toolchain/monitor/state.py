@@ -5,18 +5,18 @@ Layout of the state file (JSON)::
     {"version": 2,
      "feed_id": HEX,                     # random, made with the state: prefixes every Idempotency-Key
      "batches": N,                       # batches begun so far (numbers the keys)
-     "positions": {SOURCE: {"offset": BYTES, "line": N, "inode": INODE}},   # acknowledged up to here
+     "positions": {FILE: {"offset": BYTES, "line": N, "inode": INODE}},     # acknowledged up to here
      "outputs": {FILE: BYTES},           # committed length of the predictions / bad-lines files
      "pending": null | {                 # the write-ahead of the batch being sent
         "batch": N,
         "ranges": [RANGE, ...],          # exactly which lines it holds (toolchain.monitor.batch)
-        "end": {SOURCE: {...}},          # the positions once it is committed
+        "end": {FILE: {...}},            # the positions once it is committed
         "outputs": {FILE: BYTES},        # output lengths when it began: a restart cuts back to them
         "bad_lines": N,                  # its bad lines
         "requests": N,                   # Idempotency-Keys issued for it
         "acked": [{"key": KEY, "items": [I, ...], "rows": [PREDICTION, ...]}],   # answered requests
         "rejected": [I, ...], "skipped": [I, ...],     # refused by the service / dropped in doubt
-        "attempting": null | {"key": KEY, "items": [I, ...], "topic": TOPIC}},  # sent, not yet answered
+        "attempting": null | {"key": KEY, "items": [I, ...], "source": SOURCE}},  # sent, not yet answered
      "sent_items": N, "bad_lines": N, "rejected_items": N, "uncertain_items": N}
 
 Items are numbered by their index in the batch's canonical order. Every change is written to a
@@ -77,7 +77,7 @@ class FeedState:
             write_durably(path, json.dumps({"version": STATE_VERSION, **asdict(self)}, indent=1) + "\n")
 
     def resume_positions(self) -> dict[str, dict]:
-        """Where the sources read on from: after the pending batch, which is replayed from its ranges."""
+        """Where the inputs read on from: after the pending batch, which is replayed from its ranges."""
         return {**self.positions, **(self.pending or {}).get("end", {})}
 
     def begin(self, ranges: list[dict], end: dict[str, dict], outputs: dict[str, int], bad_lines: int) -> None:
@@ -113,16 +113,16 @@ def upgrade_v1(data: dict, path: Path) -> dict:
     """A version-1 state as version 2; its pending batch becomes ranges from the positions to the ends."""
     pending = data.get("pending")
     if pending:
-        from toolchain.monitor.sources import STDIN
+        from toolchain.monitor.inputs import STDIN
 
         if STDIN in pending.get("end", {}):
             raise StateError(f"state file {path} (version 1) has a pending batch read from stdin, which cannot "
                              "be read again; finish it with the earlier version, or move the file away")
         ranges = []
-        for source, end in pending["end"].items():
-            start = data["positions"].get(source) or {}
+        for file, end in pending["end"].items():
+            start = data["positions"].get(file) or {}
             same = start.get("inode") in (None, end.get("inode"))
-            ranges.append({"source": source, "inode": end.get("inode"), "start": start.get("offset", 0) if same else 0,
+            ranges.append({"file": file, "inode": end.get("inode"), "start": start.get("offset", 0) if same else 0,
                            "line": start.get("line", 0) if same else 0, "end": end["offset"], "records": None,
                            "sha256": None})
         data["pending"] = {"batch": 0, "ranges": ranges, "end": pending["end"], "outputs": {}, "bad_lines": None,

@@ -1,7 +1,8 @@
 """The rolling tables of sentiment share: by predicted topic and by source, and the end-of-run summary.
 
 Each prediction is counted twice: under its predicted topic (the service's ``topic.label``, from a
-model with a topic head) and under its source (the item's ``source`` field). The tables show, per
+model with a topic head; ``predicted_topic`` here) and under its news source (the item's ``source`` field;
+``news_source`` here). The tables show, per
 key, the shares of each sentiment label over that key's last ``window`` items. The topic table is
 shown once any prediction carried a topic; with a model without a topic head only the source table
 is (as before topics existed).
@@ -20,13 +21,13 @@ from datetime import datetime, timezone
 
 LABELS = ("negative", "neutral", "positive")
 NO_SOURCE = "(none)"
-NO_TOPIC = NO_SOURCE       # former name
 NEGATIVE = "negative"
 NAME_WIDTH = 28            # the longest topic class, "Treasuries | Corporate Debt", fits
 
 
 class View:
-    """Per key (a topic or a source): the labels of its last ``window`` items, its total, its newest time."""
+    """Per key (a predicted topic or a news source): the labels of its last ``window`` items, its total, its
+    newest time."""
 
     def __init__(self, name: str, window: int):
         self.name, self.window = name, window
@@ -69,8 +70,8 @@ class View:
 
 @dataclass(frozen=True)
 class Rise:
-    """A topic's negative share in the first and the second half of its items this run."""
-    topic: str
+    """A predicted topic's negative share in the first and the second half of its items this run."""
+    predicted_topic: str
     items: int
     before: float
     after: float
@@ -81,45 +82,47 @@ class Rise:
 
 
 class RollingShare:
-    """The rolling tables (by predicted topic, by source) and each topic's negative flags for the summary."""
+    """The rolling tables (by predicted topic, by news source) and each predicted topic's negative flags."""
 
     def __init__(self, window: int = 200):
         if window < 1:
             raise ValueError(f"the rolling window must hold at least 1 item, got {window}")
         self.window = window
-        self.by_topic = View("topic", window)
+        self.by_predicted_topic = View("topic", window)
         self.by_source = View("source", window)
-        self.negative_flags: dict[str, bytearray] = {}   # per topic, one byte per item of this run
+        self.negative_flags: dict[str, bytearray] = {}   # per predicted topic, one byte per item of this run
 
     @property
     def totals(self) -> Counter:
         return self.by_source.totals
 
-    def add(self, source: str | None, label: str, timestamp: float | None = None, topic: str | None = None) -> None:
-        """One prediction: ``source`` is the item's source, ``topic`` the predicted topic (None: no topic head)."""
-        self.by_source.add(source or NO_SOURCE, label, timestamp)
-        if topic is not None:
-            self.by_topic.add(topic, label, timestamp)
-            self.negative_flags.setdefault(topic, bytearray()).append(label == NEGATIVE)
+    def add(self, news_source: str | None, label: str, timestamp: float | None = None,
+            predicted_topic: str | None = None) -> None:
+        """One prediction: the item's ``news_source`` and the ``predicted_topic`` (None: no topic head)."""
+        self.by_source.add(news_source or NO_SOURCE, label, timestamp)
+        if predicted_topic is not None:
+            self.by_predicted_topic.add(predicted_topic, label, timestamp)
+            self.negative_flags.setdefault(predicted_topic, bytearray()).append(label == NEGATIVE)
 
     def shares(self, key: str) -> dict[str, float]:
-        """The shares of ``key`` in the by-topic view if it is a topic there, else in the by-source view."""
-        view = self.by_topic if key in self.by_topic.recent else self.by_source
+        """The shares of ``key`` in the by-topic view if it is a predicted topic there, else in the by-source view."""
+        view = self.by_predicted_topic if key in self.by_predicted_topic.recent else self.by_source
         return view.shares(key)
 
     def _labels(self) -> list[str]:
-        seen = {label for view in (self.by_topic, self.by_source) for recent in view.recent.values() for label in recent}
+        views = (self.by_predicted_topic, self.by_source)
+        seen = {label for view in views for recent in view.recent.values() for label in recent}
         return list(LABELS) + sorted(seen - set(LABELS))
 
     def render(self, now: float | None = None) -> str:
         """Fixed-width tables: by predicted topic (when the model has a topic head), then by source."""
         stamp = datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         labels = self._labels()
-        views = ([self.by_topic] if self.by_topic.recent else []) + [self.by_source]
+        views = ([self.by_predicted_topic] if self.by_predicted_topic.recent else []) + [self.by_source]
         return "\n\n".join(view.render(labels, stamp) for view in views)
 
     def rising(self, min_items: int = 10, top: int = 3) -> list[Rise]:
-        """The topics whose negative share rose most, first half of their items this run vs second half."""
+        """The predicted topics whose negative share rose most, first half of their items this run vs second half."""
         rises = []
         for topic, flags in self.negative_flags.items():
             half = len(flags) // 2
@@ -129,7 +132,7 @@ class RollingShare:
             rise = Rise(topic, len(flags), sum(first) / half, sum(second) / half)
             if rise.after > rise.before:
                 rises.append(rise)
-        return sorted(rises, key=lambda r: (-r.points, r.topic))[:top]
+        return sorted(rises, key=lambda r: (-r.points, r.predicted_topic))[:top]
 
     def summary(self, min_items: int = 10, top: int = 3) -> str:
         """The end-of-run lines naming the topics whose negative share rose most ("" without topics)."""
@@ -140,6 +143,6 @@ class RollingShare:
         if not rises:
             return (f"{head}: none rose (a topic needs {min_items} items in each half; "
                     f"{len(self.negative_flags)} topics seen)")
-        lines = [f"  {r.topic[:NAME_WIDTH]:<{NAME_WIDTH}} {r.before:>6.1%} -> {r.after:>6.1%}  "
+        lines = [f"  {r.predicted_topic[:NAME_WIDTH]:<{NAME_WIDTH}} {r.before:>6.1%} -> {r.after:>6.1%}  "
                  f"({r.points:+.1f} points, {r.items} items)" for r in rises]
         return "\n".join([f"{head}:", *lines])

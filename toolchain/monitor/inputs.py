@@ -1,10 +1,11 @@
-"""News sources: a JSONL file, a folder of JSONL files that grows, or stdin; each keeps a position.
+"""The monitor's inputs: a JSONL file, a folder of JSONL files that grows, or stdin; each keeps a position.
 
 A line is one JSON object: ``{"text": "...", "source": "reuters", "timestamp": "2024-05-01T09:30:00Z",
 "id": "..."}``; only ``text`` is required (``timestamp``: ISO 8601 or Unix seconds; ``source``: the
 item's ticker, desk or publisher, sent as the request's ``source``, a metric label at the service;
-``topic`` is that key's former name, still read). A line that is
-not such an object becomes a :class:`BadLine` naming its file, line and what is wrong: it is
+``topic`` is that key's former name, still read). An item knows where it was read: its ``file`` (a path, or
+``<stdin>``) and ``line``, together its ``location`` (``file:line``). A line that is
+not such an object becomes a :class:`BadLine` naming its location and what is wrong: it is
 reported and skipped, never fatal and never silently dropped. Blank lines hold nothing and are skipped.
 
 Positions are byte offsets after the last complete line (files) or a line count (stdin). A file's
@@ -33,14 +34,13 @@ def quote(value) -> str:
 
 STDIN = "<stdin>"
 MAX_SOURCE_CHARS = 200      # the service's limit on the request's `source` (toolchain.serve.validation)
-MAX_TOPIC_CHARS = MAX_SOURCE_CHARS     # former name
 SOURCE_KEYS = ("source", "topic")      # an item's source, and that key's former name
 
 
 @dataclass(frozen=True)
 class NewsItem:
-    source: str             # where it was read: the file, or <stdin>
-    line: int               # 1-based line number in its source
+    file: str               # where it was read: the file, or <stdin>
+    line: int               # 1-based line number in its file
     end: int                # position after this line: byte offset (files) or line count (stdin)
     text: str
     news_source: str | None = None   # the item's own "source" key (ticker, desk, publisher)
@@ -54,29 +54,29 @@ class NewsItem:
             object.__setattr__(self, "news_source", topic)
 
     @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
 class BadLine:
-    source: str
+    file: str
     line: int
     end: int
     reason: str
     start: int = -1
 
     @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
 
 
-def parse_line(raw: bytes, source: str, line: int, end: int) -> NewsItem | BadLine | None:
+def parse_line(raw: bytes, file: str, line: int, end: int) -> NewsItem | BadLine | None:
     """One JSONL line -> an item, a bad line naming the problem, or None for a blank line."""
     start = end - len(raw)
 
     def bad(reason: str) -> BadLine:
-        return BadLine(source, line, end, reason, start)
+        return BadLine(file, line, end, reason, start)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -89,10 +89,10 @@ def parse_line(raw: bytes, source: str, line: int, end: int) -> NewsItem | BadLi
         return bad(f"not JSON ({exc.msg} at column {exc.colno}): {clip(text.strip(), QUOTE_CHARS)!r}")
     if not isinstance(data, dict):
         return bad(f"not a JSON object but {type(data).__name__}: {clip(text.strip(), QUOTE_CHARS)!r}")
-    return _item_from(data, bad, source, line, end, start)
+    return _item_from(data, bad, file, line, end, start)
 
 
-def _item_from(data: dict, bad, source: str, line: int, end: int, start: int) -> NewsItem | BadLine:
+def _item_from(data: dict, bad, file: str, line: int, end: int, start: int) -> NewsItem | BadLine:
     body = data.get("text")
     if not isinstance(body, str) or not body.strip():
         return bad(f"'text' must be a non-blank string, got {quote(body)}")
@@ -102,7 +102,7 @@ def _item_from(data: dict, bad, source: str, line: int, end: int, start: int) ->
     except ValueError as exc:
         return bad(str(exc))
     item_id = data.get("id")
-    return NewsItem(source, line, end, body, news_source, stamp, None if item_id is None else str(item_id), start)
+    return NewsItem(file, line, end, body, news_source, stamp, None if item_id is None else str(item_id), start)
 
 
 def item_source(data: dict) -> str | None:
@@ -173,7 +173,7 @@ def check_position(path: Path, saved: dict | None, warn) -> tuple[int, int]:
     return saved["offset"], saved["line"]
 
 
-class FileSource:
+class FileInput:
     """One JSONL file; with ``follow``, waits for more lines like ``tail -f``."""
 
     def __init__(self, path: Path, positions: dict, follow: bool, warn):
@@ -194,7 +194,7 @@ class FileSource:
         return {str(self.cursor.path): self.cursor.path.stat().st_ino}
 
 
-class FolderSource:
+class FolderInput:
     """Every file matching ``pattern`` in a folder, in name order; new files and lines are picked up."""
 
     def __init__(self, folder: Path, positions: dict, pattern: str, follow: bool, warn):
@@ -227,7 +227,7 @@ class FolderSource:
         return {name: c.path.stat().st_ino for name, c in self.cursors.items()}
 
 
-class StdinSource:
+class StdinInput:
     """Lines from a stream, read by a background thread; the position is the number of lines consumed.
 
     A restart skips that many lines, which is right only when the same stream is replayed
@@ -276,11 +276,11 @@ class StdinSource:
         return {}
 
 
-def open_source(spec: str, positions: dict, pattern: str, follow: bool, warn, stdin=None):
-    """A source from a command-line argument: ``-`` (stdin), a folder, or a file."""
+def open_input(spec: str, positions: dict, pattern: str, follow: bool, warn, stdin=None):
+    """An input from a command-line argument: ``-`` (stdin), a folder, or a file."""
     if spec == "-":
-        return StdinSource(stdin if stdin is not None else os.fdopen(0, "rb", closefd=False), positions, warn)
+        return StdinInput(stdin if stdin is not None else os.fdopen(0, "rb", closefd=False), positions, warn)
     path = Path(spec).resolve()
     if path.is_dir():
-        return FolderSource(path, positions, pattern, follow, warn)
-    return FileSource(path, positions, follow, warn)
+        return FolderInput(path, positions, pattern, follow, warn)
+    return FileInput(path, positions, follow, warn)
