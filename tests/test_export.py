@@ -413,3 +413,42 @@ def test_export_refuses_a_target_it_did_not_write_before_any_work(full_run, tmp_
     for target in (export_dir, empty, tmp_path / "exports" / "new"):
         with pytest.raises(Built):
             pipeline.export(run, target)
+
+
+def test_a_variant_that_cannot_be_built_is_skipped_and_the_rest_ship(full_run, tmp_path, monkeypatch, capsys):
+    """Optimum refuses static int8 of a graph with subgraphs (DeBERTa): that variant is skipped with the
+    library's message in the report and the table, and the others are built, gated and ranked."""
+    from toolchain.core.artifacts import load_export
+    from toolchain.export import pipeline
+    from toolchain.export.config import load_export_config
+
+    def refuse(job):
+        raise NotImplementedError("Static quantization is currently not supported for models with subgraphs.")
+
+    monkeypatch.setitem(pipeline.VARIANT_BUILDERS, "int8-static", refuse)
+    cfg = load_export_config(None, ["variants=fp32,int8,int8-static", "rank_rounds=1", *FAST])
+    info = load_export(pipeline.export(full_run, tmp_path / "skip", cfg))
+    report = json.loads((info.path / "report.json").read_text())
+    assert report["skipped"] == {"int8-static": "NotImplementedError: Static quantization is currently not "
+                                                "supported for models with subgraphs."}
+    assert set(report["gates"]) == {"fp32", "int8"} and info.serve_variant in ("fp32", "int8")
+    assert "int8-static" not in info.manifest["variants"] and not (info.path / "onnx" / "int8-static").exists()
+    assert "int8-static skipped: NotImplementedError: Static quantization" in capsys.readouterr().out
+
+
+def test_pruning_an_unsupported_layout_is_refused_before_any_work(tmp_path):
+    """ALBERT shares its layers across blocks: the export refuses 'pruned' before building anything, naming the
+    architecture and the layouts it supports."""
+    from types import SimpleNamespace
+
+    from transformers import AlbertConfig
+
+    from toolchain.core.errors import ConfigError
+    from toolchain.export.prune import check_prunable
+
+    AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64).save_pretrained(tmp_path)
+    run = SimpleNamespace(is_peft=False, model_dir=tmp_path, base_model=str(tmp_path), task="sequence-classification")
+    with pytest.raises(ConfigError, match="pruning does not support AlbertForSequenceClassification.*supports the "
+                                          "block layouts of BERT, RoBERTa.*DistilBERT, MPNet, DeBERTa-v2"):
+        check_prunable(run)

@@ -3,20 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolchain.core.report import pyplot
+
 REAL = "phrasebank-test"
 LABEL_OFFSETS = ((6, 8), (6, -14), (6, 22), (6, -28))
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_latency_vs_batch(offline: dict, path: Path, workload: str = REAL) -> None:
     """Median milliseconds per call against batch size, one line per variant (log-log)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, per_bs in offline["latency"][workload].items():
         sizes = sorted(int(bs) for bs in per_bs)
@@ -35,7 +30,7 @@ def plot_latency_vs_batch(offline: dict, path: Path, workload: str = REAL) -> No
 
 def plot_latency_vs_accuracy(offline: dict, path: Path, batch_size: str = "1", workload: str = REAL) -> None:
     """Median batch latency (x) against the test metric (y), one labelled point per variant."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     metric, placed = offline["metric"], 0
     for name, facts in offline["variants"].items():

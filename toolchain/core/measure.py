@@ -74,8 +74,12 @@ def summarize(seconds: list[float]) -> dict:
 
 
 def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]], rounds: int,
-                        warmup: int = 3, seed: int = 0, progress: bool = False) -> dict[str, dict[int, dict]]:
-    """{variant: {batch_size: {median_ms, p95_ms, p99_ms, mean_ms, calls}}}; ``inputs`` maps batch size -> batches."""
+                        warmup: int = 3, seed: int = 0, progress: bool = False, time_budget: float = 0.0,
+                        min_rounds: int = 1) -> dict[str, dict[int, dict]]:
+    """{variant: {batch_size: {median_ms, p95_ms, p99_ms, mean_ms, calls}}}; ``inputs`` maps batch size -> batches.
+
+    At most ``rounds`` rounds; with a ``time_budget`` (seconds, after the warm-up) the rounds stop once it is
+    spent and ``min_rounds`` are done, so a large model's timing takes bounded time (``calls`` says how many)."""
     for batches in inputs.values():
         for run in runners.values():
             for i in range(warmup):
@@ -86,7 +90,10 @@ def measure_interleaved(runners: dict[str, Runner], inputs: dict[int, list[dict]
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="latency rounds", unit="round")
+    deadline = time.perf_counter() + time_budget if time_budget else None
     for r in steps:
+        if deadline is not None and r >= min_rounds and time.perf_counter() > deadline:
+            break
         for bs, batches in inputs.items():
             batch = batches[r % len(batches)]
             order = list(runners)

@@ -21,7 +21,8 @@ def finish_run(run_dir: Path, log_history: list[dict], metrics: dict, labels: li
         print(per_type_table(metrics["test"]))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed): every PNG the toolchain writes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,7 +30,7 @@ def _pyplot():
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     dev_loss = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     dev_metrics = sorted({k for h in history for k in h if k.startswith("eval_") and k not in (
@@ -52,7 +53,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "test confusion matrix") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.1 * len(labels) + 2))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")

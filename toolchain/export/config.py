@@ -75,7 +75,10 @@ class AccuracyGateConfig:
 @dataclass
 class LatencyConfig:
     batch_sizes: str = opt("1,32", "comma-separated batch sizes measured")
-    rounds: int = opt(30, "interleaved timing rounds per batch size", min=1)
+    rounds: int = opt(30, "interleaved timing rounds per batch size, at most (time_budget may stop earlier)", min=1)
+    time_budget: float = opt(60.0, "seconds the timing rounds may take after the warm-up (0 = no limit): a large "
+                                   "model gets fewer rounds, never fewer than min_rounds", min=0.0)
+    min_rounds: int = opt(5, "timing rounds run whatever the time budget", min=1)
     warmup: int = opt(3, "untimed warm-up calls per variant and batch size", min=0)
     threads: int = opt(0, "intra-op threads for PyTorch and ONNX Runtime (0 = all cores)", min=0)
     pytorch: bool = opt(True, "also time the fp32 PyTorch model (the reference for speed-ups)")
@@ -97,6 +100,8 @@ class ExportConfig:
     serve_threads: int = opt(1, "ONNX Runtime threads per call when the accuracy gate scores and ranks variants (the "
                                 "service's per-worker threads; 1 for small encoders)", min=1, max=256)
     rank_rounds: int = opt(3, "timing rounds of the served-throughput ranking (median)", min=1, max=50)
+    rank_texts: int = opt(96, "test texts (a seeded sample) timed by the served-throughput ranking and the layout "
+                              "measurement (0 = all); the accuracy gate always scores the whole test split", min=0)
     eval_batch_size: int = opt(64, "batch size for scoring variants on dev/test", min=1)
     calibrate: bool = opt(True, "fit a softmax temperature per head on dev for every variant (temperature "
                           "scaling), report test ECE before/after, and have the service return calibrated "

@@ -43,6 +43,10 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportCo
     preset = choose_preset(cfg.quantize.isa, cpu) if needs_int8 else None
     if "optimized" in cfg.variant_list():
         check_optimize_level(cfg.optimize.level)
+    if any(name.startswith("pruned") for name in cfg.variant_list()):
+        from toolchain.export.prune import check_prunable
+
+        check_prunable(run)   # an architecture pruning cannot handle is refused before any work
     remove_stale_builds(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
@@ -92,13 +96,42 @@ def build(job: ExportJob) -> dict:
     job.model, job.tokenizer = merged.model, merged.tokenizer
     job.extra["merge"] = {"peft": job.run.is_peft, "max_abs_diff": merged.max_abs_diff}
     save_merged(job)
-    for name in job.cfg.variant_list():
-        log.info("building variant %s", name)
-        VARIANT_BUILDERS[name](job)
+    build_variants(job)
     report = evaluate_variants(job)
     write_drift_references(job, report)
     report["wall_seconds"] = round(time.time() - started, 1)
     return report
+
+
+# variant -> the variant it is built from (a variant whose source was skipped is skipped too)
+BUILT_FROM = {"optimized": "fp32", "int8": "fp32", "int8-static": "fp32", "pruned-int8": "pruned"}
+
+
+def build_variants(job: ExportJob) -> None:
+    """Every asked-for variant. One that cannot be built (a library refusing the graph, e.g. static int8 of a
+    graph with subgraphs) is skipped, its reason (the library's message) recorded in ``job.extra["skipped"]``;
+    the others are still gated and ranked. fp32 is the reference every other variant is judged against: its
+    failure, and a failed parity check, stop the export."""
+    skipped = job.extra.setdefault("skipped", {})
+    for name in job.cfg.variant_list():
+        source = BUILT_FROM.get(name)
+        if source in skipped:
+            skipped[name] = f"built from {source}, which was skipped"
+            continue
+        log.info("building variant %s", name)
+        try:
+            VARIANT_BUILDERS[name](job)
+        except (AccuracyGateError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any library error skips this variant only
+            if name == "fp32":
+                raise
+            skipped[name] = f"{type(exc).__name__}: {exc}".strip()[:500]
+            job.variants.pop(name, None)
+            shutil.rmtree(job.onnx_dir(name), ignore_errors=True)
+            log.warning("variant %s skipped: %s", name, skipped[name])
+    if not skipped:
+        job.extra.pop("skipped")
 
 
 def manifest(job: ExportJob, report: dict | None, status: str) -> dict:

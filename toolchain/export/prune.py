@@ -169,3 +169,16 @@ def prune_and_recover(job) -> tuple[object, dict]:
                 importance="taylor (Michel et al. 2019), dev split", importance_examples=len(dev))
     plan["recovery"] = recover(job, student)
     return student.cpu().eval(), plan  # the Trainer may have moved it to the GPU; export and parity run on the CPU
+
+
+def check_prunable(run) -> None:
+    """Refuse, before any work, a run whose architecture pruning cannot handle (the model is built on the meta
+    device from its config: no weights are read)."""
+    from transformers import AutoConfig
+
+    from toolchain.tasks import get_task
+
+    config = AutoConfig.from_pretrained(run.base_model if run.is_peft else str(run.model_dir))
+    with torch.device("meta"):
+        model = get_task(run.task).auto_model_class().from_config(config)
+    block_parts(model)

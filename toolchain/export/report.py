@@ -28,6 +28,9 @@ def variant_rows(report: dict, metric: str) -> list[list]:
                   f"{row['test']['agreement']:.2%}",
                   "reference" if name == "pytorch" else gate_cell(report.get("gates", {}).get(name))]
         rows.append(cells)
+    width = len(rows[0]) if rows else 0
+    for name, why in (report.get("skipped") or {}).items():   # asked for, not built: the library's reason
+        rows.append([name, *["-" for _ in range(max(0, width - 2))], "skipped"])
     return rows
 
 
@@ -80,6 +83,10 @@ def selection_lines(report: dict) -> list[str]:
     """What was chosen to serve and why, for the terminal."""
     selection = report["selection"]
     lines = [f"serve variant: {selection['variant']} ({selection['mode']}): {selection['why']}"]
+    if selection.get("sample"):
+        sample = selection["sample"]
+        lines.append(f"  ranked on {sample['texts']} of {sample['of']} test texts ({sample['how']}), "
+                     f"{sample['rounds']} rounds")
     layout = report.get("layout") or {}
     for threads, figures in (layout.get("by_threads") or {}).items():
         lines.append(f"  {selection['variant']} on {threads} thread(s): batch-1 {figures['b1_ms']:.2f} ms, "
@@ -95,14 +102,15 @@ def variant_table(report: dict, metric: str) -> str:
         header += [f"b{bs} p50 ms", f"b{bs} p95 ms"]
     header += ["b1 vs pytorch", f"dev {metric}", f"test {metric}", *(f"test {k}" for k in head_keys(report, metric)),
                "agree", "gate"]
-    return format_table(header, variant_rows(report, metric))
+    skipped = [f"  {name} skipped: {why}" for name, why in (report.get("skipped") or {}).items()]
+    return format_table(header, variant_rows(report, metric)) + ("\n" + "\n".join(skipped) if skipped else "")
 
 
 def plot_latency_vs_metric(report: dict, metric: str, path: Path) -> None:
     """Median batch-1 latency (x) against test metric (y), one labelled point per variant."""
-    from toolchain.core.report import _pyplot
+    from toolchain.core.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     bs = str(report["batch_sizes"][0]) if report.get("batch_sizes") else None
     for name, row in report["variants"].items():

@@ -3,6 +3,7 @@ calibrated, timed, and the passing variant that serves the most chosen (or the p
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -56,6 +57,9 @@ def print_variant_table(report: dict, metric: str) -> None:
     report["summary"] = summary(report, metric)
     print(cpu_line(report["cpu"]))
     print(variant_table(report, metric))
+    c = report["latency_conditions"]
+    print(f"timing: {c['rounds']} interleaved rounds (at most {c['max_rounds']}, time budget {c['time_budget_s']:g} s) "
+          f"took {c['seconds']:.0f} s on {c['threads']} thread(s)", flush=True)
 
 
 def select_serve_variant(job: ExportJob, report: dict) -> None:
@@ -120,7 +124,7 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     passing = [name for name, verdict in verdicts.items() if verdict["passed"]]
     if not passing:
         raise AccuracyGateError(closest_failure(verdicts))
-    texts = served_texts(job.task, job.splits.test)
+    texts = rank_sample(job)
     # every variant is timed (the report shows what each would serve here); only passing ones are ranked
     rates = served_rates({name: served_model(job, name) for name in verdicts}, texts, (1, 32), job.cfg.rank_rounds)
     ranked = sorted(passing, key=lambda name: -rates[name][32]["texts_per_s"])
@@ -133,6 +137,8 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     return {"mode": "auto", "variant": best, "ranked": ranked, "failed": failed, "why": why,
             "criterion": "texts/s of the serving runtime at 32 texts per call (what the adaptive batcher forms "
                          "under load), per worker thread",
+            "sample": {"texts": len(texts), "of": len(job.splits.test), "rounds": job.cfg.rank_rounds,
+                       "how": "seeded sample of the test texts (rank_texts)"},
             "served": {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in rates.items()}}
 
 
@@ -146,11 +152,12 @@ def measure_layout(job: ExportJob) -> dict:
     models = {"1": served_model(job, job.serve_variant, 1)}
     if cpus > 1:
         models[str(cpus)] = served_model(job, job.serve_variant, cpus)
-    texts = served_texts(job.task, job.splits.test)[:64]
+    texts = rank_sample(job)[:64]
     rates = served_rates(models, texts, (1, 32), job.cfg.rank_rounds)
     return {"variant": job.serve_variant, "cpus": cpus, "call_pattern": models["1"].call_pattern,
-            "by_threads": {threads: {"b1_ms": per_bs[1]["median_ms_per_request"],
-                                     "b32_texts_per_s": per_bs[32]["texts_per_s"]} for threads, per_bs in rates.items()}}
+            "texts": len(texts), "by_threads": {threads: {"b1_ms": per_bs[1]["median_ms_per_request"],
+                                                          "b32_texts_per_s": per_bs[32]["texts_per_s"]}
+                                                for threads, per_bs in rates.items()}}
 
 
 def base_report(job: ExportJob, rows: dict, metric: str) -> dict:
@@ -185,7 +192,22 @@ def measure_latency(job: ExportJob) -> tuple[dict, dict]:
     texts = [ex.text for ex in job.splits.test]
     inputs = {bs: text_batches(job.tokenizer, texts, bs, min(cfg.rounds, 16), job.run.max_length)
               for bs in job.cfg.latency_batch_sizes()}
-    results = measure_interleaved(runners, inputs, cfg.rounds, cfg.warmup, progress=True)
-    conditions = {"threads": threads, "rounds": cfg.rounds, "interleaved": True, "ort_spinning": False,
+    started = time.perf_counter()
+    results = measure_interleaved(runners, inputs, cfg.rounds, cfg.warmup, progress=True,
+                                  time_budget=cfg.time_budget, min_rounds=cfg.min_rounds)
+    rounds_run = min(stats["calls"] for per_bs in results.values() for stats in per_bs.values())
+    conditions = {"threads": threads, "rounds": rounds_run, "max_rounds": cfg.rounds, "time_budget_s": cfg.time_budget,
+                  "seconds": round(time.perf_counter() - started, 1), "interleaved": True, "ort_spinning": False,
                   "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     return {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in results.items()}, conditions
+
+
+def rank_sample(job: ExportJob) -> list[str]:
+    """The test texts the throughput ranking and the layout measurement time: a seeded sample of
+    ``rank_texts`` (all when 0 or fewer exist), so a large model's export spends minutes, not a quarter of an
+    hour, on timing; the accuracy gate scores every test text regardless."""
+    texts = served_texts(job.task, job.splits.test)
+    if not job.cfg.rank_texts or len(texts) <= job.cfg.rank_texts:
+        return texts
+    picked = np.random.default_rng(13).choice(len(texts), job.cfg.rank_texts, replace=False)
+    return [texts[i] for i in sorted(picked)]

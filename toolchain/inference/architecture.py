@@ -101,8 +101,13 @@ def block_parts(model) -> list[BlockParts]:
     """The prunable parts of every block, or a ConfigError naming the architecture and what is supported
     (raised before any work)."""
     hidden = hidden_size(model)
+    try:
+        blocks = encoder_layers(model)
+    except ValueError as exc:
+        raise ConfigError(f"pruning does not support {type(model).__name__}: {exc} (shared or grouped layers); "
+                          f"it supports the block layouts of {PRUNABLE_FAMILIES}") from None
     parts = []
-    for index, block in enumerate(encoder_layers(model)):
+    for index, block in enumerate(blocks):
         attention = attention_module(block)
         holder = next((m for _, m in attention.named_modules() if type(m).__name__ in PRUNABLE_ATTENTION), None) \
             if attention is not None else None
