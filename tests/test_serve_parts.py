@@ -35,6 +35,19 @@ def test_settings_come_from_environment_variables():
     assert load_settings({}) == ServeSettings()
 
 
+def test_the_former_setting_name_logs_a_deprecation_line_once(caplog, monkeypatch):
+    import logging
+
+    from toolchain.serve import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="toolchain.serve"):
+        for _ in range(2):
+            assert load_settings({"TOOLCHAIN_TOPICS": "TSLA"}).source_allow_list == frozenset({"TSLA"})
+    lines = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert lines == ["TOOLCHAIN_TOPICS is deprecated and goes in the next release; use TOOLCHAIN_SOURCES"]
+
+
 @pytest.mark.parametrize("variable, value", [("TOOLCHAIN_MAX_BATCH_ITEMS", "many"), ("TOOLCHAIN_MAX_BATCH_SIZE", "1"),
                                              ("TOOLCHAIN_PROVIDER", "tpu"), ("TOOLCHAIN_AUTH", "maybe")])
 def test_bad_setting_names_its_variable_and_value(variable, value):

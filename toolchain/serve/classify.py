@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, model_serializer
 
-from toolchain.serve.metrics import NO_TOPIC
+from toolchain.serve.metrics import NO_PREDICTED_TOPIC
 from toolchain.serve.validation import SOURCE_FIELDS, Limits, check_fields, check_source, check_texts, decode_json_object
 from toolchain.core.probability import softmax
 from toolchain.tasks.joint import has_topic_head, heads_of, main_head_probabilities
@@ -109,5 +109,5 @@ def scores(result: list[Prediction]) -> list[float]:
 def predicted_labels(response: list) -> list[tuple[str, str]]:
     """(label, predicted topic) per prediction in a /classify response body (for the predictions counter);
     the topic is ``none`` for a model without a topic head."""
-    return [(item["label"], (item.get("topic") or {}).get("label", NO_TOPIC)) for item in response
+    return [(item["label"], (item.get("topic") or {}).get("label", NO_PREDICTED_TOPIC)) for item in response
             if isinstance(item, dict) and "label" in item]

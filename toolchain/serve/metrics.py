@@ -15,7 +15,7 @@ from typing import Any
 
 REJECT_REASONS = ("auth", "validation", "size", "overload")
 OTHER_SOURCE = "other"   # a source outside the allow-list, or none sent
-NO_TOPIC = "none"        # the predicted-topic label of a model without a topic head
+NO_PREDICTED_TOPIC = "none"   # the `topic` label (the predicted topic) of a model without a topic head
 
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

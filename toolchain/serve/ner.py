@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from toolchain.serve.classify import parse_request  # noqa: F401  (the same request shape as /classify)
-from toolchain.serve.metrics import NO_TOPIC
+from toolchain.serve.metrics import NO_PREDICTED_TOPIC
 from toolchain.data.words import token_words
 from toolchain.serve.windows import infer_windows
 from toolchain.tasks.token_classification import decode_entities
@@ -66,5 +66,5 @@ def scores(predictions: list[NerResult]) -> list[float]:
 def entity_types(response: list) -> list[tuple[str, str]]:
     """(entity type, ``none``) per entity in a /ner response body (for the predictions counter: an NER model
     predicts no topic)."""
-    return [(entity["type"], NO_TOPIC) for item in response if isinstance(item, dict)
+    return [(entity["type"], NO_PREDICTED_TOPIC) for item in response if isinstance(item, dict)
             for entity in item.get("entities", []) if isinstance(entity, dict) and "type" in entity]

@@ -75,7 +75,7 @@ def bento_model(argument: str = "model_tag"):
     return bentoml.models.BentoModel(tag) if tag else None
 
 
-def topic_source(settings, model) -> tuple[str | None, str | None]:
+def topic_model_export(settings, model) -> tuple[str | None, str | None]:
     """(export dir, variant) of the topic model, (None, None) without one: TOOLCHAIN_TOPIC_EXPORT_DIR wins over
     the Bento's topic model."""
     if settings.topic_export_dir:
@@ -93,13 +93,13 @@ def serving_layout(settings, model, topic_model=None):
     from toolchain.inference.runtime import wants_gpu
 
     if settings.export_dir:
-        source, variant = settings.export_dir, settings.variant
+        export_dir, variant = settings.export_dir, settings.variant
     elif model is not None and model.stored is not None:
-        source, variant = model.stored.path, settings.variant or getattr(BENTO_ARGS, "variant", None)
+        export_dir, variant = model.stored.path, settings.variant or getattr(BENTO_ARGS, "variant", None)
     else:
-        source, variant = None, None
-    size, measured = export_layout_figures(source, variant)
-    topic_dir, topic_variant = topic_source(settings, topic_model)
+        export_dir, variant = None, None
+    size, measured = export_layout_figures(export_dir, variant)
+    topic_dir, topic_variant = topic_model_export(settings, topic_model)
     if topic_dir is None:
         return settings.layout(size, measured, wants_gpu(settings.provider))
     topic_size, topic_measured = export_layout_figures(topic_dir, topic_variant)
@@ -161,7 +161,7 @@ class ToolchainService:
         models' checksums verified); the topic model gets its own toolchain_model_info series."""
         from toolchain.inference.runtime import load_topic_pair
 
-        topic_dir, topic_variant = topic_source(self.settings, self.topic_bento_model)
+        topic_dir, topic_variant = topic_model_export(self.settings, self.topic_bento_model)
         if topic_dir is None:
             return self.model
         pair = load_topic_pair(self.model, topic_dir, topic_variant, self.settings, LAYOUT.threads,

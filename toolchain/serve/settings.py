@@ -27,7 +27,7 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_EXPLAIN_CONCURRENCY | 1              | POST /explain requests in flight per worker; more get a fast 503 (other routes unaffected) |
 | TOOLCHAIN_TIMEOUT_S           | 30             | whole-request timeout (504) |
 | TOOLCHAIN_SOURCES             | (empty)        | comma-separated allow-list of the request's ``source`` (metric label); others count as ``other`` |
-| TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read                         |
+| TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read (a deprecation log line) |
 | TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
 | TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
 | TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.core.privacy); the model sees texts as sent |
@@ -38,6 +38,7 @@ The two key variables are secrets and are read by :mod:`toolchain.serve.auth`, n
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, fields
 
@@ -45,6 +46,8 @@ from toolchain.core.config import ConfigError, from_dict, opt
 from toolchain.core.hardware import available_cpus
 
 ENV_PREFIX = "TOOLCHAIN_"
+RENAMED_SETTINGS = {"topics": "sources"}   # former setting -> setting: still read, with a deprecation log line
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class ServeSettings:
                                       "per word of each text; other routes keep their own limit)", min=1, max=10_000)
     timeout_s: float = opt(30.0, "whole-request timeout in seconds", min=0.1, max=3600)
     sources: str = opt("", "comma-separated allow-list of the request's `source` for the metric label")
-    topics: str = opt("", "former name of TOOLCHAIN_SOURCES (still read; both lists count)")
+    topics: str = opt("", "deprecated former name of TOOLCHAIN_SOURCES (still read, with a log line; both lists "
+                          "count)")
     auth: bool = opt(True, "API-key auth on inference routes")
     metrics_auth: bool = opt(False, "require an API key on /metrics")
     mask_pii: bool = opt(True, "mask e-mail addresses, phone, card, IBAN and account numbers in logs and error "
@@ -105,6 +109,11 @@ def load_settings(environ: dict[str, str] | None = None) -> ServeSettings:
     """Defaults overridden by ``TOOLCHAIN_*`` variables; a bad value names its variable."""
     environ = os.environ if environ is None else environ
     raw = {f.name: environ[env_name(f.name)] for f in fields(ServeSettings) if env_name(f.name) in environ}
+    for old, new in RENAMED_SETTINGS.items():
+        if old in raw and old not in _warned:
+            _warned.add(old)
+            logging.getLogger("toolchain.serve").warning("%s is deprecated and goes in the next release; use %s",
+                                                         env_name(old), env_name(new))
     try:
         return from_dict(ServeSettings, raw)
     except ConfigError as exc:

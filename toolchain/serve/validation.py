@@ -1,4 +1,4 @@
-"""Request checks shared by every inference route: JSON body, text lists, topic; clear 4xx errors.
+"""Request checks shared by every inference route: JSON body, text lists, source; clear 4xx errors.
 
 Each check raises :class:`RequestRejected` with the HTTP status, the rejection reason used by the
 ``toolchain_rejected_requests_total`` metric and a message that names the offending field and value.
@@ -159,10 +159,10 @@ def check_source(data: dict) -> str | None:
     if "source" in data and "topic" in data:
         raise invalid("send the caller's label as 'source' only ('topic' is its former name)", "topic")
     field = "source" if "source" in data else "topic"
-    return check_topic(data.get(field), field)
+    return check_source_value(data.get(field), field)
 
 
-def check_topic(value: Any, field: str = "topic") -> str | None:
+def check_source_value(value: Any, field: str = "source") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
