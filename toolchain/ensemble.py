@@ -54,12 +54,12 @@ def evaluate_ensemble(paths: list[str], data: str | None = None, split: str = "t
     runs = expand_members(paths)
     check_members(runs)
     labels = list(runs[0].labels)
-    examples, source = labelled_examples(runs[0], data, split)
+    examples, data_name = labelled_examples(runs[0], data, split)
     check_labels(examples, labels, "evaluation")
     mean, members = ensemble_probabilities(runs, examples, labels)
     gold = gold_ids(runs[0], examples, labels)
     task = get_task(runs[0].task)
-    return {"data": source, "task": runs[0].task, "labels": labels,
+    return {"data": data_name, "task": runs[0].task, "labels": labels,
             "members": [{"run": str(run.path), "method": run.config["method"]["name"], "base_model": run.base_model,
                          "config_hash": run.manifest.get("config_hash"), "metrics": task.metrics(probs, gold, labels)}
                         for run, probs in zip(runs, members)],

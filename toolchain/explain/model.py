@@ -16,7 +16,7 @@ class ExplainedModel:
     labels: list[str]
     task: str
     max_length: int
-    source: str          # what was loaded, for the report
+    description: str     # what was loaded, for the report ("PATH (run dir)", ...)
 
     def probabilities(self, texts: list[str], batch_size: int = 64):
         """Main-head class probabilities of ``texts`` (truncated to the max length), as an (n, classes) array."""
@@ -40,7 +40,7 @@ class ExplainedModel:
         """The encoder's embedding layer, whose output integrated gradients interpolates."""
         module = getattr(getattr(self.model, "base_model", None), "embeddings", None)
         if module is None:
-            raise ArtifactError(f"{self.source}: {type(self.model).__name__} has no base_model.embeddings layer; "
+            raise ArtifactError(f"{self.description}: {type(self.model).__name__} has no base_model.embeddings layer; "
                                 "explanations need a BERT-family encoder")
         return module
 

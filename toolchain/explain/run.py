@@ -73,7 +73,7 @@ def explainer(options: ExplainOptions):
                            "the fp32 PyTorch model")
     explained = load_explained_model(options.path)
     quadrature = Quadrature(steps=options.steps, max_steps=max(options.max_steps, options.steps))
-    return (lambda text: explain(explained, text, options.target, quadrature)), explained.source
+    return (lambda text: explain(explained, text, options.target, quadrature)), explained.description
 
 
 def occlusion_explainer(options: ExplainOptions):
@@ -103,22 +103,22 @@ def run_explain(options: ExplainOptions) -> list[tuple[str, list[Explanation]]]:
     from tqdm import tqdm
 
     texts = gather_texts(options)
-    explain_one, source = explainer(options)
+    explain_one, model = explainer(options)
     results = [(text, explain_one(text)) for text in tqdm(texts, desc="explain", unit="text", file=sys.stderr,
                                                          disable=len(texts) < 4)]
-    show(results, source, options)
-    write_outputs(results, source, options)
+    show(results, model, options)
+    write_outputs(results, model, options)
     return results
 
 
-def show(results, source: str, options: ExplainOptions) -> None:
+def show(results, model: str, options: ExplainOptions) -> None:
     from toolchain.explain.render import legend, terminal_view
 
     if options.json_out == "-":
-        print(json.dumps(as_json(results, source, options), indent=2))
+        print(json.dumps(as_json(results, model, options), indent=2))
         return
     colour = use_colour(options.colour)
-    print(f"model: {source}\n{legend(colour)}\n")
+    print(f"model: {model}\n{legend(colour)}\n")
     for text, explanations in results:
         if not explanations:
             print(f"no entities found in: {text}\n")
@@ -126,18 +126,18 @@ def show(results, source: str, options: ExplainOptions) -> None:
             print(terminal_view(e, colour) + "\n")
 
 
-def as_json(results, source: str, options: ExplainOptions) -> dict:
-    return {"model": source, "method": options.method,
+def as_json(results, model: str, options: ExplainOptions) -> dict:
+    return {"model": model, "method": options.method,
             "texts": [{"text": text, "explanations": [e.to_dict() for e in explanations]}
                       for text, explanations in results]}
 
 
-def write_outputs(results, source: str, options: ExplainOptions) -> None:
+def write_outputs(results, model: str, options: ExplainOptions) -> None:
     from toolchain.core.artifacts import write_json
 
     explanations = [e for _, batch in results for e in batch]
     if options.json_out and options.json_out != "-":
-        write_json(options.json_out, as_json(results, source, options))
+        write_json(options.json_out, as_json(results, model, options))
         print(f"wrote {options.json_out}", file=sys.stderr)
     if options.html_out:
         from toolchain.explain.render import write_html

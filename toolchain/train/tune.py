@@ -68,7 +68,7 @@ def plan_study(preset: str, overrides: list[str] | tuple = (), space: str | None
     fixed = {item.split("=", 1)[0].strip() for item in overrides}
     searched = load_space(space or default_space(base.model.task), base=raw).without(fixed)
     if not searched.keys():
-        raise ConfigError(f"{searched.source}: nothing left to search (every option of the space is fixed by a "
+        raise ConfigError(f"{searched.name_or_path}: nothing left to search (every option of the space is fixed by a "
                           f"key=value override)")
     if not (output / STUDY_FILE).exists() and any(output.glob("trial-*")):
         raise ArtifactError(f"{output} holds trial run dirs but no {STUDY_FILE}: pass --output NEW_DIR, or remove "
@@ -273,7 +273,7 @@ def write_best_preset(study, plan: TunePlan, path: str | Path | None = None) -> 
     best = study.best_trial
     values = best.user_attrs["overrides"]
     cfg = replace(trial_config(plan, best.number, values), output_dir=str(plan.output / "best"))
-    found = " ".join(["toolchain tune --config", plan.preset, *plan.overrides, "--space", plan.space.source])
+    found = " ".join(["toolchain tune --config", plan.preset, *plan.overrides, "--space", plan.space.name_or_path])
     header = [
         f"# toolchain train --config {path}    (best of {len(finished_trials(study))} finished trials of the study "
         f"{plan.study_path}: trial {best.number}, dev {plan.metric} {best.value:.4f})",

@@ -55,7 +55,7 @@ class Dimension:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    source: str
+    name_or_path: str           # as given to --space (a preset name or a YAML file)
     shared: dict[str, Dimension] = field(default_factory=dict)
     per_method: dict[str, dict[str, Dimension]] = field(default_factory=dict)
 
@@ -70,7 +70,7 @@ class SearchSpace:
     def without(self, fixed: set[str]) -> SearchSpace:
         """The space with options the user fixed (``key=value`` on the command line) left out."""
         keep = lambda dims: {k: d for k, d in dims.items() if k not in fixed}  # noqa: E731
-        return SearchSpace(self.source, keep(self.shared), {m: keep(dims) for m, dims in self.per_method.items()})
+        return SearchSpace(self.name_or_path, keep(self.shared), {m: keep(dims) for m, dims in self.per_method.items()})
 
     def keys(self) -> list[str]:
         """Every searched option once, shared ones first."""
@@ -195,7 +195,7 @@ def check_values(space: SearchSpace, base: dict) -> None:
             try:
                 from_dict(RunConfig, with_values(base, {**context, dim.key: value}))
             except ConfigError as exc:
-                raise ConfigError(f"{space.source}: {dim.key}={value!r} is not a valid value: {exc}") from None
+                raise ConfigError(f"{space.name_or_path}: {dim.key}={value!r} is not a valid value: {exc}") from None
 
 
 def with_values(raw: dict, values: dict[str, Any]) -> dict:
