@@ -139,7 +139,7 @@ def run_faithfulness(args) -> dict:
     ig = [explain_sequence(model, t, quadrature=Quadrature(steps=args.steps)) for t in tqdm(texts, desc="ig")]
     ig_seconds = time.perf_counter() - started
     result = {"conditions": conditions(), "data": str(args.data), "run_dir": str(args.run_dir),
-              "integrated_gradients": {"model": model.source, "seconds_per_text": ig_seconds / len(texts),
+              "integrated_gradients": {"model": model.description, "seconds_per_text": ig_seconds / len(texts),
                                        "accuracy_vs_gold": accuracy(rows, ig),
                                        "completeness": completeness_summary(ig),
                                        "deletion": deletion_summaries(ig, model.probabilities, ks, args.draws)}}

@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout: expected a positive number of minutes, got {args.timeout:g}")
     plan = plan_study(args.config, args.overrides, space=args.space, output=args.output)
-    print(f"study {plan.study_path}: searching {', '.join(plan.space.keys())} from {plan.space.source}, "
+    print(f"study {plan.study_path}: searching {', '.join(plan.space.keys())} from {plan.space.name_or_path}, "
           f"scored on dev {plan.metric}", flush=True)
     study = run_study(plan, args.trials, args.timeout)
     print(trial_table(study, plan.metric))
