@@ -43,7 +43,7 @@ def test_eda_is_deterministic_under_a_seed_and_varies_with_it():
     assert [e.text for e in first] == [e.text for e in again]
     assert [e.text for e in first] != [e.text for e in other]
     assert len(first) == 40 and all(e.label == "positive" for e in first)
-    assert first[0].source == "f:0+eda1" and first[1].source == "f:0+eda2"
+    assert first[0].location == "f:0+eda1" and first[1].location == "f:0+eda2"
     assert sum(e.text != examples()[0].text for e in first) > 30
 
 

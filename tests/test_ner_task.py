@@ -40,7 +40,7 @@ def test_read_conll_io_file(tmp_path):
     assert examples[0].label == ["O", "O", "B-ORG", "I-ORG", "I-ORG"]
     assert examples[1].label == ["B-PER", "O", "B-LOC"]
     assert examples[2].label == ["B-LOC"]
-    assert examples[1].source.endswith("io.txt:9")
+    assert examples[1].location.endswith("io.txt:9")
 
 
 def test_read_conll_errors_name_file_and_line(tmp_path):

@@ -113,7 +113,7 @@ def augment_examples(examples: list[Example], cfg, seed: int) -> list[Example]:
         for copy in range(cfg.copies):
             kind = kinds[copy % len(kinds)]
             text = eda(example.text, rng, cfg.p) if kind == "eda" else mlm(example.text, rng, cfg.p)
-            out.append(replace(example, text=text, source=f"{example.source}+{kind}{copy + 1}"))
+            out.append(replace(example, text=text, location=f"{example.location}+{kind}{copy + 1}"))
     return out
 
 

@@ -90,5 +90,5 @@ def check_labels(examples: list[Example], labels: list[str], role: str) -> None:
     for ex in examples:
         for value in ex.label if isinstance(ex.label, list) else [ex.label]:
             if value not in known:
-                raise DataError(f"{ex.source}: unknown label {value!r} in the {role} data; "
+                raise DataError(f"{ex.location}: unknown label {value!r} in the {role} data; "
                                 f"the model knows {', '.join(labels)}")

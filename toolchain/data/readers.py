@@ -21,7 +21,7 @@ UTF8 = "utf-8-sig"
 class Example:
     text: str | list[str]          # a sentence, or its tokens (token classification)
     label: str | list[str] | None  # a class name, or one tag per token; None when unlabelled
-    source: str                    # "file:line" where the record starts
+    location: str                  # "file:line" where the record starts
 
 
 def detect_format(path: Path) -> str:
@@ -57,21 +57,21 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
         raise DataError(f"{path}: not valid {name} text at byte {exc.start}") from None
 
 
-def _checked_text(value, source: str, column: str) -> str:
+def _checked_text(value, location: str, column: str) -> str:
     if not isinstance(value, str):
-        raise DataError(f"{source}: '{column}' must be a string, got {value!r}")
+        raise DataError(f"{location}: '{column}' must be a string, got {value!r}")
     if not value.strip():
-        raise DataError(f"{source}: empty text in '{column}'")
+        raise DataError(f"{location}: empty text in '{column}'")
     return value
 
 
-def _checked_label(value, source: str, column: str, labelled: bool) -> str | None:
+def _checked_label(value, location: str, column: str, labelled: bool) -> str | None:
     if not labelled:
         return None
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{source}: missing label in '{column}'")
+        raise DataError(f"{location}: missing label in '{column}'")
     if isinstance(value, (dict, list, float)):
-        raise DataError(f"{source}: label in '{column}' must be a string or integer, got {value!r}")
+        raise DataError(f"{location}: label in '{column}' must be a string or integer, got {value!r}")
     return str(value).strip()
 
 
@@ -80,19 +80,19 @@ def read_jsonl(path: Path, text_column: str, label_column: str, labelled: bool =
     for number, line in enumerate(_read_lines(path, UTF8), start=1):
         if not line.strip():
             continue
-        source = f"{path}:{number}"
+        location = f"{path}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{source}: not valid JSON ({exc.msg})") from None
+            raise DataError(f"{location}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
-            raise DataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+            raise DataError(f"{location}: expected a JSON object, got {type(record).__name__}")
         for column in (text_column, label_column) if labelled else (text_column,):
             if column not in record:
-                raise DataError(f"{source}: missing key '{column}' (keys: {', '.join(record) or 'none'}); "
+                raise DataError(f"{location}: missing key '{column}' (keys: {', '.join(record) or 'none'}); "
                                 f"set data.text_column / data.label_column")
-        examples.append(Example(_checked_text(record[text_column], source, text_column),
-                                _checked_label(record.get(label_column), source, label_column, labelled), source))
+        examples.append(Example(_checked_text(record[text_column], location, text_column),
+                                _checked_label(record.get(label_column), location, label_column, labelled), location))
     return examples
 
 
@@ -108,9 +108,10 @@ def read_csv(path: Path, text_column: str, label_column: str, labelled: bool = T
                                     f"set data.text_column / data.label_column")
             examples = []
             for row in reader:
-                source = f"{path}:{reader.line_num}"
-                examples.append(Example(_checked_text(row[text_column], source, text_column),
-                                        _checked_label(row.get(label_column), source, label_column, labelled), source))
+                location = f"{path}:{reader.line_num}"
+                text = _checked_text(row[text_column], location, text_column)
+                examples.append(Example(text, _checked_label(row.get(label_column), location, label_column, labelled),
+                                        location))
             return examples
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid utf-8 text at byte {exc.start}") from None
@@ -124,12 +125,12 @@ def read_phrasebank(path: Path, labelled: bool = True) -> list[Example]:
     for number, line in enumerate(_read_lines(path, "latin-1"), start=1):
         if not line.strip():
             continue
-        source = f"{path}:{number}"
+        location = f"{path}:{number}"
         if "@" not in line:
-            raise DataError(f"{source}: expected 'sentence@label', got {line[:60]!r}")
+            raise DataError(f"{location}: expected 'sentence@label', got {line[:60]!r}")
         text, label = line.rsplit("@", 1)
-        examples.append(Example(_checked_text(text.strip(), source, "sentence"),
-                                _checked_label(label, source, "label", labelled), source))
+        examples.append(Example(_checked_text(text.strip(), location, "sentence"),
+                                _checked_label(label, location, "label", labelled), location))
     return examples
 
 
@@ -162,7 +163,7 @@ def read_conll(path: Path, tag_column: int = -1, scheme: str = "auto") -> list[E
     for ex in examples:
         if scheme in ("io", "auto"):
             ex.label = io_to_iob2(ex.label)
-        validate_iob2(ex.label, ex.source)
+        validate_iob2(ex.label, ex.location)
     return examples
 
 

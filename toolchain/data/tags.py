@@ -21,13 +21,13 @@ def io_to_iob2(tags: list[str]) -> list[str]:
     return out
 
 
-def validate_iob2(tags: list[str], source: str) -> None:
+def validate_iob2(tags: list[str], location: str) -> None:
     """Tags are O, B-TYPE or I-TYPE, and an I-TYPE follows B-TYPE or I-TYPE of the same type."""
     previous = "O"
     for i, tag in enumerate(tags):
         if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
-            raise DataError(f"{source}: token {i + 1} has tag {tag!r}; expected O, B-TYPE or I-TYPE")
+            raise DataError(f"{location}: token {i + 1} has tag {tag!r}; expected O, B-TYPE or I-TYPE")
         if tag.startswith("I-") and previous[2:] != tag[2:]:
-            raise DataError(f"{source}: token {i + 1} has tag {tag!r} after {previous!r}, which is not IOB2 "
+            raise DataError(f"{location}: token {i + 1} has tag {tag!r} after {previous!r}, which is not IOB2 "
                             f"(an entity starts with B-); use data.tag_scheme=auto to convert IO/IOB1 tags")
         previous = tag

@@ -43,7 +43,7 @@ def check_main_labels(main: Splits) -> None:
     label starts with the ``topic:`` prefix: it would silently be trained (and scored) as a topic class."""
     for ex in (*main.train, *main.dev, *main.test):
         if isinstance(ex.label, str) and ex.label.startswith(TOPIC_PREFIX):
-            raise DataError(f"{ex.source}: main-head label {ex.label!r} starts with {TOPIC_PREFIX!r}, which marks "
+            raise DataError(f"{ex.location}: main-head label {ex.label!r} starts with {TOPIC_PREFIX!r}, which marks "
                             f"topic classes; rename it")
 
 

@@ -160,7 +160,7 @@ def check_no_overlap(unlabeled: list[Example], held_out: dict[str, list[Example]
         clash = [ex for ex in unlabeled if normalized(ex.text) in seen]
         if clash:
             raise DataError(f"distill.unlabeled: {len(clash)} texts are also in the {role} split, e.g. "
-                            f"{clash[0].source}: {clash[0].text[:80]!r}; remove them (benchmarks/unlabeled_text.py "
+                            f"{clash[0].location}: {clash[0].text[:80]!r}; remove them (benchmarks/unlabeled_text.py "
                             f"--exclude FILE)")
 
 
