@@ -67,9 +67,9 @@ def test_one_rule_for_what_a_stage_may_replace(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError, match="stage 'export'"):
         check_replaceable(export_dir)                     # train --overwrite never deletes an export dir
     with pytest.raises(ArtifactError, match="the run dir being exported"):
-        check_export_target(export_dir, source=export_dir)
+        check_export_target(export_dir, run_dir=export_dir)
     with pytest.raises(ArtifactError, match="holds the run dir being exported"):
-        check_export_target(tmp_path / "empty", source=tmp_path / "empty" / "run")
+        check_export_target(tmp_path / "empty", run_dir=tmp_path / "empty" / "run")
     monkeypatch.chdir(export_dir)
     for refused in (Path("."), tmp_path):                 # the current folder, a parent of it
         with pytest.raises(ArtifactError, match="current directory"):

@@ -295,17 +295,17 @@ def check_not_cwd(path: Path, action: str, instead: str) -> None:
         raise ArtifactError(f"{path}: {action} would delete {where}; refusing. Pass {instead}")
 
 
-def check_export_target(final: Path, source: Path | None = None) -> None:
+def check_export_target(final: Path, run_dir: Path | None = None) -> None:
     """Refuse, before an export starts, a target it would have to delete without having written it.
 
     The export is built beside ``final`` and renamed into place, moving an existing ``final`` aside and deleting
     it (and ``final.failed`` is replaced by a failed build). So ``final`` may be missing, an empty folder, or an
-    export dir (its toolchain.yaml says stage: export); never the run dir being exported (``source``) or a folder
+    export dir (its toolchain.yaml says stage: export); never the run dir being exported (``run_dir``) or a folder
     holding it, the current folder or one above it, or a folder a user made. The same for ``final.failed``."""
     final = Path(final).resolve()   # '.' names the current folder (and has no name of its own)
     action, instead = "export", "--output NEW_DIR (e.g. exports/NAME)"
-    if source is not None:
-        resolved, run = final, Path(source).resolve()
+    if run_dir is not None:
+        resolved, run = final, Path(run_dir).resolve()
         if resolved == run:
             raise ArtifactError(f"{final}: the export dir would replace the run dir being exported; pass {instead}")
         if resolved in run.parents:
