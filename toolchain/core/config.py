@@ -117,7 +117,7 @@ class TrainConfig:
 
 
 @dataclass
-class TopicConfig:
+class TopicHeadConfig:
     train: str | None = opt(None, "topic-labelled training file: adds a topic head trained jointly with the main "
                             "head on one encoder (one model call gives both); unset = single-task")
     dev: str | None = opt(None, "topic dev file; if absent, split off the topic train file (stratified, seeded)")
@@ -182,7 +182,7 @@ class RunConfig:
     method: MethodConfig = opt(None, "method", factory=MethodConfig)
     adversarial: AdversarialConfig = opt(None, "adversarial training", factory=AdversarialConfig)
     train: TrainConfig = opt(None, "optimisation", factory=TrainConfig)
-    topic: TopicConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicConfig)
+    topic: TopicHeadConfig = opt(None, "a topic head trained jointly with the main head", factory=TopicHeadConfig)
     update: UpdateConfig = opt(None, "continuing a parent run's model on new data", factory=UpdateConfig)
     augment: AugmentConfig = opt(None, "offline augmentation of the training split", factory=AugmentConfig)
     distill: DistillConfig = opt(None, "distillation from a teacher run or ensemble", factory=DistillConfig)
