@@ -4,8 +4,8 @@
 Every lever is the ``sentiment-full`` preset plus a few overrides (``LEVERS``); each seed is its own run dir
 ``runs/abl/LEVER/seed-S`` and each lever a seed group (``seeds.json``), so ``toolchain compare`` and
 ``toolchain ensemble`` read them directly. Every run is also scored on SEntFiN test (out of domain, never
-trained on). ``export`` compresses a lever's runs with the export preset (int8 through the gate, temperature
-fitted on dev) and reads the served variant's test metrics and calibration error from each report.
+trained on). ``export`` compresses a lever's runs with the export preset (int8 through the accuracy gate,
+temperature fitted on dev) and reads the served variant's test metrics and calibration error from each report.
 
     python benchmarks/ablation.py pretrain                          # DAPT base: runs/abl/pretrain/model
     python benchmarks/ablation.py train --levers baseline eda dapt --jobs 2

@@ -3,7 +3,7 @@
     python benchmarks/serve_targets.py --export-dir EXPORT_DIR [--seconds 10] [--out benchmarks/results/serve_targets]
 
 1. Model-only figures on this machine, through the serving runtime (toolchain.inference.runtime), real
-   test sentences: every variant that passed the export's gate, one text per call on 1 thread
+   test sentences: every variant that passed the export's accuracy gate, one text per call on 1 thread
    (the ceiling is the best of these x the usable CPUs) and 32-text calls on all CPUs.
 2. The service with default settings (its own worker layout) on 127.0.0.1, loaded with Debian's
    ``wrk`` (keep-alive; each request one real sentence, rotating): 64 clients, 1 client, and

@@ -3,7 +3,7 @@ sentiment, and the served cost per text, all measured in one run.
 
     python benchmarks/topic_sentiment.py --sentiment EXPORT_DIR --topic EXPORT_DIR --joint EXPORT_DIR
 
-- Accuracy: each export's served variant on its own test split(s), as the export's gate scored it through
+- Accuracy: each export's served variant on its own test split(s), as the export's accuracy gate scored it through
   the serving runtime (report.json), beside the fp32 PyTorch reference.
 - Out of domain: the served sentiment head (the single-task sentiment model's, the joint model's main head)
   on SEntFiN test (``${data}/sentfin/test.jsonl``; neither model trained on it).

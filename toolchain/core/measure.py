@@ -1,4 +1,4 @@
-"""How fast a model runs: the one measuring module that export, bench and the gates share.
+"""How fast a model runs: the one measuring module that export, bench and the latency check share.
 
 Latency of several model variants measured fairly: same inputs, same process, interleaved rounds.
 

@@ -110,8 +110,8 @@ BUILT_FROM = {"optimized": "fp32", "int8": "fp32", "int8-static": "fp32", "prune
 def build_variants(job: ExportJob) -> None:
     """Every asked-for variant. One that cannot be built (a library refusing the graph, e.g. static int8 of a
     graph with subgraphs) is skipped, its reason (the library's message) recorded in ``job.extra["skipped"]``;
-    the others are still gated and ranked. fp32 is the reference every other variant is judged against: its
-    failure, and a failed parity check, stop the export."""
+    the others still go through the accuracy gate and the ranking. fp32 is the reference every other variant is
+    judged against: its failure, and a failed parity check, stop the export."""
     skipped = job.extra.setdefault("skipped", {})
     for name in job.cfg.variant_list():
         source = BUILT_FROM.get(name)
