@@ -18,36 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-from pydantic import BaseModel, model_serializer
-
+# The answer itself is built in the inference layer, so `toolchain predict` gives a text exactly what this route does.
+from toolchain.inference.predictions import (Prediction, TopicPrediction, joint_predictions,  # noqa: F401
+                                             predictions, results, with_topics)
 from toolchain.serve.metrics import NO_PREDICTED_TOPIC
 from toolchain.serve.validation import SOURCE_FIELDS, Limits, check_fields, check_source, check_texts, decode_json_object
-from toolchain.core.probability import softmax
-from toolchain.tasks.joint import has_topic_head, heads_of, main_head_probabilities
 
 ROUTE = "/classify"
 TASK = "sequence-classification"
-
-
-class TopicPrediction(BaseModel):
-    label: str
-    score: float
-
-
-class Prediction(BaseModel):
-    label: str
-    score: float
-    scores: dict[str, float]
-    truncated: bool
-    topic: TopicPrediction | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent_topic(self, handler):
-        data = handler(self)
-        if data.get("topic") is None:
-            data.pop("topic", None)
-        return data
 
 
 @dataclass
@@ -63,43 +41,9 @@ def parse_request(body: bytes, limits: Limits) -> ClassifyRequest:
     return ClassifyRequest(check_texts(data["texts"], limits), check_source(data))
 
 
-def predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
-    """Label, its probability and every class probability per row of (main-head) logits."""
-    probs = main_head_probabilities(logits, labels)
-    best = probs.argmax(axis=-1)
-    return [Prediction(label=labels[k], score=float(row[k]), scores=dict(zip(labels, map(float, row))),
-                       truncated=cut)
-            for row, k, cut in zip(probs, best, truncated)]
-
-
-def with_topics(out: list[Prediction], topic_logits: np.ndarray, topic_labels: list[str]) -> list[Prediction]:
-    """Each prediction with the topic of its row of ``topic_logits``: the most likely topic and its probability
-    (a softmax over the topic classes only)."""
-    probs = softmax(topic_logits)
-    for prediction, row in zip(out, probs):
-        best = int(row.argmax())
-        prediction.topic = TopicPrediction(label=topic_labels[best], score=float(row[best]))
-    return out
-
-
-def joint_predictions(logits: np.ndarray, labels: list[str], truncated: list[bool]) -> list[Prediction]:
-    """Main-head prediction (label, score, scores) plus the topic head's label and score, per row."""
-    main, topic = heads_of(labels)
-    return with_topics(predictions(main.columns(logits), list(main.labels), truncated), topic.columns(logits),
-                       list(topic.labels))
-
-
 def infer(model, texts: list[str]):
     """The model's logits per text (truncated to its max length): ``OnnxModel.infer`` (or ``TopicPair.infer``)."""
     return model.infer(texts)
-
-
-def results(texts: list[str], logits: list[np.ndarray], encodings: list, labels: list[str],
-            truncated: list[bool]) -> list[Prediction]:
-    """The route's response for a model output (texts and encodings are not needed here)."""
-    if has_topic_head(labels):
-        return joint_predictions(np.stack(logits), labels, truncated)
-    return predictions(np.stack(logits), labels, truncated)
 
 
 def scores(result: list[Prediction]) -> list[float]:
