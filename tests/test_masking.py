@@ -209,7 +209,7 @@ def test_service_requirements_carry_the_masking_libraries_at_the_tested_floors()
 
 FAULTY_SERVICE = '''
 """Test only: the real service; a text starting "FAULT " makes the model raise with the text in the message."""
-from toolchain.serve import runtime
+from toolchain.inference import runtime
 from toolchain.serve.service import ToolchainService  # noqa: F401  (what bentoml serves)
 
 _infer = runtime.OnnxModel.infer
