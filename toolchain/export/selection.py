@@ -124,9 +124,10 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
     passing = [name for name, verdict in verdicts.items() if verdict["passed"]]
     if not passing:
         raise AccuracyGateError(closest_failure(verdicts))
-    texts = rank_sample(job)
+    texts, started = rank_sample(job), time.perf_counter()
     # every variant is timed (the report shows what each would serve here); only passing ones are ranked
     rates = served_rates({name: served_model(job, name) for name in verdicts}, texts, (1, 32), job.cfg.rank_rounds)
+    seconds = round(time.perf_counter() - started, 1)
     ranked = sorted(passing, key=lambda name: -rates[name][32]["texts_per_s"])
     best = ranked[0]
     failed = {name: verdict["problems"] for name, verdict in verdicts.items() if not verdict["passed"]}
@@ -138,7 +139,7 @@ def choose_serve_variant(job: ExportJob, verdicts: dict) -> dict:
             "criterion": "texts/s of the serving runtime at 32 texts per call (what the adaptive batcher forms "
                          "under load), per worker thread",
             "sample": {"texts": len(texts), "of": len(job.splits.test), "rounds": job.cfg.rank_rounds,
-                       "how": "seeded sample of the test texts (rank_texts)"},
+                       "how": "seeded sample of the test texts (rank_texts)", "seconds": seconds},
             "served": {name: {str(bs): stats for bs, stats in per_bs.items()} for name, per_bs in rates.items()}}
 
 
@@ -152,10 +153,11 @@ def measure_layout(job: ExportJob) -> dict:
     models = {"1": served_model(job, job.serve_variant, 1)}
     if cpus > 1:
         models[str(cpus)] = served_model(job, job.serve_variant, cpus)
-    texts = rank_sample(job)[:64]
+    texts, started = rank_sample(job)[:64], time.perf_counter()
     rates = served_rates(models, texts, (1, 32), job.cfg.rank_rounds)
+    seconds = round(time.perf_counter() - started, 1)
     return {"variant": job.serve_variant, "cpus": cpus, "call_pattern": models["1"].call_pattern,
-            "texts": len(texts), "by_threads": {threads: {"b1_ms": per_bs[1]["median_ms_per_request"],
+            "texts": len(texts), "seconds": seconds, "by_threads": {threads: {"b1_ms": per_bs[1]["median_ms_per_request"],
                                                           "b32_texts_per_s": per_bs[32]["texts_per_s"]}
                                                 for threads, per_bs in rates.items()}}
 
