@@ -23,6 +23,7 @@ The verb x option table in README.md ("CLI conventions") is rendered here from t
 | build | - | yes | - | yes | an export's accuracy gate failed |
 | serve | - | - | - | - | (the server's own exit code) |
 | monitor | - | - | - | - | gave up: the service stayed unreachable |
+| predict | yes | yes | - | - | - |
 | pretrain | yes | - | yes | yes | - |
 | bench | - | latency-check | - | - | latency-check: a latency regression; a benchmark failed |
 """
@@ -39,8 +40,8 @@ from toolchain.core.errors import CheckFailed, ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-WRITES_ARTIFACT_DIR = {"train", "pretrain", "update", "tune", "export"}
-PRINTS_RESULT = {"evaluate", "compare", "ensemble", "explain", "export", "build", "config", "bench"}
+WRITES_ARTIFACT_DIR = {"train", "pretrain", "update", "tune", "export", "predict"}
+PRINTS_RESULT = {"evaluate", "compare", "ensemble", "explain", "export", "build", "config", "bench", "predict"}
 RESUMES = {"train", "pretrain", "update"}
 TAKES_OVERRIDES = {"train", "pretrain", "update", "tune", "export", "build", "config"}
 EXIT_ONE = {"export": "the accuracy gate failed", "build": "an export's accuracy gate failed",
@@ -49,10 +50,12 @@ EXIT_ONE = {"export": "the accuracy gate failed", "build": "an export's accuracy
 # the arguments a verb needs before a trailing override can be parsed, then an option to put it after
 REQUIRED = {"update": ["runs/parent", "--data", "new.jsonl"], "tune": ["--trials", "2"], "export": ["runs/x"],
             "evaluate": ["runs/x"], "compare": ["runs/x"], "ensemble": ["runs/x"], "explain": ["runs/x", "text"],
-            "serve": ["exports/x"], "monitor": ["news.jsonl"], "bench": ["latency-check"]}
+            "serve": ["exports/x"], "monitor": ["news.jsonl"], "bench": ["latency-check"],
+            "predict": ["exports/x", "--input", "news.jsonl", "-o", "out"]}
 FLAG = {"update": ["--dev", "dev.jsonl"], "tune": ["--timeout", "5"], "evaluate": ["--split", "dev"],
         "compare": ["--split", "dev"], "ensemble": ["--split", "dev"], "explain": ["--method", "ig"],
-        "serve": ["--port", "3001"], "monitor": ["--window", "10"], "bench": ["--repeats", "1"]}
+        "serve": ["--port", "3001"], "monitor": ["--window", "10"], "bench": ["--repeats", "1"],
+        "predict": ["--shard-rows", "100"]}
 
 
 def verb_parser(verb: str) -> argparse.ArgumentParser:

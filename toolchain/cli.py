@@ -31,6 +31,7 @@ VERBS = {
     "build": ("toolchain.commands.build", "train/export as needed, then build a Bento (the main job)"),
     "serve": ("toolchain.commands.serve", "serve an export dir or a Bento locally"),
     "monitor": ("toolchain.commands.monitor", "stream news to the service; sentiment by predicted topic and source"),
+    "predict": ("toolchain.commands.predict", "score archives in bulk (JSONL, CSV, Parquet -> Parquet shards), resumable"),
     "pretrain": ("toolchain.commands.pretrain", "continued masked-LM pre-training on unlabeled domain text"),
     "bench": ("toolchain.commands.bench", "run benchmarks / the latency check"),
 }
