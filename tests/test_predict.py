@@ -166,7 +166,11 @@ def test_a_rerun_into_the_output_of_another_run_is_refused(export_dir, tmp_path,
     predict(export_dir, "--input", tmp_path / "a.jsonl", "-o", tmp_path / "out", "--workers", 1)   # resumes: all done
     assert "resuming" in capsys.readouterr().out
     predict(export_dir, "--input", tmp_path / "a.jsonl", "-o", tmp_path / "out", "--keep", "date", expect=2)
-    assert "holds the predictions of another run" in capsys.readouterr().err
+    assert "holds the predictions of another run (it differs in columns" in capsys.readouterr().err
+    with open(tmp_path / "a.jsonl", "a", encoding="utf-8") as handle:   # an input that grew: its shards would move
+        handle.write(json.dumps(news(1)[0]) + "\n")
+    predict(export_dir, "--input", tmp_path / "a.jsonl", "-o", tmp_path / "out", expect=2)
+    assert "it differs in inputs" in capsys.readouterr().err
     predict(export_dir, "--input", tmp_path / "none-*.jsonl", "-o", tmp_path / "x", expect=2)
     predict(export_dir, "--input", tmp_path / "a.jsonl", "-o", tmp_path / "y", "--keep", "label", expect=2)
     assert "--keep label" in capsys.readouterr().err
@@ -265,6 +269,73 @@ def test_rows_equal_a_real_servers_classify_answers(export_dir, tmp_path):
         assert row["topic_score"] == pytest.approx(answer["topic"]["score"], abs=1e-6)
         for label, score in answer["scores"].items():
             assert row[f"score_{label}"] == pytest.approx(score, abs=1e-6)
+
+
+def tiny_export(preset: str, data: dict, tiny_bert: Path, root: Path) -> Path:
+    from toolchain.core.config import load_config
+    from toolchain.export.config import load_export_config
+    from toolchain.export.pipeline import export
+    from toolchain.train.runner import train
+
+    overrides = [f"model.base={tiny_bert}", f"output_dir={root / 'run'}", "train.epochs=3", "train.batch_size=16",
+                 "train.eval_steps=40", "train.learning_rate=5e-3", "data.max_length=32", "train.precision=fp32",
+                 "train.early_stopping_patience=0", *(f"data.{s}={p}" for s, p in data.items())]
+    return export(train(load_config(preset, overrides)), root / "export", load_export_config(None, ["variants=fp32",
+                                                                                                    *FAST]))
+
+
+@pytest.fixture(scope="session")
+def pair_exports(tiny_bert, tiny_data, tiny_topic_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Single-task sentiment and topic exports: the two models of a two-model Bento."""
+    return (tiny_export("sentiment-full", tiny_data, tiny_bert, tmp_path_factory.mktemp("pair-sentiment")),
+            tiny_export("topic-full", tiny_topic_data, tiny_bert, tmp_path_factory.mktemp("pair-topic")))
+
+
+BENTO_SCRIPT = """
+import sys
+from pathlib import Path
+import toolchain.build as build
+
+main, variant = build.register_model(Path(sys.argv[1]), None, allow_unpromotable=True)
+topic = build.register_model(Path(sys.argv[2]), None, allow_unpromotable=True)
+print("bento:", build.build_bento(main, variant, topic=topic).tag)
+"""
+
+
+def test_a_two_model_bento_scores_sentiment_and_topic_as_the_service_does(pair_exports, tmp_path):
+    """BENTO_TAG resolves through the BentoML store to both models; its rows equal the export dirs' with
+    --topic-export-dir and the service's own answer (toolchain.serve.classify on a TopicPair)."""
+    from toolchain.core.artifacts import load_export
+    from toolchain.inference.runtime import OnnxModel, TopicPair
+    from toolchain.serve import classify as route
+
+    sentiment, topic = pair_exports
+    env = toolchain_env(tmp_path / "bentoml")
+    built = subprocess.run([sys.executable, "-c", BENTO_SCRIPT, str(sentiment), str(topic)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    tag = built.stdout.split("bento:")[-1].strip()
+    rows = news(50, seed=6)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    scored = subprocess.run([sys.executable, "-m", "toolchain.cli", "predict", tag, "--input", str(tmp_path / "in.jsonl"),
+                             "-o", str(tmp_path / "bento"), "--no-progress", "--workers", "1"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stdout[-2000:] + scored.stderr[-3000:]
+    predict(sentiment, "--topic-export-dir", topic, "--input", tmp_path / "in.jsonl", "-o", tmp_path / "dirs",
+            "--workers", 1)
+    pair = TopicPair(OnnxModel(load_export(sentiment), "fp32", provider="cpu"),
+                     OnnxModel(load_export(topic), "fp32", provider="cpu"))
+    texts = [r["text"] for r in rows]
+    output = route.infer(pair, texts)
+    answers = route.results(texts, output.logits, output.encodings, pair.labels, output.truncated)
+    from_bento, from_dirs = output_rows(tmp_path / "bento"), output_rows(tmp_path / "dirs")
+    assert len(from_bento) == len(from_dirs) == len(answers) == 50
+    for a, b, answer in zip(from_bento, from_dirs, answers):
+        assert (a["label"], a["topic"]) == (b["label"], b["topic"]) == (answer.label, answer.topic.label)
+        assert a["score"] == pytest.approx(answer.score, abs=1e-6) and b["score"] == pytest.approx(answer.score, abs=1e-6)
+        assert a["topic_score"] == pytest.approx(answer.topic.score, abs=1e-6)
+    model = json.loads((tmp_path / "bento" / "predict.json").read_text())["model"]
+    assert set(model) == {"main", "topic"} and model["topic"]["variant"] == "fp32"
 
 
 def test_scores_give_the_teachers_tempered_probabilities(export_dir, tmp_path):
