@@ -36,7 +36,8 @@ def test_one_rule_for_what_a_stage_may_replace(tmp_path, monkeypatch):
     of it. A missing or empty folder is fine to fill."""
     from pathlib import Path
 
-    from toolchain.core.artifacts import ArtifactError, check_export_target, check_replaceable, run_dir_marker
+    from toolchain.core.artifacts import ArtifactError
+    from toolchain.core.run_dirs import check_export_target, check_replaceable, run_dir_marker
 
     def folder(name, **files):
         path = tmp_path / name

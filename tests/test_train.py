@@ -67,10 +67,9 @@ OWN_PARAMETERS = {"head": lambda name: False, "top-k": lambda name: ".layer.1." 
 
 
 def is_trained_head(name: str, peft: bool) -> bool:
-    """The task head: classifier and pooler; PEFT methods train the classifier's modules_to_save copy only."""
-    from toolchain.train.methods import is_head_parameter
-
-    return "modules_to_save" in name if peft else is_head_parameter(name)
+    """The tiny BERT's task head: classifier and pooler; PEFT methods train the classifier's modules_to_save copy
+    only (the pooler sits in the base model, where LoRA adapts it)."""
+    return "modules_to_save" in name if peft else name.startswith(("classifier.", "bert.pooler."))
 
 
 def adalora_budget(step: int, initial: int, target: int, total: int, tinit: int, tfinal: int) -> int:
@@ -412,7 +411,7 @@ def overwrite_cfg(output_dir):
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(tmp_path, monkeypatch):
     """`output_dir=. --overwrite` must not wipe the current folder (or any folder that is no run dir)."""
-    from toolchain.core.artifacts import prepare_run_dir
+    from toolchain.core.run_dirs import prepare_run_dir
 
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "src").mkdir()
@@ -431,7 +430,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_dir(tmp_path, monkeypatch)
 
 
 def test_overwrite_refuses_the_current_folder_even_if_it_is_a_run_dir(tmp_path, monkeypatch):
-    from toolchain.core.artifacts import prepare_run_dir
+    from toolchain.core.run_dirs import prepare_run_dir
 
     (tmp_path / "toolchain.yaml").write_text("artifact_version: 1\nstage: train\nstatus: complete\n")
     monkeypatch.chdir(tmp_path)
@@ -442,7 +441,7 @@ def test_overwrite_refuses_the_current_folder_even_if_it_is_a_run_dir(tmp_path, 
 
 @pytest.mark.parametrize("marker", ["manifest", "incomplete", "checkpoint"])
 def test_overwrite_replaces_a_run_dir_an_empty_or_a_missing_one(tmp_path, marker):
-    from toolchain.core.artifacts import prepare_run_dir
+    from toolchain.core.run_dirs import prepare_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

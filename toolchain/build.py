@@ -32,7 +32,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolchain.core.artifacts import export_state, run_staleness
+from toolchain.core.run_dirs import export_state, run_staleness
 from toolchain.core.config import ConfigError, config_hash, data_root, expand_data_path
 
 log = logging.getLogger("toolchain.build")

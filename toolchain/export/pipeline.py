@@ -16,8 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, check_export_target, load_run,
-                                 mark_incomplete, replace_dir, write_yaml)
+from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, load_run, mark_incomplete, replace_dir,
+                                      write_yaml)
+from toolchain.core.run_dirs import check_export_target
 from toolchain.core.config import config_hash, to_dict
 from toolchain.export.config import ExportConfig
 from toolchain.export.builders import VARIANT_BUILDERS, save_merged

@@ -20,9 +20,23 @@ from toolchain.pretrain.corpus import (chunk_blocks, drop_excluded, masking_coll
 from toolchain.tasks.base import FeatureDataset
 
 
+def keep_selected(selected: torch.Tensor):
+    """A forward hook for the encoder: its hidden states at the ``selected`` positions only, as one sequence
+    (1, n, hidden), so whatever masked-LM head the model declares after it runs on those alone."""
+    def hook(module, args, output):
+        hidden = output[0][selected].unsqueeze(0)
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        output["last_hidden_state"] = hidden
+        return output
+    return hook
+
+
 class MaskedLMTrainer(Trainer):
     """Scores only the masked positions: the vocabulary projection, the costliest part of an MLM step
-    for a small encoder, runs on the ~15% selected tokens instead of every token."""
+    for a small encoder, runs on the ~15% selected tokens instead of every token. The model's own forward runs
+    (its head, whatever its layout: BERT's cls, RoBERTa's lm_head, DistilBERT's vocab_* layers) on the encoder's
+    output cut to those positions."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,10 +46,13 @@ class MaskedLMTrainer(Trainer):
         labels = inputs["labels"]
         unwrapped = self.accelerator.unwrap_model(model)
         encoder = getattr(unwrapped, unwrapped.base_model_prefix)
-        head = unwrapped.cls if hasattr(unwrapped, "cls") else unwrapped.lm_head
-        hidden = encoder(**{k: v for k, v in inputs.items() if k != "labels"}).last_hidden_state
         selected = labels != -100
-        scores = head(hidden[selected]).float()
+        handle = encoder.register_forward_hook(keep_selected(selected))
+        try:
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        finally:
+            handle.remove()
+        scores = logits[0].float()
         total = torch.nn.functional.cross_entropy(scores, labels[selected], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp_min(1)
         loss = total / count
@@ -66,8 +83,9 @@ def corpus_blocks(cfg: PretrainConfig, tokenizer) -> tuple[list[dict], list[dict
     paths = split_paths(cfg.data.train)
     documents, excluded = drop_excluded(read_corpora(cfg.data.train, cfg.data.max_documents), cfg.data.exclude)
     train_docs, dev_docs = split_documents(documents, cfg.data.dev_fraction, cfg.data.split_seed)
-    train = chunk_blocks(tokenizer, train_docs, cfg.data.max_length, cfg.data.min_block)
-    dev = chunk_blocks(tokenizer, dev_docs, cfg.data.max_length, cfg.data.min_block)[: cfg.data.max_dev_blocks]
+    words = cfg.masking.whole_word
+    train = chunk_blocks(tokenizer, train_docs, cfg.data.max_length, cfg.data.min_block, words)
+    dev = chunk_blocks(tokenizer, dev_docs, cfg.data.max_length, cfg.data.min_block, words)[: cfg.data.max_dev_blocks]
     record = {"path": ",".join(str(Path(p).resolve()) for p in paths), "sha256": ",".join(sha256_file(p) for p in paths),
               "excluded_documents": excluded, "exclude": cfg.data.exclude, "documents": len(documents),
               "train_documents": len(train_docs), "dev_documents": len(dev_docs),
@@ -88,7 +106,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     from transformers import AutoModelForMaskedLM, set_seed
 
     from toolchain.inference.modeling import load_pretrained, load_tokenizer, resolve_base_model
-    from toolchain.core.artifacts import prepare_run_dir
+    from toolchain.core.run_dirs import prepare_run_dir
 
     out = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.train.seed)

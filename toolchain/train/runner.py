@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from toolchain import __version__
-from toolchain.core.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError, mark_complete, prepare_run_dir,
-                                 mark_incomplete, read_manifest, replace_dir, write_yaml)
+from toolchain.core.artifacts import (ARTIFACT_VERSION, MANIFEST, ArtifactError, mark_complete, mark_incomplete,
+                                      read_manifest, replace_dir, write_yaml)
+from toolchain.core.run_dirs import prepare_run_dir
 from toolchain.core.config import RunConfig, config_hash, from_dict, to_dict, train_metric
 from toolchain.data.dataset import check_labels
 from toolchain.tasks.joint_data import load_run_splits, run_labels

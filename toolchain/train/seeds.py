@@ -32,7 +32,7 @@ def train_seeds(cfg, count: int, overwrite: bool = False) -> Path:
     A seed dir holding anything else (a run of another config, or trained on data that changed since) is
     replaced only with ``overwrite`` (--overwrite), as a single run is; without it the group stops before
     training any seed, naming the seed dirs."""
-    from toolchain.core.artifacts import run_staleness
+    from toolchain.core.run_dirs import run_staleness
     from toolchain.core.config import config_hash
     from toolchain.train.runner import train
 
