@@ -203,12 +203,12 @@ def test_served_predictions_equal_offline_predictions(client, built):
 
 
 def test_export_gate_scores_are_the_served_scores(client, built):
-    """The accuracy gate scores a variant with the export's own path (toolchain.export.pipeline.served_logits);
+    """The accuracy gate scores a variant with the export's own path (toolchain.export.job.served_logits);
     the running Bento must answer exactly those scores for the same texts, alone and in one request."""
     from types import SimpleNamespace
 
     from toolchain.core.artifacts import load_export
-    from toolchain.export.pipeline import served_logits
+    from toolchain.export.job import served_logits
     from toolchain.inference.runtime import OnnxModel
     from toolchain.tasks import get_task
 
@@ -288,7 +288,9 @@ def test_metrics_are_present_increase_and_sum_over_both_workers(server, client, 
         metric_total(before, "toolchain_requests_total", route="/classify", status="200") == 24
     for name in ("toolchain_inference_seconds_count", "toolchain_batch_size_count", "toolchain_request_seconds_count"):
         assert metric_total(after, name) > metric_total(before, name), name
-    workers = {dict(k).get("worker_index") for k, v in metric_samples(after, "bentoml_service_adaptive_batch_size_count").items() if v}
+    # BentoML's last-request gauge keeps one series per worker process (multiprocess mode "all": a pid label)
+    workers = {dict(k).get("pid") for k, v in
+               metric_samples(after, "bentoml_service_last_request_timestamp_seconds").items() if v}
     assert len(workers) == 2, "both workers served requests, and their counts were summed above"
 
 

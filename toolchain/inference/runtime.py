@@ -28,7 +28,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_LABELS = {CUDA: "cuda", CPU: "cpu"}
 BUCKET_TOKENS = 16
-MAX_CALL_TEXTS = 32   # most texts in one model call (the adaptive batcher's default max_batch_size)
+MAX_CALL_TEXTS = 32   # most texts in one model call (the service's default TOOLCHAIN_MAX_BATCH_SIZE)
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
@@ -72,13 +72,15 @@ class Encoder:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def plan_calls(lengths: list[int], per_text: bool, max_texts: int = MAX_CALL_TEXTS) -> list[list[int]]:
+def plan_calls(lengths: list[int], per_text: bool, max_texts: int = MAX_CALL_TEXTS,
+               max_tokens: int | None = None) -> list[list[int]]:
     """Text indices per model call: one text each, or texts of similar length together, at most
-    ``max_texts`` per call.
+    ``max_texts`` per call and, with ``max_tokens``, at most that many padded tokens (texts x the bucket's
+    width) per call (the token budget; a text over it still gets a call of its own).
 
     Grouping by length (in steps of BUCKET_TOKENS) keeps padding small: padding a short text to a
     long one costs compute (attention is quadratic) without changing a batch-invariant model's output.
-    The cap bounds a call's activations: ONNX Runtime's arena keeps the memory of its largest call, so
+    The caps bound a call's activations: ONNX Runtime's arena keeps the memory of its largest call, so
     one call over a whole test set (thousands of texts) would hold gigabytes for the session's life.
     """
     if per_text:
@@ -86,8 +88,11 @@ def plan_calls(lengths: list[int], per_text: bool, max_texts: int = MAX_CALL_TEX
     buckets: dict[int, list[int]] = {}
     for index, length in enumerate(lengths):
         buckets.setdefault(-(-length // BUCKET_TOKENS), []).append(index)
-    return [buckets[key][start:start + max_texts] for key in sorted(buckets)
-            for start in range(0, len(buckets[key]), max_texts)]
+    calls = []
+    for key in sorted(buckets):
+        size = max_texts if max_tokens is None else max(1, min(max_texts, max_tokens // (key * BUCKET_TOKENS or 1)))
+        calls += [buckets[key][start:start + size] for start in range(0, len(buckets[key]), size)]
+    return calls
 
 
 def quantizes_at_run_time(model_file: Path) -> bool:
@@ -175,6 +180,15 @@ class OnnxModel:
         self.output_name = self.session.get_outputs()[0].name
         self.encoder = Encoder(tokenizer_dir, max_length)
         self.per_text = calls == "per-text" or (calls == "auto" and quantizes_at_run_time(model_file))
+        self.max_call_texts, self.max_call_tokens = MAX_CALL_TEXTS, None   # the service sets its own limits
+
+    def plan(self, lengths: list[int]) -> list[list[int]]:
+        """Text indices per model call for encodings of these lengths (see :func:`plan_calls`)."""
+        return plan_calls(lengths, self.per_text, self.max_call_texts, self.max_call_tokens)
+
+    def limit_calls(self, max_texts: int, max_tokens: int | None = None) -> None:
+        """At most ``max_texts`` texts and ``max_tokens`` padded tokens per model call (the service's batch limits)."""
+        self.max_call_texts, self.max_call_tokens = max_texts, max_tokens
 
     @property
     def labels(self) -> list[str]:
@@ -200,7 +214,7 @@ class OnnxModel:
         service groups them; and the seconds spent in model calls."""
         logits: list = [None] * len(encodings)
         seconds = 0.0
-        for group in plan_calls([len(e.ids) for e in encodings], self.per_text):
+        for group in self.plan([len(e.ids) for e in encodings]):
             output, took = self.run(self.encoder.pad([encodings[i] for i in group]))
             seconds += took
             for row, index in enumerate(group):
@@ -322,6 +336,19 @@ class TopicPair:
     @property
     def provider(self) -> str:
         return self.main.provider
+
+    @property
+    def per_text(self) -> bool:
+        """One text per model call in either model: merging requests would merge no work."""
+        return self.main.per_text or self.topic.per_text
+
+    @property
+    def call_pattern(self) -> str:
+        return "per-text" if self.per_text else "length-grouped"
+
+    def limit_calls(self, max_texts: int, max_tokens: int | None = None) -> None:
+        self.main.limit_calls(max_texts, max_tokens)
+        self.topic.limit_calls(max_texts, max_tokens)
 
     def infer(self, texts: list[str]) -> BatchOutput:
         if self._pool is None:

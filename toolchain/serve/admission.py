@@ -5,10 +5,13 @@ In order, for each inference request: API key (401), bounded concurrency per wor
 costly route such as ``/explain`` also has its own, lower cap: ``Route.concurrency``),
 media type (415), body cap (413, without reading an over-long body), ``Idempotency-Key`` replay
 (see :mod:`toolchain.serve.idempotency`), the route's own validation (400/422). Only then does the
-request reach BentoML's API and its adaptive batching. Admission control also counts rejections by reason,
-predictions by label and topic, and every response of an inference route by status, whatever
-produced it: admission control, BentoML, the model, a timeout (504), an exception in admission control itself
-(500).
+request reach the model: ``/classify`` and ``/ner`` go to the worker's model queue
+(:mod:`toolchain.serve.model_queue`: a fast 503 with ``Retry-After`` when its queued work is over its bound, checked
+on the headers already), and their answer is built there and sent from here, without BentoML's API layer (a second
+JSON parse and pydantic validation of the body, a worker-thread hop); ``/explain`` goes to its BentoML API.
+Admission control also counts rejections by reason, predictions by label and topic, and every response of an
+inference route by status, whatever produced it: admission control, BentoML, the model, a timeout (504), an
+exception in admission control itself (500).
 Health probes pass untouched; ``/metrics`` needs a key only when ``TOOLCHAIN_METRICS_AUTH`` is on.
 
 Where BentoML puts things (``_bentoml_impl/server/app.py``, ``ServiceAppFactory.middlewares``): its
@@ -32,6 +35,7 @@ from toolchain.core.privacy import clip
 from toolchain.serve import auth
 from toolchain.serve.idempotency import REPLAYED_HEADER, request_key, store_for_workers
 from toolchain.serve.metrics import REJECT_REASONS, service_metrics, source_label
+from toolchain.serve.model_queue import ClientGone, ModelError, wait_for_job, within
 from toolchain.serve.settings import ServeSettings, env_name, load_settings
 from toolchain.serve.validation import Limits, RequestRejected, without_bom
 
@@ -39,7 +43,7 @@ log = logging.getLogger("toolchain.serve")
 METRICS_PATH = "/metrics"
 JSON_TYPES = ("application/json", "text/json")
 BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"   # where BentoML logs an API's exception
-BATCHER_OVERLOADED = "process is overloaded"                 # its adaptive batcher's refusal (ServiceUnavailable)
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Route:
     parse: Callable[[bytes, Limits], Any]              # body -> request with .source; raises RequestRejected
     labels_of: Callable[[Any], list[tuple[str, str]]]  # response JSON -> (predicted label, predicted topic) pairs
     concurrency: str | None = None                     # a ServeSettings field: this route's own in-flight cap
+    queued: bool = False                               # answered through the worker's model queue (not the API)
 
 
 class ClientDisconnected(Exception):
@@ -89,8 +94,10 @@ async def send_json(send, status: int, payload: dict, extra_headers: list | None
 
 
 async def send_rejection(send, rejected: RequestRejected) -> None:
-    extra = {401: [(b"www-authenticate", b"Bearer")], 503: [(b"retry-after", b"1")], 409: [(b"retry-after", b"1")],
-             413: [(b"connection", b"close")], 408: [(b"connection", b"close")]}.get(rejected.status)
+    extra = {401: [(b"www-authenticate", b"Bearer")], 413: [(b"connection", b"close")],
+             408: [(b"connection", b"close")]}.get(rejected.status)
+    if rejected.status in (503, 409):
+        extra = [(b"retry-after", str(rejected.retry_after or 1).encode())]
     await send_json(send, rejected.status, rejected.body(), extra)
 
 
@@ -130,6 +137,15 @@ class ResponseRecorder:
     def __init__(self):
         self.start: dict | None = None
         self.chunks: list[bytes] = []
+
+    @classmethod
+    def of(cls, status: int, body: bytes) -> "ResponseRecorder":
+        """A JSON response built here (the model queue's answer)."""
+        recorder = cls()
+        recorder.start = {"type": "http.response.start", "status": status,
+                          "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]}
+        recorder.chunks.append(body)
+        return recorder
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
@@ -198,16 +214,21 @@ def describe(exception: BaseException | None) -> str:
     return f"{type(exception).__name__}: {clip(str(exception), 300)}"
 
 
-def unavailable(note: RequestNote, max_latency_ms: int) -> RequestRejected:
-    """What a 503 from the app really was: the batching queue refusing, or something else (named)."""
-    exception = note.exception
-    if exception is not None and str(exception) == BATCHER_OVERLOADED:
-        return RequestRejected(503, "overloaded", "the batching queue is full: this request would have waited "
-                               f"longer than TOOLCHAIN_MAX_LATENCY_MS ({max_latency_ms} ms) for the model; "
-                               "retry shortly", reason="overload")
+def unavailable(exception: BaseException | None) -> RequestRejected:
+    """A 503 from the model or the API (say, a model being reloaded), its cause named."""
     cause = clip(str(exception), 300) if exception is not None else "no cause was recorded (see the server log)"
     return RequestRejected(503, "unavailable", f"the service is unavailable: {cause}; retry shortly",
                            reason="unavailable")
+
+
+def timed_out(deadline_s: float) -> RequestRejected:
+    return RequestRejected(504, "timeout", f"no answer within {deadline_s:g} s (TOOLCHAIN_TIMEOUT_S): the model is too "
+                           "slow or overloaded; retry later or send fewer texts", reason="timeout")
+
+
+def internal_error() -> RequestRejected:
+    return RequestRejected(500, "internal_error", "the server failed on this request; the error is in the server log",
+                           reason="error")
 
 
 # --------------------------------------------------------------------------- admission control
@@ -216,10 +237,12 @@ class AdmissionControl:
     """ASGI middleware; BentoML adds it with ``Service.add_asgi_middleware(AdmissionControl, routes=...)``."""
 
     def __init__(self, app, routes: dict[str, Route], settings: ServeSettings | None = None,
-                 served_task: Callable[[], str | None] = lambda: None):
+                 served_task: Callable[[], str | None] = lambda: None,
+                 model_queue: Callable[[], Any] = lambda: None):
         self.app = app
         self.routes = routes
         self.served_task = served_task
+        self.model_queue = model_queue   # the worker's ModelQueue once the model has loaded (None before)
         self.settings = settings or load_settings()
         self.keys = auth.ReloadingKeys() if self.settings.auth or self.settings.metrics_auth else auth.KeyRing([])
         self.limits = Limits(self.settings.max_batch_items, self.settings.max_text_chars)
@@ -272,6 +295,7 @@ class AdmissionControl:
             self.admit(scope)
             self.check_task(route)
             self.admit_route(route, scope["path"])
+            self.admit_queued(route)
         except RequestRejected as rejected:
             return await self.refuse(send, rejected)
         deadline = time.perf_counter() + self.deadline_s
@@ -279,7 +303,7 @@ class AdmissionControl:
         self.route_in_flight[scope["path"]] = self.route_in_flight.get(scope["path"], 0) + 1
         try:
             body = without_bom(await self.read_within(receive, deadline))
-            await self.answer(route, scope, body, replay(body, receive), send, deadline)
+            await self.answer(route, scope, body, receive, send, deadline)
         except RequestRejected as rejected:
             await self.refuse(send, rejected)
         except ClientDisconnected:
@@ -290,18 +314,18 @@ class AdmissionControl:
 
     async def read_within(self, receive, deadline: float) -> bytes:
         try:
-            return await asyncio.wait_for(read_body(receive, self.settings.max_body_bytes),
-                                          max(0.0, deadline - time.perf_counter()))
+            return await within(read_body(receive, self.settings.max_body_bytes), deadline - time.perf_counter())
         except asyncio.TimeoutError:
             raise RequestRejected(408, "request_timeout", "the request body did not arrive within "
                                   f"{self.deadline_s:g} s (TOOLCHAIN_TIMEOUT_S)", reason="timeout") from None
 
     async def answer(self, route: Route, scope, body: bytes, receive, send, deadline: float) -> None:
-        """The API's response, or the stored one for a repeated ``Idempotency-Key``."""
+        """The model's (or the API's) response, or the stored one for a repeated ``Idempotency-Key``; ``receive``
+        is the request's, its body already read."""
         headers = dict(scope["headers"])
         key = request_key(headers)
         if key is None:
-            await self.forward(route, route.parse(body, self.limits), scope, receive, send, deadline)
+            await self.forward(route, body, route.parse(body, self.limits), scope, receive, send, deadline)
             return
         scope_key = self.idempotency.scope(auth.presented_key(headers), scope["path"], key)
         stored = self.idempotency.begin(scope_key, body)
@@ -312,7 +336,7 @@ class AdmissionControl:
             return
         recorder = None
         try:
-            recorder = await self.forward(route, route.parse(body, self.limits), scope, receive, send, deadline)
+            recorder = await self.forward(route, body, route.parse(body, self.limits), scope, receive, send, deadline)
         finally:
             if recorder is not None and recorder.start is not None:
                 self.idempotency.finish(scope_key, recorder.status, recorder.headers, recorder.body)
@@ -333,6 +357,14 @@ class AdmissionControl:
         declared = headers.get(b"content-length", b"").decode("latin-1").strip()
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             raise too_large(int(declared), self.settings.max_body_bytes)
+
+    def admit_queued(self, route: Route) -> None:
+        """A route answered through the model queue is refused (503, Retry-After) while the queue is over its
+        bound: on the headers alone, before the body is read or parsed."""
+        model_queue = self.model_queue() if route.queued else None
+        rejected = model_queue.refusal() if model_queue is not None else None
+        if rejected is not None:
+            raise rejected
 
     def admit_route(self, route: Route, path: str) -> None:
         """A route with a cap of its own (a costly one: /explain) refuses past it, leaving the others' slots."""
@@ -358,19 +390,24 @@ class AdmissionControl:
             service_metrics().reject(rejected.reason)
         await send_rejection(send, rejected)
 
-    async def forward(self, route: Route, request, scope, receive, send, deadline: float) -> ResponseRecorder:
-        """Run the API within the deadline (else 504); count its predictions; say what a 503 really was."""
+    async def forward(self, route: Route, body: bytes, request, scope, receive, send,
+                      deadline: float) -> ResponseRecorder:
+        """Answer within the deadline (else 504) through the model queue or the API; count the predictions;
+        say what a 503 was."""
+        model_queue = self.model_queue() if route.queued else None
+        if model_queue is not None:
+            return await self.run_queued(route, model_queue, request, receive, send, deadline)
         recorder, note = ResponseRecorder(), RequestNote()
         token = CURRENT_REQUEST.set(note)
         try:
-            await self.run_app(scope, receive, recorder, deadline)
+            await self.run_app(scope, replay(body, receive), recorder, deadline)
         finally:
             CURRENT_REQUEST.reset(token)
         status = recorder.status
         if status == 200:
             self.count_predictions(route, request, recorder.body)
         elif status == 503:
-            await self.refuse(send, unavailable(note, self.settings.max_latency_ms))
+            await self.refuse(send, unavailable(note.exception))
             return recorder
         elif status >= 500:
             log.error("inference route %s answered %d (%s): %s", scope["path"], status, describe(note.exception),
@@ -378,9 +415,30 @@ class AdmissionControl:
         await recorder.forward(send)
         return recorder
 
+    async def run_queued(self, route: Route, model_queue, request, receive, send,
+                         deadline: float) -> ResponseRecorder:
+        """The request's texts through the worker's model queue; its answer (JSON and predicted labels) is built
+        on the model thread. Refused (503) when the queue is over its bound."""
+        job = model_queue.submit(request.texts)
+        try:
+            answer = await wait_for_job(model_queue, job, receive, deadline - time.perf_counter())
+        except asyncio.TimeoutError:
+            raise timed_out(self.deadline_s) from None
+        except ClientGone:
+            raise ClientDisconnected() from None
+        except ModelError as failed:
+            if getattr(failed.cause, "error_code", None) == 503:   # bentoml.exceptions.ServiceUnavailable and kin
+                raise unavailable(failed.cause) from None
+            log.error("a %s request failed on the model: %s", route.task, describe(failed.cause),
+                      exc_info=(type(failed.cause), failed.cause, failed.cause.__traceback__))
+            raise internal_error() from None
+        recorder = ResponseRecorder.of(200, answer.body)
+        service_metrics().count_predictions(route.task, answer.labels, source_label(request.source, self.sources))
+        await recorder.forward(send)
+        return recorder
+
     async def run_app(self, scope, receive, recorder: ResponseRecorder, deadline: float) -> None:
-        """The API, in a task of its own so that the deadline does not depend on how it handles cancellation
-        (BentoML's batcher turns a cancelled wait into a 503)."""
+        """The API, in a task of its own so that the deadline does not depend on how it handles cancellation."""
         task = asyncio.ensure_future(self.app(scope, receive, recorder))
         try:
             done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.perf_counter()))
@@ -391,8 +449,7 @@ class AdmissionControl:
             return task.result()
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its late answer is dropped
-        raise RequestRejected(504, "timeout", f"no answer within {self.deadline_s:g} s (TOOLCHAIN_TIMEOUT_S): the "
-                              "model is too slow or overloaded; retry later or send fewer texts", reason="timeout")
+        raise timed_out(self.deadline_s)
 
     def count_predictions(self, route: Route, request, body: bytes) -> None:
         try:

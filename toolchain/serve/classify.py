@@ -50,6 +50,12 @@ def scores(result: list[Prediction]) -> list[float]:
     return [p.score for p in result]
 
 
+def result_labels(result: list[Prediction]) -> list[tuple[str, str]]:
+    """(label, predicted topic) per prediction of an answer (for the predictions counter), as
+    :func:`predicted_labels` reads them from its JSON."""
+    return [(p.label, p.topic.label if p.topic is not None else NO_PREDICTED_TOPIC) for p in result]
+
+
 def predicted_labels(response: list) -> list[tuple[str, str]]:
     """(label, predicted topic) per prediction in a /classify response body (for the predictions counter);
     the topic is ``none`` for a model without a topic head."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections import Counter as Tally
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 REJECT_REASONS = ("auth", "validation", "size", "overload")
@@ -21,6 +21,7 @@ CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TOKEN_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 VOCABULARY_LABELS = ("seen", "unseen")   # an input token the training texts hold, or one they never did
 
@@ -45,37 +46,58 @@ class ServiceMetrics:
     reference_unseen_token_share: Any
     low_confidence: Any
     drift_tokens: Any
+    queue_wait: Any = None
+    children: dict = field(default_factory=dict, repr=False)   # (metric name, label values) -> labelled child
+
+    def child(self, metric, *values: str):
+        """``metric.labels(*values)``, looked up once: the request path skips prometheus_client's label checks."""
+        key = (id(metric), values)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*values)
+        return found
 
     def observe_model_call(self, task: str, seconds: float, tokens: Iterable[int], truncated: int) -> None:
         tokens = list(tokens)
-        self.inference_seconds.labels(task=task).observe(seconds)
-        self.batch_size.labels(task=task).observe(len(tokens))
+        self.child(self.inference_seconds, task).observe(seconds)
+        self.child(self.batch_size, task).observe(len(tokens))
+        histogram = self.child(self.input_tokens, task)
         for count in tokens:
-            self.input_tokens.labels(task=task).observe(count)
+            histogram.observe(count)
         if truncated:
-            self.truncated.labels(task=task).inc(truncated)
+            self.child(self.truncated, task).inc(truncated)
 
     def observe_confidence(self, task: str, scores: Iterable[float]) -> None:
+        histogram = self.child(self.confidence, task)
         for score in scores:
-            self.confidence.labels(task=task).observe(score)
+            histogram.observe(score)
+
+    def observe_queue_wait(self, task: str, seconds: float) -> None:
+        """How long a request waited in the model queue before the model took it (no batching wait: only the
+        work ahead of it)."""
+        if self.queue_wait is not None:
+            self.child(self.queue_wait, task).observe(seconds)
 
     def count_predictions(self, task: str, predicted: Iterable[tuple[str, str]], source: str) -> None:
         """Count (label, predicted topic) pairs; the topic is ``none`` for a model without a topic head."""
         for (label, topic), count in Tally(predicted).items():
-            self.predictions.labels(label=label, topic=topic, source=source, task=task).inc(count)
+            self.child(self.predictions, label, topic, source, task).inc(count)
 
     def reject(self, reason: str) -> None:
         if reason not in REJECT_REASONS:
             raise ValueError(f"rejection reason {reason!r} is not one of {', '.join(REJECT_REASONS)}")
-        self.rejected.labels(reason=reason).inc()
+        self.child(self.rejected, reason).inc()
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.request_seconds.labels(route=route).observe(seconds)
+        self.child(self.requests, route, str(status)).inc()
+        self.child(self.request_seconds, route).observe(seconds)
 
-    def set_model(self, model: str, variant: str, config_hash: str, provider: str, version: str) -> None:
+    def set_model(self, model: str, variant: str, config_hash: str, provider: str, version: str,
+                  batching: str = "", call_pattern: str = "") -> None:
+        """The served model's series; ``batching`` (on/off) and ``call_pattern`` (per-text/length-grouped) say how
+        its requests reach the model (see toolchain.serve.model_queue)."""
         self.model_info.labels(model=model, variant=variant, config_hash=config_hash, provider=provider,
-                               version=version).set(1)
+                               version=version, batching=batching, call_pattern=call_pattern).set(1)
 
     def set_drift_reference(self, task: str, reference) -> None:
         """Expose a loaded reference (toolchain.inference.drift.DriftReference) and create the drift counters at 0,
@@ -94,11 +116,11 @@ class ServiceMetrics:
 
     def observe_drift(self, task: str, low_confidence: int, seen_tokens: int, unseen_tokens: int) -> None:
         if low_confidence:
-            self.low_confidence.labels(task=task).inc(low_confidence)
+            self.child(self.low_confidence, task).inc(low_confidence)
         if seen_tokens:
-            self.drift_tokens.labels(task=task, vocabulary="seen").inc(seen_tokens)
+            self.child(self.drift_tokens, task, "seen").inc(seen_tokens)
         if unseen_tokens:
-            self.drift_tokens.labels(task=task, vocabulary="unseen").inc(unseen_tokens)
+            self.child(self.drift_tokens, task, "unseen").inc(unseen_tokens)
 
     def set_ready(self, ready: bool) -> None:
         self.model_ready.set(1 if ready else 0)
@@ -116,8 +138,8 @@ def service_metrics() -> ServiceMetrics:
                              buckets=CONFIDENCE_BUCKETS),
         inference_seconds=Histogram("toolchain_inference_seconds", "Model time of one batch (ONNX Runtime calls "
                                     "only: no tokenizing, no HTTP)", ["task"], buckets=INFERENCE_BUCKETS),
-        batch_size=Histogram("toolchain_batch_size", "Texts per batch handed to the model (one adaptive batch)",
-                             ["task"], buckets=BATCH_BUCKETS),
+        batch_size=Histogram("toolchain_batch_size", "Texts per round handed to the model (one request, or the "
+                             "requests merged for a batch-invariant variant)", ["task"], buckets=BATCH_BUCKETS),
         input_tokens=Histogram("toolchain_input_tokens", "Tokens per input text after truncation", ["task"],
                                buckets=TOKEN_BUCKETS),
         truncated=Counter("toolchain_truncated_inputs", "Inputs truncated to the model's max length", ["task"]),
@@ -125,11 +147,15 @@ def service_metrics() -> ServiceMetrics:
         requests=Counter("toolchain_requests", "Inference requests by route and status", ["route", "status"]),
         request_seconds=Histogram("toolchain_request_seconds", "Whole-request time of inference routes", ["route"],
                                   buckets=REQUEST_BUCKETS),
-        model_info=Gauge("toolchain_model_info", "The served model (value 1)",
-                         ["model", "variant", "config_hash", "provider", "version"], multiprocess_mode="max"),
+        model_info=Gauge("toolchain_model_info", "The served model (value 1); batching on/off and the model call "
+                         "pattern say how requests reach it", ["model", "variant", "config_hash", "provider", "version",
+                                                               "batching", "call_pattern"], multiprocess_mode="max"),
         model_ready=Gauge("toolchain_model_ready", "1 once the model has loaded and answered a warm-up request",
                           multiprocess_mode="livemin"),
         **drift_metrics(Counter, Gauge),
+        queue_wait=Histogram("toolchain_queue_wait_seconds", "Time a request waited in the model queue before the "
+                             "model took it (the work queued ahead of it; there is no batching wait)", ["task"],
+                             buckets=WAIT_BUCKETS),
     )
 
 

@@ -63,6 +63,11 @@ def scores(predictions: list[NerResult]) -> list[float]:
     return [entity.score for result in predictions for entity in result.entities]
 
 
+def result_labels(result: list[NerResult]) -> list[tuple[str, str]]:
+    """(entity type, ``none``) per entity of an answer (for the predictions counter)."""
+    return [(entity.type, NO_PREDICTED_TOPIC) for item in result for entity in item.entities]
+
+
 def entity_types(response: list) -> list[tuple[str, str]]:
     """(entity type, ``none``) per entity in a /ner response body (for the predictions counter: an NER model
     predicts no topic)."""

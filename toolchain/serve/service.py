@@ -8,20 +8,25 @@ keeps explaining the main model.
 Settings are read from ``TOOLCHAIN_*`` environment variables (see :mod:`toolchain.serve.settings`).
 
 Routes: ``POST /classify`` for a sequence-classification export (see :mod:`toolchain.serve.classify`),
-``POST /ner`` for a token-classification one (see :mod:`toolchain.serve.ner`), both batchable; the route of
-the other task answers 404. ``POST /explain`` (sequence classification, not batched, its own concurrency cap:
-see :mod:`toolchain.serve.explain`) says which words drove a prediction. ``GET /livez``, ``GET /readyz`` (200 only after the model answered a warm-up
+``POST /ner`` for a token-classification one (see :mod:`toolchain.serve.ner`), both answered through the
+worker's model queue (:mod:`toolchain.serve.model_queue`: one model thread, requests merged only for a
+batch-invariant variant, a bound in seconds of queued model work); the route of the other task answers 404.
+``POST /explain`` (sequence classification, not batched, its own concurrency cap: see :mod:`toolchain.serve.explain`)
+says which words drove a prediction. ``GET /livez``, ``GET /readyz`` (200 only after the model answered a warm-up
 request), ``GET /metrics``.
 """
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
+from pydantic import TypeAdapter
 
 from toolchain.core.privacy import install_log_masking
 from toolchain.serve import auth
@@ -31,6 +36,7 @@ from toolchain.serve import ner as token_classification
 from toolchain.serve.admission import BENTOML_ERROR_LOGGER, AdmissionControl, Route
 from toolchain.inference.drift import drift_monitor
 from toolchain.serve.metrics import model_version, service_metrics
+from toolchain.serve.model_queue import ModelQueue, TextCost, model_cost
 from toolchain.serve.settings import load_settings
 
 log = logging.getLogger("toolchain.serve")
@@ -48,24 +54,39 @@ Explanations = Annotated[list[explanation.Explanation], ContentType("application
 
 # The route module of each task: request parsing, response building, labels for the metrics.
 TASK_ROUTES = {text_classification.TASK: text_classification, token_classification.TASK: token_classification}
+# The JSON of each task's answer, as BentoML would write the API's return value.
+TASK_ANSWERS = {text_classification.TASK: TypeAdapter(list[text_classification.Prediction]),
+                token_classification.TASK: TypeAdapter(list[token_classification.NerResult])}
 
 # Every inference route and how admission control checks it; a route missing here would be unprotected.
 ROUTES = {
     text_classification.ROUTE: Route(text_classification.TASK, text_classification.parse_request,
-                                     text_classification.predicted_labels),
+                                     text_classification.predicted_labels, queued=True),
     token_classification.ROUTE: Route(token_classification.TASK, token_classification.parse_request,
-                                      token_classification.entity_types),
+                                      token_classification.entity_types, queued=True),
     explanation.ROUTE: Route(explanation.TASK, explanation.parser(lambda: SERVED_LABELS or None),
                              explanation.no_predictions, concurrency=explanation.CONCURRENCY_SETTING),
 }
 SERVED_LABELS: list[str] = []   # the served model's labels once it has loaded (/explain checks its target)
 
-# The task of the model this worker serves, set once it has loaded (admission control answers 404 on the other route).
-SERVED: dict[str, str | None] = {"task": None}
+# The task of the model this worker serves and its model queue, set once it has loaded (admission control answers
+# 404 on the other route, and sends /classify or /ner to the queue).
+SERVED: dict = {"task": None, "queue": None}
 
 
 def served_task() -> str | None:
     return SERVED["task"]
+
+
+def served_queue() -> ModelQueue | None:
+    return SERVED["queue"]
+
+
+@dataclass
+class Answer:
+    """One request's answer, built on the model thread: the response body and the predicted labels to count."""
+    body: bytes
+    labels: list[tuple[str, str]]
 
 
 def bento_model(argument: str = "model_tag"):
@@ -113,11 +134,27 @@ LAYOUT = serving_layout(SETTINGS, BENTO_MODEL, TOPIC_BENTO_MODEL)
 log.info("serving layout: %d worker(s) x %d thread(s): %s", LAYOUT.workers, LAYOUT.threads, LAYOUT.why)
 
 
+INFERENCE_PATHS = [text_classification.ROUTE, token_classification.ROUTE]
+
+
+def served_paths_config(settings) -> dict:
+    """BentoML's own per-request layers that /classify and /ner can do without (admission control counts every
+    response, keeps its own deadline and limits): its access log line (TOOLCHAIN_ACCESS_LOG) and its OpenTelemetry
+    middleware (TOOLCHAIN_TRACING), which builds a span per request even where nothing exports it."""
+    config: dict = {}
+    if not settings.access_log:
+        config["logging"] = {"access": {"enabled": False}}
+    if not settings.tracing:
+        config["tracing"] = {"excluded_urls": INFERENCE_PATHS}
+    return config
+
+
 @bentoml.service(
     name="toolchain-service",
     workers=LAYOUT.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    **served_paths_config(SETTINGS),
 )
 class ToolchainService:
     bento_model = BENTO_MODEL
@@ -138,14 +175,23 @@ class ToolchainService:
             raise RuntimeError(f"{export_dir}: task {self.task!r} has no route in this service "
                                f"(served: {', '.join(TASK_ROUTES)})")
         self.route = TASK_ROUTES[self.task]
+        self.answers = TASK_ANSWERS[self.task]
         SERVED["task"] = self.task
         SERVED_LABELS[:] = self.model.labels
-        self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider,
-                               model_version(self.settings.model_version, None if self.settings.export_dir else
-                                             self.bento_model, self.config_hash()))
         self.drift = drift_monitor(self.metrics, self.model)
         self.classifier = self.with_topic_model()   # what predict runs: the model, or it and the topic model
+        self.batching = self.settings.batching and not self.classifier.per_text
+        self.classifier.limit_calls(self.settings.max_batch_size, self.settings.max_batch_tokens)
+        self.metrics.set_model(self.model_name(export_dir), self.model.variant, self.config_hash(), self.model.provider,
+                               model_version(self.settings.model_version, None if self.settings.export_dir else
+                                             self.bento_model, self.config_hash()), *self.batching_labels())
         self.warm_up()
+        self.queue = self.start_queue()
+        SERVED["queue"] = self.queue
+        self.ready = True
+        self.metrics.set_ready(True)
+        log.info("model ready: task %s on POST %s, labels %s", self.task, self.route.ROUTE,
+                 ", ".join(self.model.labels))
 
     def model_source(self) -> tuple[str, str | None]:
         """(export dir, variant): TOOLCHAIN_EXPORT_DIR wins over the Bento's model."""
@@ -161,6 +207,7 @@ class ToolchainService:
         models' checksums verified); the topic model gets its own toolchain_model_info series."""
         from toolchain.inference.runtime import load_topic_pair
 
+        self.topic_info = None
         topic_dir, topic_variant = topic_model_export(self.settings, self.topic_bento_model)
         if topic_dir is None:
             return self.model
@@ -168,8 +215,8 @@ class ToolchainService:
                                LAYOUT.concurrent_models)
         topic_hash = str(pair.topic.export.manifest.get("run_config_hash") or "unknown")
         packed = None if self.settings.topic_export_dir else self.topic_bento_model
-        self.metrics.set_model(packed.tag.name if packed else Path(topic_dir).name, pair.topic.variant, topic_hash,
-                               pair.topic.provider, model_version(self.settings.model_version, packed, topic_hash))
+        self.topic_info = (packed.tag.name if packed else Path(topic_dir).name, pair.topic.variant, topic_hash,
+                           pair.topic.provider, model_version(self.settings.model_version, packed, topic_hash))
         log.info("topic model %s variant %s beside the main model: %d topics, %s calls", topic_dir,
                  pair.topic.variant, len(pair.topic.labels), "concurrent" if pair.concurrent else "sequential")
         return pair
@@ -183,14 +230,73 @@ class ToolchainService:
         manifest = self.model.export.manifest
         return str(manifest.get("run_config_hash") or "unknown")
 
+    def batching_labels(self) -> tuple[str, str]:
+        """The ``batching`` and ``call_pattern`` labels of toolchain_model_info (the topic model's series too)."""
+        labels = ("on" if self.batching else "off", self.classifier.call_pattern)
+        if self.topic_info is not None:
+            self.metrics.set_model(*self.topic_info, *labels)
+        return labels
+
     def warm_up(self) -> None:
-        result = self.predict(["Warm-up request: the model is loaded."], observe=False)
-        if len(result) != 1:
-            raise RuntimeError(f"warm-up returned {len(result)} predictions for 1 text")
-        self.ready = True
-        self.metrics.set_ready(True)
-        log.info("model ready: task %s on POST %s, labels %s", self.task, self.route.ROUTE,
-                 ", ".join(self.model.labels))
+        self.warm_up_seconds = []
+        for _ in range(3):   # the first call is slow (allocations); the fastest is the cost if the export has none
+            started = time.perf_counter()
+            result = self.predict(["Warm-up request: the model is loaded."], observe=False)
+            self.warm_up_seconds.append(time.perf_counter() - started)
+            if len(result) != 1:
+                raise RuntimeError(f"warm-up returned {len(result)} predictions for 1 text")
+
+    def text_cost(self) -> TextCost:
+        """Seconds of model time per request size: TOOLCHAIN_TEXT_COST_MS, else the export's measured figures for
+        this variant and thread count (both models' with a topic model), else the warm-up's fastest call."""
+        cost = model_cost(self.model, LAYOUT.threads, self.settings.text_cost_ms)
+        topic = getattr(self.classifier, "topic", None)
+        if cost is not None and topic is not None and not self.settings.text_cost_ms:
+            topic_cost = model_cost(topic, LAYOUT.threads)
+            cost = cost.plus(topic_cost) if topic_cost is not None else None
+        if cost is None:
+            fastest = min(self.warm_up_seconds)
+            cost = TextCost(fastest, None, f"{1000 * fastest:.2f} ms per text (timed at warm-up: the export measured "
+                                           "none)")
+        return cost
+
+    def start_queue(self) -> ModelQueue:
+        cost, bound = self.text_cost(), self.settings.queue_bound_s
+        model_queue = ModelQueue(self.run_requests, cost, bound, self.batching, self.settings.max_batch_size,
+                                 on_start=self.observe_wait)
+        if self.batching:
+            how = (f"batching on: requests that queue while the model is busy share model calls of similar-length "
+                   f"texts, at most {self.settings.max_batch_size} texts and {self.settings.max_batch_tokens} padded "
+                   f"tokens per call ({self.classifier.call_pattern} {self.model.variant})")
+        elif self.classifier.per_text:
+            how = (f"batching off: {self.model.variant} runs one text per model call (its scores would depend on "
+                   "the other texts of a call), so requests are never merged")
+        else:
+            how = "batching off (TOOLCHAIN_BATCHING=false): each request runs alone"
+        log.info("model queue: %s; no batching wait: a request starts as soon as the model is free; bound %g s of "
+                 "queued model work per worker (TOOLCHAIN_MAX_QUEUE_S), costed at %s", how, bound, cost.source)
+        return model_queue
+
+    def observe_wait(self, seconds: float, texts: int) -> None:
+        self.metrics.observe_queue_wait(self.task, seconds)
+
+    def run_requests(self, requests: list[list[str]]) -> list[Answer]:
+        """One round of the model queue (on its thread): every request's texts in one ``infer`` (the runtime plans
+        the model calls), then each request's answer as JSON with its predicted labels."""
+        texts = requests[0] if len(requests) == 1 else [text for request in requests for text in request]
+        output = self.route.infer(self.classifier, texts)
+        labels, answers, scores, start = self.classifier.labels, [], [], 0
+        for request in requests:
+            end = start + len(request)
+            result = self.route.results(request, output.logits[start:end], output.encodings[start:end], labels,
+                                        output.truncated[start:end])
+            answers.append(Answer(self.answers.dump_json(result), self.route.result_labels(result)))
+            scores += self.route.scores(result)
+            start = end
+        self.metrics.observe_model_call(self.task, output.seconds, output.tokens, sum(output.truncated))
+        self.metrics.observe_confidence(self.task, scores)
+        self.drift.observe(scores, output.encodings)
+        return answers
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -209,8 +315,10 @@ class ToolchainService:
         if task != self.task:
             raise bentoml.exceptions.NotFound(f"this deployment serves {self.task}: use POST {self.route.ROUTE}")
 
-    @bentoml.api(route=text_classification.ROUTE, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms)
+    # /classify and /ner are answered by admission control through the model queue (run_requests): these API
+    # methods declare the routes (OpenAPI, BentoML's schema) and answer only if a request reaches BentoML's API.
+    # Not batchable: BentoML's adaptive batcher would add a wait and shed by its own latency estimate.
+    @bentoml.api(route=text_classification.ROUTE)
     def classify(self, texts: list[str]) -> Predictions:
         """Classify texts: label, its score and all class scores per text, in input order.
 
@@ -219,8 +327,7 @@ class ToolchainService:
         self.require(text_classification.TASK)
         return self.predict(texts)
 
-    @bentoml.api(route=token_classification.ROUTE, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms)
+    @bentoml.api(route=token_classification.ROUTE)
     def ner(self, texts: list[str]) -> NerResults:
         """Named entities per text: type, text, character start/end in the text as sent, and score.
 
@@ -243,4 +350,5 @@ class ToolchainService:
         return await anyio.to_thread.run_sync(explanation.explain, self.model, texts, target)
 
 
-ToolchainService.add_asgi_middleware(AdmissionControl, routes=ROUTES, served_task=served_task)
+ToolchainService.add_asgi_middleware(AdmissionControl, routes=ROUTES, served_task=served_task,
+                                     model_queue=served_queue)

@@ -17,9 +17,12 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_SPIN                | false          | let idle ONNX Runtime threads spin: a little lower latency on dedicated cores, burnt CPU on shared ones |
 | TOOLCHAIN_MODEL_CALLS         | auto           | auto: one text per model call for dynamically quantized variants (exact, batch-independent scores), texts grouped by length otherwise; per-text; batched |
 | TOOLCHAIN_WORKERS             | 0              | server worker processes (0 = auto: one single-thread worker per CPU for a small model, fewer where memory or the model's measured latency says so) |
-| TOOLCHAIN_BATCHING            | true           | adaptive batching of concurrent requests |
-| TOOLCHAIN_MAX_BATCH_SIZE      | 32             | most texts in one model call (adaptive batching) |
-| TOOLCHAIN_MAX_LATENCY_MS      | 2000           | longest a request may wait in the batching queue before 503 |
+| TOOLCHAIN_BATCHING            | true           | merge requests queued while the model is busy into shared model calls, where that merges work: a batch-invariant variant (a per-text one, dynamic int8, is never batched); no batching wait either way |
+| TOOLCHAIN_MAX_BATCH_SIZE      | 32             | most texts in one model call, and in one round of merged requests |
+| TOOLCHAIN_MAX_BATCH_TOKENS    | 4096           | most padded tokens (texts x longest text) in one model call of a batch-invariant variant: the token budget |
+| TOOLCHAIN_MAX_QUEUE_S         | 3              | seconds of model work a worker may have queued; a request arriving over it gets a fast 503 with Retry-After |
+| TOOLCHAIN_MAX_LATENCY_MS      | (none)         | former bound of the batching queue; when set and TOOLCHAIN_MAX_QUEUE_S is not, the model queue's bound in ms |
+| TOOLCHAIN_TEXT_COST_MS        | 0              | model ms per text for the queue's accounting (0: the export's measured figures in report.json, else timed at warm-up) |
 | TOOLCHAIN_MAX_BATCH_ITEMS     | 64             | most texts in one request (more: 422) |
 | TOOLCHAIN_MAX_TEXT_CHARS      | 5000           | most characters in one text (more: 422); within it, long texts are truncated to the model's max length |
 | TOOLCHAIN_MAX_BODY_BYTES      | 1048576        | request body cap (more: 413) |
@@ -30,6 +33,8 @@ server at start-up with a message naming the variable.
 | TOOLCHAIN_TOPICS              | (empty)        | former name of TOOLCHAIN_SOURCES, still read (a deprecation log line) |
 | TOOLCHAIN_AUTH                | true           | API-key auth on inference routes; false logs a warning |
 | TOOLCHAIN_METRICS_AUTH        | false          | require an API key on /metrics too |
+| TOOLCHAIN_ACCESS_LOG          | false          | BentoML's access log line for /classify and /ner requests (every response is counted in toolchain_requests_total either way) |
+| TOOLCHAIN_TRACING             | false          | BentoML's OpenTelemetry middleware on /classify and /ner (spans are only exported where BentoML's tracing is configured) |
 | TOOLCHAIN_MASK_PII            | true           | mask e-mail addresses, phone, card, IBAN and account numbers in logs and error messages (toolchain.core.privacy); the model sees texts as sent |
 | TOOLCHAIN_API_KEYS_FILE       | (none)         | file with one key, or one ``sha256:<hex>`` hash, per line (a mounted Secret) |
 | TOOLCHAIN_API_KEYS            | (none)         | the same, comma-separated, in the environment |
@@ -46,6 +51,7 @@ from toolchain.core.config import ConfigError, from_dict, opt
 from toolchain.core.hardware import available_cpus
 
 ENV_PREFIX = "TOOLCHAIN_"
+DEFAULT_QUEUE_S = 3.0   # the model queue's bound (seconds of model work per worker) unless set
 RENAMED_SETTINGS = {"topics": "sources"}   # former setting -> setting: still read, with a deprecation log line
 _warned: set[str] = set()
 
@@ -70,9 +76,18 @@ class ServeSettings:
     model_calls: str = opt("auto", "how a batch runs: auto (per-text for dynamic int8, else length-grouped), "
                                    "per-text or batched", choices=("auto", "per-text", "batched"))
     workers: int = opt(0, "server worker processes (0 = auto from the CPUs, memory and model)", min=0, max=256)
-    batching: bool = opt(True, "adaptive batching of concurrent requests into one model call")
-    max_batch_size: int = opt(32, "most texts in one model call", min=2, max=4096)
-    max_latency_ms: int = opt(2000, "longest wait in the batching queue before a 503", min=1, max=600_000)
+    batching: bool = opt(True, "merge requests queued while the model is busy into shared model calls, where that "
+                               "merges work (a batch-invariant variant; a per-text variant is never batched)")
+    max_batch_size: int = opt(32, "most texts in one model call, and in one round of merged requests", min=2, max=4096)
+    max_batch_tokens: int = opt(4096, "most padded tokens (texts x longest text) in one model call of a "
+                                      "batch-invariant variant", min=16, max=1 << 24)
+    max_queue_s: float | None = opt(None, f"seconds of model work a worker may have queued before new requests get "
+                                          f"a fast 503 (default {DEFAULT_QUEUE_S:g}; TOOLCHAIN_MAX_LATENCY_MS when "
+                                          "only that is set)", min=0.001, max=3600)
+    max_latency_ms: int | None = opt(None, "former bound of the batching queue: when set and TOOLCHAIN_MAX_QUEUE_S "
+                                           "is not, the model queue's bound in milliseconds", min=1, max=600_000)
+    text_cost_ms: float = opt(0.0, "model milliseconds per text for the model queue's accounting (0: the export's "
+                                   "measured figures, else timed at warm-up)", min=0, max=600_000)
     max_batch_items: int = opt(64, "most texts in one request", min=1, max=100_000)
     max_text_chars: int = opt(5000, "most characters in one text", min=1, max=10_000_000)
     max_body_bytes: int = opt(1_048_576, "request body cap in bytes", min=256, max=1 << 30)
@@ -83,10 +98,21 @@ class ServeSettings:
     sources: str = opt("", "comma-separated allow-list of the request's `source` for the metric label")
     topics: str = opt("", "deprecated former name of TOOLCHAIN_SOURCES (still read, with a log line; both lists "
                           "count)")
+    access_log: bool = opt(False, "BentoML's access log line for /classify and /ner requests")
+    tracing: bool = opt(False, "BentoML's OpenTelemetry middleware on /classify and /ner")
     auth: bool = opt(True, "API-key auth on inference routes")
     metrics_auth: bool = opt(False, "require an API key on /metrics")
     mask_pii: bool = opt(True, "mask e-mail addresses, phone, card, IBAN and account numbers in logs and error "
                                "messages (the model sees texts as sent)")
+
+    @property
+    def queue_bound_s(self) -> float:
+        """The model queue's bound: TOOLCHAIN_MAX_QUEUE_S, else the former TOOLCHAIN_MAX_LATENCY_MS, else 3 s."""
+        if self.max_queue_s is not None:
+            return self.max_queue_s
+        if self.max_latency_ms is not None:
+            return self.max_latency_ms / 1000.0
+        return DEFAULT_QUEUE_S
 
     @property
     def source_allow_list(self) -> frozenset[str]:

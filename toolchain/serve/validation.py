@@ -21,6 +21,7 @@ class RequestRejected(Exception):
     message: str        # what was wrong, naming the field and value, and what to do
     reason: str = "validation"
     field: str | None = None
+    retry_after: int | None = None   # seconds, for a 503 (default 1) or a 409
 
     def masked(self) -> "RequestRejected":
         """The same rejection with personal data in its message masked (toolchain.core.privacy)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolchain.inference.runtime import BatchOutput, plan_calls
+from toolchain.inference.runtime import BatchOutput
 from toolchain.tasks.token_classification import plan_windows
 
 
@@ -122,7 +122,7 @@ def infer_windows(model, texts: list[str], words_of) -> BatchOutput:
         pieces += text_windows
     logits: list = [None] * len(texts)
     seconds = 0.0
-    for group in plan_calls([len(piece.tokens.ids) for piece in pieces], model.per_text):
+    for group in model.plan([len(piece.tokens.ids) for piece in pieces]):
         output, took = model.run(model.encoder.pad([pieces[i].tokens for i in group]))
         seconds += took
         for row, index in enumerate(group):
