@@ -1,11 +1,11 @@
 """Load test of the served model from 127.0.0.1: latency percentiles, throughput and error rate with
-1 and 64 concurrent clients, adaptive batching on and off in the same run.
+1 and 64 concurrent clients, batching (merging queued requests) on and off in the same run.
 
     python benchmarks/serve_bench.py --export-dir EXPORT_DIR          # or --bento TAG
         [--seconds 20] [--clients 1,64] [--workers 1] [--out benchmarks/serve_results]
 
 For each batching mode a server is started on a free 127.0.0.1 port (auth on, a throw-away key, the
-batching queue allowed 10 s so that slow phases measure capacity, not load shedding), warmed up,
+model queue allowed 10 s of work so that slow phases measure capacity, not load shedding), warmed up,
 then driven by closed-loop clients: each keeps one keep-alive connection and sends the
 next one-sentence request as soon as the previous answer arrives, for a fixed time. The clients are
 plain asyncio sockets so that the load generator takes as little of the shared CPU as possible.
@@ -36,7 +36,7 @@ SENTENCE = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the correspo
 SERVICE = "toolchain.serve.service:ToolchainService"
 
 
-MODES = {  # name -> (adaptive batching, TOOLCHAIN_MODEL_CALLS)
+MODES = {  # name -> (TOOLCHAIN_BATCHING: merge queued requests where that merges work, TOOLCHAIN_MODEL_CALLS)
     "on": (True, "auto"),
     "off": (False, "auto"),
     "on-batched-calls": (True, "batched"),
@@ -181,7 +181,7 @@ def run_mode(args, mode: str, log_dir: Path) -> list[PhaseResult]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCHAIN_")}
     env.update(TOOLCHAIN_API_KEYS=key, TOOLCHAIN_BATCHING=str(batching).lower(), TOOLCHAIN_MODEL_CALLS=calls,
                TOOLCHAIN_WORKERS=str(args.workers), TOOLCHAIN_MAX_CONCURRENCY="256", TOKENIZERS_PARALLELISM="false",
-               TOOLCHAIN_MAX_LATENCY_MS=str(args.max_latency_ms), PYTHONPATH=str(REPO))
+               TOOLCHAIN_MAX_QUEUE_S=str(args.max_queue_s), PYTHONPATH=str(REPO))
     if args.export_dir:
         env["TOOLCHAIN_EXPORT_DIR"] = str(Path(args.export_dir).resolve())
     port = free_port()
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 64])
     parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
-    parser.add_argument("--max-latency-ms", type=int, default=10_000, help="TOOLCHAIN_MAX_LATENCY_MS of the server "
-                        "(default 10000: measure capacity rather than load shedding)")
+    parser.add_argument("--max-queue-s", type=float, default=10.0, help="TOOLCHAIN_MAX_QUEUE_S of the server "
+                        "(default 10: measure capacity rather than load shedding)")
     parser.add_argument("--modes", default="on,off", help=f"comma list of {', '.join(MODES)} (default on,off); "
                         "on-batched-calls groups dynamic-int8 texts into one call (faster, batch-dependent scores)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "serve_results"), help="OUT.json / OUT.md prefix")
