@@ -65,10 +65,16 @@ class DistillationTrainer(Trainer):
 
 
 def recovery_arguments(cfg, work_dir) -> TrainingArguments:
+    """The recovery's Trainer settings, in the precision training picks for this hardware (bf16 autocast on a CPU
+    with native bf16 or a GPU; the weights stay fp32, so the exported graph is fp32 as before)."""
+    from toolchain.core.hardware import precision_flags
+
+    flags = precision_flags("auto")
     return TrainingArguments(
         output_dir=str(work_dir), num_train_epochs=cfg.recovery_epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, warmup_ratio=0.1, weight_decay=0.01, seed=cfg.seed,
-        save_strategy="no", eval_strategy="no", logging_steps=20, report_to=[], use_cpu=not torch.cuda.is_available())
+        save_strategy="no", eval_strategy="no", logging_steps=20, report_to=[], use_cpu=not torch.cuda.is_available(),
+        bf16=flags["bf16"], fp16=flags["fp16"])
 
 
 def unwrap_forward(model) -> None:
@@ -101,4 +107,5 @@ def recover(job, student) -> dict:
     unwrap_forward(student)
     student.eval()
     return {"method": cfg.recovery, "epochs": cfg.recovery_epochs, "steps": result.global_step,
+            "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
             "train_loss": float(result.training_loss), "wall_seconds": round(time.time() - started, 1)}
