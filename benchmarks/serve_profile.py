@@ -65,7 +65,7 @@ STAGES = [
                             "toolchain/serve/ner.py", "toolchain/core/privacy.py")),
     ("idempotency", ("toolchain/serve/idempotency.py",)),
     ("model queue (batching, admission by queued work)", ("toolchain/serve/model_queue.py",)),
-    ("admission control", ("toolchain/serve/admission.py",)),
+    ("admission control", ("toolchain/serve/admission.py", "toolchain/serve/responses.py")),
     ("service metrics, drift (ours)", ("toolchain/serve/metrics.py", "toolchain/inference/drift.py")),
     ("post-processing (softmax, predictions)", ("toolchain/inference/predictions.py", "toolchain/core/probability.py",
                                                 "toolchain/tasks/", "numpy")),
