@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 from toolchain.data.readers import DataError
@@ -78,26 +79,48 @@ def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[l
     return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
 
 
-def chunk_blocks(tokenizer, documents: list[str], max_length: int, min_block: int) -> list[dict]:
+# The key DataCollatorForWholeWordMask reads for the positions of tokens that continue a word (named for its
+# first use, Chinese word segmentation); without it the collator knows only WordPiece's '##' continuations.
+CONTINUATION_KEY = "chinese_ref"
+
+
+def chunk_blocks(tokenizer, documents: list[str], max_length: int, min_block: int,
+                 mark_words: bool = False) -> list[dict]:
     """Tokenize documents and cut each into blocks of at most ``max_length`` tokens (special tokens
     included). A document's short tail is dropped when under ``min_block`` tokens, unless it is the
-    whole document."""
+    whole document. ``mark_words``: each block also lists the positions of the tokens that continue a word (the
+    tokenizer's own word split), for whole-word masking with any tokenizer (BPE's and SentencePiece's pieces carry
+    no '##')."""
     size = max_length - tokenizer.num_special_tokens_to_add()
     blocks = []
     for start in range(0, len(documents), 64):
-        encoded = tokenizer(documents[start:start + 64], add_special_tokens=False, verbose=False)["input_ids"]
-        for ids in encoded:
+        encoded = tokenizer(documents[start:start + 64], add_special_tokens=False, verbose=False)
+        for index, ids in enumerate(encoded["input_ids"]):
+            words = encoded.word_ids(index) if mark_words else None
             for offset in range(0, len(ids), size):
                 piece = ids[offset:offset + size]
                 if len(piece) >= min_block or offset == 0:
-                    blocks.append({"input_ids": tokenizer.build_inputs_with_special_tokens(piece)})
+                    block = {"input_ids": tokenizer.build_inputs_with_special_tokens(piece)}
+                    if mark_words:
+                        block[CONTINUATION_KEY] = continuations(block["input_ids"], piece, words[offset:offset + size])
+                    blocks.append(block)
     return blocks
 
 
+def continuations(block: list[int], piece: list[int], words: list[int | None]) -> list[int]:
+    """Positions in ``block`` (``piece`` with special tokens around it) of the tokens of the same word as the
+    token before them."""
+    first = next(i for i in range(len(block) - len(piece) + 1) if block[i:i + len(piece)] == piece)
+    return [first + j for j in range(1, len(piece)) if words[j] is not None and words[j] == words[j - 1]]
+
+
 def masking_collator(tokenizer, probability: float, whole_word: bool, seed: int | None = None):
-    """Random-token masking, or whole-word masking (every WordPiece of a chosen word is masked)."""
+    """Random-token masking, or whole-word masking (every piece of a chosen word is masked; the blocks must come
+    from ``chunk_blocks(..., mark_words=True)``)."""
     from transformers import DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
 
     if whole_word:
+        # its warning for tokenizers other than BERT's assumes the '##' convention; the blocks mark the words
+        warnings.filterwarnings("ignore", message="DataCollatorForWholeWordMask is only suitable for BertTokenizer")
         return DataCollatorForWholeWordMask(tokenizer, mlm_probability=probability, seed=seed)
     return DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed)
