@@ -67,12 +67,14 @@ class MethodConfig:
     lora_r: int = opt(16, "LoRA/AdaLoRA rank (AdaLoRA: target average rank)", min=1)
     lora_alpha: int = opt(32, "LoRA scaling alpha", min=1)
     lora_dropout: float = opt(0.1, "LoRA dropout", min=0.0, max=0.9)
-    target_modules: str = opt("all-linear", "modules adapted by LoRA/AdaLoRA/IA3: 'all-linear' or comma list")
+    target_modules: str = opt("all-linear", "modules adapted by LoRA/AdaLoRA/IA3: 'all-linear' (IA3: each block's "
+                                            "keys, values and feed-forward output, found by structure) or comma list")
     adalora_init_r: int = opt(24, "AdaLoRA initial rank per matrix", min=1)
     adalora_tinit: float = opt(0.1, "AdaLoRA warm-up before pruning ranks (fraction of total steps)", min=0.0, max=1.0)
     adalora_tfinal: float = opt(0.2, "AdaLoRA final fine-tuning without rank changes (fraction of steps)", min=0.0, max=1.0)
     adalora_delta_t: int = opt(10, "AdaLoRA steps between budget reallocations", min=1)
-    ia3_feedforward: str = opt("output.dense", "IA3 feed-forward module name suffix")
+    ia3_feedforward: str = opt("output.dense", "IA3 feed-forward module name suffix, for a comma list of "
+                                               "target_modules")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain.core.config import RunConfig
 from toolchain.inference.modeling import load_pretrained
-from toolchain.train.methods import HEAD_NAMES, apply_method
+from toolchain.train.methods import apply_method, head_modules
 
 
 def build_model(cfg: RunConfig, task, labels: list[str], base_path: str, total_steps: int,
@@ -27,9 +27,11 @@ NEW_HEAD = "train data (new head; the base model's head is not reused)"
 
 
 def reset_head(model) -> None:
-    """Re-initialise the task head (a base model's head trained for other labels is not reused)."""
+    """Re-initialise the task head, the modules outside the base model (a base model's head trained for other
+    labels is not reused)."""
+    heads = set(head_modules(model))
     for name, module in model.named_children():
-        if name in HEAD_NAMES and name != "pooler":
+        if name in heads:
             module.apply(model._init_weights)
 
 
