@@ -16,6 +16,7 @@ import numpy as np
 from toolchain.core.probability import softmax
 from toolchain.data.readers import Example
 from toolchain.data.tags import io_to_iob2
+from toolchain.data.words import content_offsets
 from toolchain.tasks.base import FeatureDataset, Task
 
 IGNORE = -100
@@ -81,14 +82,21 @@ def plan_windows(lengths: list[int], tags: list[str] | None, budget: int) -> lis
 
 
 def word_pieces(tokenizer, sentences: list[list[str]]) -> list[list[list[int]]]:
-    """Sub-token ids of every word (a word the tokenizer drops, e.g. U+FFFD, becomes [UNK])."""
-    flat = [word for words in sentences for word in words]
-    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    """Sub-token ids of every word as the tokenizer cuts it in running text, the way the service reads it: the
+    words joined by spaces and tokenized together, each piece given to the word its characters fall in (a
+    byte-level BPE cuts 'joined' after a space as 'Ġjoined', alone as 'j oin ed'; a SentencePiece '▁' of its own
+    goes with the word after it). A word the tokenizer drops, e.g. U+FFFD, becomes [UNK]."""
+    texts = [" ".join(words) for words in sentences]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {}
     unk = [tokenizer.unk_token_id]
-    out, position = [], 0
-    for words in sentences:
-        out.append([piece or unk for piece in ids[position:position + len(words)]])
-        position += len(words)
+    out = []
+    for index, (words, text) in enumerate(zip(sentences, texts)):
+        starts = np.cumsum([0] + [len(word) + 1 for word in words[:-1]])
+        pieces: list[list[int]] = [[] for _ in words]
+        for piece, (start, _) in zip(encoded["input_ids"][index],
+                                     content_offsets(text, encoded["offset_mapping"][index])):
+            pieces[max(int(np.searchsorted(starts, start, side="right")) - 1, 0)].append(piece)
+        out.append([word or unk for word in pieces])
     return out
 
 
@@ -270,11 +278,11 @@ def decode_entities(text: str, offsets, logits, labels: list[str], word_ids=None
     ``encoding.word_ids()``) may be given; otherwise words are recovered from the offsets.
     """
     logits = np.asarray(logits, dtype=np.float64)
-    offsets = [tuple(int(v) for v in pair) for pair in offsets]
+    offsets = content_offsets(text, offsets)
     word_ids = list(word_ids) if word_ids is not None else offset_words(text, offsets)
     words: dict[int, dict] = {}
     for position, word in enumerate(word_ids):
-        if word is None or offsets[position][0] == offsets[position][1]:
+        if word is None:
             continue
         if word not in words:
             probs = softmax(logits[position])
