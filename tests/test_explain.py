@@ -73,7 +73,7 @@ def test_matches_captum_layer_integrated_gradients(classifier):
     inputs, baseline, _, _ = encode(classifier, text)
     model = classifier.model
     forward = lambda ids, types, mask: model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits  # noqa
-    theirs = captum.LayerIntegratedGradients(forward, model.bert.embeddings).attribute(
+    theirs = captum.LayerIntegratedGradients(forward, model.get_input_embeddings()).attribute(
         inputs["input_ids"], baselines=baseline, target=2, n_steps=50, method="gausslegendre",
         additional_forward_args=(inputs["token_type_ids"], inputs["attention_mask"]))
     assert np.allclose([t.attribution for t in mine.tokens], theirs.sum(-1)[0].detach().numpy(), atol=1e-5)

@@ -1,12 +1,13 @@
-"""Integrated gradients on the output of the encoder's embedding layer (PyTorch, fp32).
+"""Integrated gradients on the output of the word-embedding layer the model declares (``get_input_embeddings``;
+PyTorch, fp32).
 
-The path runs from a baseline, the embedding output of the same input with every content token replaced
-by ``[PAD]`` (special tokens, positions and segment ids kept, so they get no attribution), to the input's
-embedding output. The path integral of the target's gradient is taken by Gauss-Legendre quadrature on
-``steps`` points (exact for polynomials of degree 2 * steps - 1, and much closer than a Riemann sum at the
-same cost); a token's score is (input - baseline) . integral, summed over the hidden size. The scores sum
-to F(input) - F(baseline) up to the quadrature error, which every explanation reports as its completeness
-error. F is the target class's logit (sequence classification) or, for an entity, the mean over its
+The path runs from a baseline, the word embeddings of the same input with every content token replaced
+by ``[PAD]`` (special tokens kept; positions, segment ids and the attention mask are the input's, so they get
+no attribution), to the input's word embeddings. The path integral of the target's gradient is taken by
+Gauss-Legendre quadrature on ``steps`` points (exact for polynomials of degree 2 * steps - 1, and much closer
+than a Riemann sum at the same cost); a token's score is (input - baseline) . integral, summed over the hidden
+size. The scores sum to F(input) - F(baseline) up to the quadrature error, which every explanation reports as its
+completeness error. F is the target class's logit (sequence classification) or, for an entity, the mean over its
 words' first sub-tokens of the logit of the tag predicted there.
 """
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 
 from toolchain.explain.result import Explanation, ExplainError, check_text, choose, word_scores
-from toolchain.data.words import token_words
+from toolchain.data.words import content_offsets, token_words
 from toolchain.tasks.token_classification import decode_entities
 
 METHOD = "integrated-gradients"
-BASELINE = "[PAD] for every content token (special tokens, positions and segments kept)"
+BASELINE = "[PAD] word embedding for every content token (special tokens, positions and segments kept)"
 DEFAULT_STEPS = 50
 
 
@@ -81,8 +82,12 @@ class IntegratedGradients:
             with torch.no_grad():
                 self.logits = model(**inputs).logits
                 self.point = self.hook.seen.detach()
-                self.baseline_logits = model(**{**inputs, "input_ids": baseline_ids}).logits
-                self.baseline = self.hook.seen.detach()
+                self.baseline = embeddings(baseline_ids).detach()
+                # the baseline's logits with the input's other inputs: a model that derives positions from the
+                # ids (RoBERTa, MPNet: the padding position for [PAD]) sees one set of positions along the path
+                self.hook.replacement = self.baseline
+                self.baseline_logits = model(**inputs).logits
+                self.hook.replacement = None
         except BaseException:
             self.hook.remove()
             raise
@@ -164,10 +169,11 @@ def entity_types(labels: list[str]) -> list[str]:
 
 
 def entity_positions(entity: dict, offsets: list, word_ids: list) -> list[int]:
-    """The first sub-token of each word inside the entity's character span."""
+    """The first sub-token of each word inside the entity's character span (``offsets`` without leading spaces,
+    ``data.words.content_offsets``: a SentencePiece '▁' of its own is its word's first piece, as in training)."""
     positions, seen = [], set()
-    for position, ((start, end), word) in enumerate(zip(offsets, word_ids)):
-        if word is not None and word not in seen and start < end and entity["start"] <= start < entity["end"]:
+    for position, ((start, _), word) in enumerate(zip(offsets, word_ids)):
+        if word is not None and word not in seen and entity["start"] <= start < entity["end"]:
             seen.add(word)
             positions.append(position)
     return positions
@@ -194,7 +200,7 @@ def explain_entities(explained, text: str, target: str | None = None,
 
 def entity_explanation(explained, ig: IntegratedGradients, text: str, offsets: list, word_ids: list, entity: dict,
                        cut: bool, quadrature: Quadrature) -> Explanation:
-    positions = entity_positions(entity, offsets, word_ids)
+    positions = entity_positions(entity, content_offsets(text, offsets), word_ids)
     tags = [int(ig.logits[0, p].argmax()) for p in positions]
     scores, completeness = ig.converged(lambda logits: logits[:, positions, tags].mean(-1), quadrature)
     words, tokens, _ = word_scores(text, offsets, scores)

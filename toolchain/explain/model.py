@@ -37,11 +37,12 @@ class ExplainedModel:
 
     @property
     def embeddings(self):
-        """The encoder's embedding layer, whose output integrated gradients interpolates."""
-        module = getattr(getattr(self.model, "base_model", None), "embeddings", None)
+        """The word-embedding layer the model declares (``get_input_embeddings``), whose output integrated
+        gradients interpolates."""
+        module = self.model.get_input_embeddings()
         if module is None:
-            raise ArtifactError(f"{self.description}: {type(self.model).__name__} has no base_model.embeddings layer; "
-                                "explanations need a BERT-family encoder")
+            raise ArtifactError(f"{self.description}: {type(self.model).__name__} declares no input embeddings; "
+                                "integrated gradients needs them (--method occlusion explains an export without)")
         return module
 
 
