@@ -101,10 +101,12 @@ def quantize_static(source_dir: Path, source_file: str, out_dir: Path, cfg: Quan
     dataset = CalibrationRows(features, [i.name for i in session.get_inputs()])
     qconfig = quantization_config(cfg, preset, True, cpu)
     quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
-    with quiet_quantizer():
-        ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),
-                               onnx_augmented_model_name=work_dir / "augmented_model.onnx",
-                               operators_to_quantize=qconfig.operators_to_quantize)
-        quantizer.quantize(quantization_config=qconfig, save_dir=out_dir, calibration_tensors_range=ranges)
-    (work_dir / "augmented_model.onnx").unlink(missing_ok=True)
+    try:   # the calibration graph goes, whether or not the variant could be built (DeBERTa's cannot)
+        with quiet_quantizer():
+            ranges = quantizer.fit(dataset=dataset, calibration_config=calibration_config(cfg, dataset),
+                                   onnx_augmented_model_name=work_dir / "augmented_model.onnx",
+                                   operators_to_quantize=qconfig.operators_to_quantize)
+            quantizer.quantize(quantization_config=qconfig, save_dir=out_dir, calibration_tensors_range=ranges)
+    finally:
+        (work_dir / "augmented_model.onnx").unlink(missing_ok=True)
     return out_dir / QUANTIZED_FILE
