@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from toolchain.core.artifacts import (ARTIFACT_VERSION, INCOMPLETE, MANIFEST, load_run, mark_incomplete, replace_dir,
-                                      write_yaml)
+                                      write_json, write_yaml)
 from toolchain.core.run_dirs import check_export_target
 from toolchain.core.config import config_hash, to_dict
 from toolchain.export.config import ExportConfig
@@ -101,6 +101,7 @@ def build(job: ExportJob) -> dict:
     report = evaluate_variants(job)
     write_drift_references(job, report)
     report["wall_seconds"] = round(time.time() - started, 1)
+    write_json(job.out / "report.json", report)
     return report
 
 
