@@ -12,7 +12,7 @@ The verb x option table in README.md ("CLI conventions") is rendered here from t
 | verb | `--output/-o DIR` | `--json [PATH]` | `--resume [RUN_DIR]` | `key=value` | exit 1 |
 |---|---|---|---|---|---|
 | train | yes | - | yes | yes | - |
-| update | yes | - | yes | yes | - |
+| update | yes | - | yes | yes | over its forgetting limit (kept, not promotable) |
 | tune | yes | - | - | yes | - |
 | evaluate | - | yes | - | - | - |
 | compare | - | yes | - | - | - |
@@ -45,6 +45,7 @@ PRINTS_RESULT = {"evaluate", "compare", "ensemble", "explain", "export", "build"
 RESUMES = {"train", "pretrain", "update"}
 TAKES_OVERRIDES = {"train", "pretrain", "update", "tune", "export", "build", "config"}
 EXIT_ONE = {"export": "the accuracy gate failed", "build": "an export's accuracy gate failed",
+            "update": "over its forgetting limit (kept, not promotable)",
             "serve": "(the server's own exit code)", "monitor": "gave up: the service stayed unreachable",
             "bench": "latency-check: a latency regression; a benchmark failed"}
 # the arguments a verb needs before a trailing override can be parsed, then an option to put it after
