@@ -37,7 +37,7 @@ def timing_inputs(export):
     runners = {"pytorch": torch_runner(model)}
     for name in export.manifest["variants"]:
         runners[name] = onnx_runner(onnx_session(export.variant_file(name), threads))
-    data = export.config["run"]["data"]
+    data = export.manifest["config"]["run"]["data"]
     texts = [ex.text for ex in read_file(from_dict(DataConfig, data), expand_data_path(data["test"]))]
     tokenizer = load_tokenizer(str(export.path / "tokenizer"))
     inputs = {bs: text_batches(tokenizer, texts, bs, 16, export.max_length) for bs in (1, 32)}

@@ -43,7 +43,7 @@ from toolchain.inference.runtime import OnnxModel
 
 out, train_s, export_s = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 export = load_export(out / "export")
-texts = [ex.text for ex in read_examples(expand_data_path(export.config["run"]["data"]["test"]))][:128]
+texts = [ex.text for ex in read_examples(expand_data_path(export.manifest["config"]["run"]["data"]["test"]))][:128]
 models = {"cuda fp32": OnnxModel(export, "fp32", provider="cuda"),
           "cpu int8": OnnxModel(export, "int8", provider="cpu", threads=available_cpus())}
 rates = served_rates(models, texts, (1, 32), rounds=3)
