@@ -69,19 +69,25 @@ def free_port() -> int:
 
 def start_server(target: str, env: dict[str, str], port: int, log: Path, extra: tuple = ()) -> subprocess.Popen:
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port), *extra]
+    return start_ready(command, env, port, log, "server", 180)
+
+
+def start_ready(command: list[str], env: dict[str, str], port: int, log: Path, what: str,
+                seconds: float) -> subprocess.Popen:
+    """Start ``command`` (its output to ``log``) and wait until its /readyz on ``port`` answers 200."""
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
-    deadline = time.time() + 180
+    deadline = time.time() + seconds
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}; see {log}")
+            raise SystemExit(f"{what} exited with {process.returncode}; see {log}")
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
                 return process
         except OSError:
             time.sleep(0.5)
     stop_server(process)
-    raise SystemExit(f"server not ready after 180 s; see {log}")
+    raise SystemExit(f"{what} not ready after {seconds:g} s; see {log}")
 
 
 def stop_server(process: subprocess.Popen) -> None:

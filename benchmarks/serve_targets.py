@@ -48,13 +48,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from serve_bench import free_port, start_server, stop_server  # noqa: E402
+from serve_bench import free_port, start_ready, start_server, stop_server  # noqa: E402
 
 SERVERS = ("ours", "bare", "peer")
 PHASES = (("c1", 1, 1), ("c64", 64, 1), ("b32_c8", 8, 32))   # name, clients, texts per request
@@ -272,19 +271,7 @@ def start_uvicorn(env: dict, port: int, workers: int, log: Path) -> subprocess.P
     command = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--app-dir", str(REPO / "benchmarks" / "peer"),
                "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
                "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"bare server exited with {process.returncode}; see {log}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                return process
-        except OSError:
-            time.sleep(0.5)
-    stop_server(process)
-    raise SystemExit(f"bare server not ready after 120 s; see {log}")
+    return start_ready(command, env, port, log, "bare server", 120)
 
 
 def run_bare(export, variant: str, workers: int, work: Path, texts: list[str], seconds: float) -> dict:
