@@ -15,6 +15,16 @@ temperature fitted on dev) and reads the served variant's test metrics and calib
     python benchmarks/ablation.py export --levers baseline distill
     python benchmarks/ablation.py table                             # results/ablation.{json,md}
 
+The teacher round (110M MPNet teachers, one seed each, and the 22M students distilled from them):
+
+    python benchmarks/ablation.py train --levers mpnet-teacher topic-mpnet-teacher 50agree-mpnet-teacher
+    python benchmarks/ablation.py train --levers baseline distill-mpnet distill-mpnet-sentfin topic-distill-mpnet \\
+        joint-distill-mpnet 50agree-distill-mpnet
+    python benchmarks/ablation.py export --levers distill-mpnet joint-distill-mpnet topic-distill-mpnet ...
+
+A lever whose run dirs are not here keeps the figures recorded for it in results/ablation.json, marked
+"earlier round" in the table.
+
 Each training is one process with one thread (``--jobs 2`` runs two at once on two cores).
 """
 from __future__ import annotations
@@ -34,7 +44,12 @@ RUNS = ROOT / "runs" / "abl"
 EXPORTS = ROOT / "exports" / "abl"
 RESULTS = ROOT / "benchmarks" / "results"
 DAPT = RUNS / "pretrain" / "model"
-UNLABELED = ROOT / "runs" / "unlabeled-finance.jsonl"
+UNLABELED = ROOT / "runs" / "unlabeled-finance.jsonl"                   # unlabeled_text.py --tweets -1
+UNLABELED_SENTFIN = ROOT / "runs" / "unlabeled-finance-sentfin.jsonl"   # ... --sentfin -1 (SEntFiN train texts)
+UNLABELED_50AGREE = ROOT / "runs" / "unlabeled-finance-50agree.jsonl"   # ... excluding the 50agree splits
+UNLABELED_NOTWEETS = ROOT / "runs" / "unlabeled-finance-notweets.jsonl" # ... --tweets 0 (the joint run has them)
+UNLABELED_ARGS = {UNLABELED: ["--tweets", "-1"], UNLABELED_SENTFIN: ["--tweets", "-1", "--sentfin", "-1"],
+                  UNLABELED_NOTWEETS: ["--tweets", "0"]}
 SEEDS = (42, 43, 44)
 
 
@@ -60,7 +75,32 @@ LEVERS = {
     # the 50agree splits (all PhraseBank sentences; 3,870 train, 483 dev, 483 test): the packaged base and DAPT
     "50agree": ("sentiment-50agree", []),
     "50agree-dapt": ("sentiment-50agree", [f"model.base={DAPT}"]),
+    # the 110M MPNet teachers (one seed each) and the 22M MiniLM students distilled from them
+    "mpnet-teacher": ("sentiment-mpnet", []),
+    "distill-mpnet": ("sentiment-student", [f"distill.teacher={RUNS / 'mpnet-teacher' / 'seed-42'}",
+                                            f"distill.unlabeled={UNLABELED}"]),
+    "distill-mpnet-sentfin": ("sentiment-student", [f"distill.teacher={RUNS / 'mpnet-teacher' / 'seed-42'}",
+                                                    f"distill.unlabeled={UNLABELED_SENTFIN}"]),
+    "50agree-mpnet-teacher": ("sentiment-50agree-mpnet", []),
+    "50agree-distill-mpnet": ("sentiment-50agree-student",
+                              [f"distill.teacher={RUNS / '50agree-mpnet-teacher' / 'seed-42'}",
+                               f"distill.unlabeled={UNLABELED_50AGREE}"]),
+    "topic": ("topic-full", []),
+    "topic-mpnet-teacher": ("topic-mpnet", []),
+    "topic-distill-mpnet": ("topic-student", [f"distill.teacher={RUNS / 'topic-mpnet-teacher' / 'seed-42'}"]),
+    "joint": ("news-topic-sentiment", []),
+    "joint-distill-mpnet": ("news-topic-sentiment-student",
+                            [f"distill.teacher={RUNS / 'mpnet-teacher' / 'seed-42'}",
+                             f"distill.topic_teacher={RUNS / 'topic-mpnet-teacher' / 'seed-42'}",
+                             f"distill.unlabeled={UNLABELED_NOTWEETS}"]),
 }
+# what a lever is scored on: PhraseBank allagree (sentiment), 50agree, the topic tweets, or both heads (joint)
+KIND = {**{lever: "sentiment" for lever in LEVERS}, "50agree": "50agree", "50agree-dapt": "50agree",
+        "50agree-mpnet-teacher": "50agree", "50agree-distill-mpnet": "50agree", "topic": "topic",
+        "topic-mpnet-teacher": "topic", "topic-distill-mpnet": "topic", "joint": "joint", "joint-distill-mpnet": "joint"}
+# the lever each one is compared with (paired bootstrap on the same test items)
+BASELINE = {"sentiment": "baseline", "50agree": "50agree", "topic": "topic", "joint": "joint"}
+TEACHERS = ("mpnet-teacher", "50agree-mpnet-teacher", "topic-mpnet-teacher")   # one seed each (42)
 
 
 def resolved(lever: str) -> tuple[str, list[str]]:
@@ -78,7 +118,7 @@ def train_one(lever: str, seed: int) -> None:
         preset, overrides = resolved(lever)
         run_logged(["toolchain", "train", "--config", preset, f"output_dir={out}", f"train.seed={seed}", *overrides],
                    ROOT / "logs" / f"abl-{lever}-s{seed}.log")
-    if not (out / "sentfin.json").is_file():
+    if KIND[lever] in ("sentiment", "50agree") and not (out / "sentfin.json").is_file():
         run_logged(["toolchain", "evaluate", str(out), "--data", str(sentfin()), "--json", str(out / "sentfin.json")],
                    ROOT / "logs" / f"abl-{lever}-s{seed}-sentfin.log")
 
@@ -112,46 +152,79 @@ def export_one(lever: str, seed: int) -> None:
 
 
 def served_row(lever: str) -> dict:
-    """The served variant's test metrics and ECE (before / after temperature) of each exported seed."""
-    row = {"variant": [], "acc": [], "f1": [], "ece_before": [], "ece_after": [], "temperature": []}
+    """The served variant's test metrics, ECE (before / after temperature) and one-thread batch-1 latency of each
+    exported seed (a joint model: each head's figures)."""
+    row = {"variant": [], "acc": [], "f1": [], "wf1": [], "topic_acc": [], "topic_f1": [], "topic_wf1": [],
+           "ece_before": [], "ece_after": [], "temperature": [], "b1_ms": []}
     for report_file in sorted(EXPORTS.glob(f"{lever}-s*/report.json")):
         report = json.loads(report_file.read_text())
         variant = report["serve_variant"]
         test = report["variants"][variant]["test"]
-        calibration = report.get("calibration", {}).get(variant, {}).get("main", {})
         row["variant"].append(variant)
-        row["acc"].append(test["accuracy"])
-        row["f1"].append(test["macro_f1"])
+        for short, key in HEADS[KIND[lever]]:
+            if key in test:
+                row[short].append(test[key])
+        calibration = report.get("calibration", {}).get(variant, {}).get("main", {})
         for key, name in (("ece_before", "test_ece_before"), ("ece_after", "test_ece_after"), ("temperature", "temperature")):
             if name in calibration:
                 row[key].append(calibration[name])
+        layout = (report.get("layout") or {}).get("by_threads", {}).get("1")
+        if layout:
+            row["b1_ms"].append(layout["b1_ms"])
     return row
 
 
 def collect() -> dict:
+    earlier = json.loads((RESULTS / "ablation.json").read_text()) if (RESULTS / "ablation.json").is_file() else {}
     rows = {}
     for lever in LEVERS:
         runs = sorted((RUNS / lever).glob("seed-*/metrics.json"))
         if not runs:
+            if lever in earlier.get("levers", {}):   # measured in an earlier round; its run dirs are not here
+                rows[lever] = {**earlier["levers"][lever], "earlier_round": True}
             continue
-        row = {"seeds": [], "acc": [], "f1": [], "sf_acc": [], "sf_f1": [], "train_minutes": []}
+        kind = KIND[lever]
+        row = {"kind": kind, "seeds": [], "sf_acc": [], "sf_f1": [], "train_minutes": [],
+               **{short: [] for short, _ in HEADS[kind]}}
         for metrics_file in runs:
             metrics = json.loads(metrics_file.read_text())
             row["seeds"].append(int(metrics_file.parent.name.split("-")[1]))
-            row["acc"].append(metrics["test"]["accuracy"])
-            row["f1"].append(metrics["test"]["macro_f1"])
+            for short, value in test_figures(metrics, kind).items():
+                row[short].append(value)
             row["train_minutes"].append(metrics["train"]["wall_seconds"] / 60)
             sf_file = metrics_file.parent / "sentfin.json"
             if sf_file.is_file():
                 sf = json.loads(sf_file.read_text())
                 row["sf_acc"].append(sf["accuracy"])
                 row["sf_f1"].append(sf["macro_f1"])
+            passes = (metrics.get("distill") or {}).get("teacher_passes")
+            if passes:
+                row.setdefault("teacher_passes", []).append(passes)
         row["overrides"] = resolved_safely(lever)
         row["served"] = served_row(lever)
+        row["versus"] = versus_baseline(lever)
         rows[lever] = row
     ensembles = {p.stem.removeprefix("ensemble-"): json.loads(p.read_text())
                  for p in sorted(RUNS.glob("ensemble-*.json")) if p.stem.count("-") == 1}
+    for name, e in earlier.get("ensembles", {}).items():
+        ensembles.setdefault(name, {**e, "earlier_round": True})
     return {"levers": rows, "ensembles": ensembles}
+
+
+def versus_baseline(lever: str) -> dict | None:
+    """Paired bootstrap of the lever's seeds against its baseline's on the same test items (PyTorch test
+    predictions, seed-averaged accuracy); None where either side's runs are not here or the run has two heads."""
+    from toolchain.train.comparison import paired_bootstrap
+
+    base = BASELINE[KIND[lever]]
+    mine = sorted(str(p.parent) for p in (RUNS / lever).glob("seed-*/test_predictions.json"))
+    theirs = sorted(str(p.parent) for p in (RUNS / base).glob("seed-*/test_predictions.json"))
+    if lever == base or not mine or not theirs:
+        return None
+    try:
+        return {"baseline": base, **paired_bootstrap(theirs, mine, resamples=10000)}
+    except Exception as exc:   # e.g. tested on another test file: say so in the table
+        return {"baseline": base, "error": str(exc)}
 
 
 def resolved_safely(lever: str) -> list[str]:
@@ -165,21 +238,64 @@ def cell(values: list[float]) -> str:
     return mean_std(values) if values else "-"
 
 
+def versus_cell(r: dict) -> str:
+    v = r.get("versus")
+    if not v:
+        return "-"
+    if "error" in v:
+        return f"n/a ({v['error'][:40]})"
+    low, high = v["ci95"]
+    return f"{100 * v['difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] p={v['p_value']:.3f}"
+
+
+def minutes(r: dict) -> str:
+    return f"{statistics.median(r['train_minutes']):.1f}" if r.get("train_minutes") else "-"
+
+
+def name_cell(lever: str, r: dict) -> str:
+    return f"{lever} (earlier round)" if r.get("earlier_round") else lever
+
+
+COLUMNS = {
+    "sentiment": ("PhraseBank acc | macro-F1 | served acc | served macro-F1 | served ECE raw -> calibrated | "
+                  "SEntFiN acc | SEntFiN macro-F1", ("acc", "f1"), ("acc", "f1"), True),
+    "50agree": ("50agree acc | macro-F1 | served acc | served macro-F1 | served ECE raw -> calibrated | SEntFiN acc | "
+                "SEntFiN macro-F1", ("acc", "f1"), ("acc", "f1"), True),
+    "topic": ("topic acc | macro-F1 | weighted-F1 | served acc | served macro-F1 | served weighted-F1 | served ECE raw "
+              "-> calibrated", ("acc", "f1", "wf1"), ("acc", "f1", "wf1"), False),
+    "joint": ("sentiment acc | sentiment macro-F1 | topic acc | topic macro-F1 | topic weighted-F1 | served sentiment "
+              "acc | served topic acc | served topic weighted-F1 | served ECE raw -> calibrated",
+              ("acc", "f1", "topic_acc", "topic_f1", "topic_wf1"), ("acc", "topic_acc", "topic_wf1"), False),
+}
+
+
 def table(result: dict) -> str:
-    lines = ["| lever | seeds | PhraseBank test acc | macro-F1 | served int8 acc | served macro-F1 | served ECE raw -> "
-             "calibrated | SEntFiN acc | SEntFiN macro-F1 | train min (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for lever, r in result["levers"].items():
-        s = r["served"]
-        ece = f"{cell(s['ece_before'])} -> {cell(s['ece_after'])}" if s["ece_after"] else "-"
-        lines.append(f"| {lever} | {len(r['seeds'])} | {cell(r['acc'])} | {cell(r['f1'])} | {cell(s['acc'])} | "
-                     f"{cell(s['f1'])} | {ece} | {cell(r['sf_acc'])} | {cell(r['sf_f1'])} | "
-                     f"{statistics.median(r['train_minutes']):.1f} |")
-    for name, e in result["ensembles"].items():
-        lines.append(f"| ensemble {name} ({len(e['runs'])} runs: {'+'.join(e['members'])}) | - | "
-                     f"{100 * e['test']['accuracy']:.2f} | {100 * e['test']['macro_f1']:.2f} | - | - | - | "
-                     f"{100 * e['sentfin']['accuracy']:.2f} | {100 * e['sentfin']['macro_f1']:.2f} | - |")
-    return "\n".join(lines)
+    out = []
+    for kind, (header, trained, served, sentfin) in COLUMNS.items():
+        levers = {k: r for k, r in result["levers"].items() if KIND.get(k) == kind}
+        if not levers:
+            continue
+        width = header.count("|") + 1 + 5
+        lines = [f"| lever | seeds | {header} | vs {BASELINE[kind]}: points [95% CI] p | train min (median) | "
+                 f"served batch-1 ms (1 thread) |", "|" + "---|" * width]
+        for lever, r in levers.items():
+            s_ = r.get("served", {})
+            ece = f"{cell(s_['ece_before'])} -> {cell(s_['ece_after'])}" if s_.get("ece_after") else "-"
+            cells = [cell(r.get(k, [])) for k in trained] + [cell(s_.get(k, [])) for k in served] + [ece]
+            if sentfin:
+                cells += [cell(r.get("sf_acc", [])), cell(r.get("sf_f1", []))]
+            b1 = f"{statistics.median(s_['b1_ms']):.2f}" if s_.get("b1_ms") else "-"
+            lines.append(f"| {name_cell(lever, r)} | {len(r['seeds'])} | {' | '.join(cells)} | {versus_cell(r)} | "
+                         f"{minutes(r)} | {b1} |")
+        out.append(f"### {kind}\n\n" + "\n".join(lines))
+    ens = [f"| ensemble {name}{' (earlier round)' if e.get('earlier_round') else ''} ({len(e['runs'])} runs: "
+           f"{'+'.join(e['members'])}) | {100 * e['test']['accuracy']:.2f} | {100 * e['test']['macro_f1']:.2f} | "
+           f"{100 * e['sentfin']['accuracy']:.2f} | {100 * e['sentfin']['macro_f1']:.2f} |"
+           for name, e in result["ensembles"].items()]
+    if ens:
+        out.append("### ensembles (PyTorch, allagree test)\n\n| ensemble | acc | macro-F1 | SEntFiN acc | SEntFiN macro-F1 |\n"
+                   "|---|---|---|---|---|\n" + "\n".join(ens))
+    return "\n\n".join(out)
 
 
 def page(result: dict, text: str) -> str:
@@ -204,6 +320,21 @@ here: up to three, with exports and tests beside them at times, so they are uppe
 """
 
 
+def write_unlabeled(levers: list[str]) -> None:
+    """The unlabeled files the levers name, written by unlabeled_text.py where missing."""
+    args = {**UNLABELED_ARGS, UNLABELED_50AGREE: ["--tweets", "-1", "--exclude", *(
+        str(data_root() / "financial_phrasebank" / "splits" / "50agree" / f"{split}.jsonl")
+        for split in ("train", "dev", "test"))]}
+    for lever in levers:
+        for path, extra in args.items():
+            if any(str(path) in o for o in LEVERS[lever][1] if isinstance(o, str)) and not path.is_file():
+                subprocess.check_call([sys.executable, str(ROOT / "benchmarks" / "unlabeled_text.py"), "--output",
+                                       str(path), *extra])
+    if any(lever in ("distill", "all") for lever in levers) and not UNLABELED.is_file():
+        subprocess.check_call([sys.executable, str(ROOT / "benchmarks" / "unlabeled_text.py"), "--output",
+                               str(UNLABELED), *UNLABELED_ARGS[UNLABELED]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("pretrain", "train", "ensemble", "export", "table"))
@@ -216,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "pretrain" and not (DAPT / "config.json").is_file():
         run_logged(["toolchain", "pretrain", "--config", "pretrain-finance-news", f"output_dir={DAPT.parent}"],
                    ROOT / "logs" / "abl-pretrain.log")
-    if args.step == "train" and any(lever in ("distill", "all") for lever in args.levers) and not UNLABELED.is_file():
-        subprocess.check_call([sys.executable, str(ROOT / "benchmarks" / "unlabeled_text.py"), "--output", str(UNLABELED)])
-    jobs = [(lever, seed) for lever in args.levers for seed in args.seeds]
+    if args.step == "train":
+        write_unlabeled(args.levers)
+    jobs = [(lever, seed) for lever in args.levers for seed in (args.seeds[:1] if lever in TEACHERS else args.seeds)]
     if args.step in ("train", "export"):
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: (train_one if args.step == "train" else export_one)(*job), jobs))

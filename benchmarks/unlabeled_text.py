@@ -7,7 +7,10 @@ Three sources, each sampled (seeded) and deduplicated:
   the allagree train, dev and test splits: what ``sentiment-distill`` trains and is scored on);
 - **FOMC minutes** (one document a line), cut into sentences of 8 to 60 words;
 - **finance tweets** (``twitter_financial_news_topic/train.jsonl``; the topic labels are ignored), with their
-  URLs removed.
+  URLs removed;
+- **SEntFiN train headlines** (``--sentfin N``, none by default; the labels are ignored): unlabeled text of the
+  out-of-domain check's own domain, for unsupervised domain adaptation. SEntFiN's test texts are then excluded
+  too, so the SEntFiN figure is still measured on texts never seen.
 
 No written text equals an excluded text (compared with whitespace collapsed and case folded); the file is
 read back and checked before the script reports success. The data stays outside the repository:
@@ -64,6 +67,10 @@ def tweet_texts(root: Path, min_words: int = 5) -> list[str]:
     return [text for text in texts if len(text.split()) >= min_words]
 
 
+def sentfin_texts(root: Path) -> list[str]:
+    return jsonl_texts(root / "sentfin" / "train.jsonl")
+
+
 def sample(texts: list[str], count: int, rng: random.Random) -> list[str]:
     """``count`` texts drawn without replacement (all of them for count < 0)."""
     return list(texts) if count < 0 or count >= len(texts) else rng.sample(texts, count)
@@ -72,7 +79,7 @@ def sample(texts: list[str], count: int, rng: random.Random) -> list[str]:
 def collect(root: Path, excluded: set[str], counts: dict[str, int], seed: int) -> list[dict]:
     """Records {text, source}, none of whose texts is excluded or repeated."""
     rng = random.Random(seed)
-    sources = {"phrasebank": phrasebank_texts, "fomc": fomc_sentences, "tweets": tweet_texts}
+    sources = {"phrasebank": phrasebank_texts, "fomc": fomc_sentences, "tweets": tweet_texts, "sentfin": sentfin_texts}
     seen, records = set(excluded), []
     for name, read in sources.items():
         if counts[name] == 0:
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phrasebank", type=int, default=-1, help="PhraseBank sentences (-1 = every one not excluded)")
     p.add_argument("--fomc", type=int, default=3000, help="FOMC-minutes sentences")
     p.add_argument("--tweets", type=int, default=3000, help="finance tweets")
+    p.add_argument("--sentfin", type=int, default=0, help="SEntFiN train headlines, labels ignored (-1 = all; "
+                   "SEntFiN test texts are then excluded too)")
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args(argv)
     root = Path(args.data) if args.data else data_root()
@@ -114,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no shared data folder at {root}: pass --data DIR or set TOOLCHAIN_DATA_DIR")
     exclude = [Path(e) for e in args.exclude] if args.exclude else \
         [root / ALLAGREE / f"{split}.jsonl" for split in ("train", "dev", "test")]
+    if args.sentfin:
+        exclude.append(root / "sentfin" / "test.jsonl")
     excluded = {normalized(text) for path in exclude for text in jsonl_texts(path)}
-    records = collect(root, excluded, {"phrasebank": args.phrasebank, "fomc": args.fomc, "tweets": args.tweets},
-                      args.seed)
+    counts = {"phrasebank": args.phrasebank, "fomc": args.fomc, "tweets": args.tweets, "sentfin": args.sentfin}
+    records = collect(root, excluded, counts, args.seed)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     written = verify(out, excluded)
-    by_source = {name: sum(r["source"] == name for r in records) for name in ("phrasebank", "fomc", "tweets")}
+    by_source = {name: sum(r["source"] == name for r in records) for name in counts}
     print(f"{out}: {written} texts ({', '.join(f'{k} {v}' for k, v in by_source.items())}); none of the "
           f"{len(excluded)} texts of {', '.join(str(e) for e in exclude)}")
     return 0

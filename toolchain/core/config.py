@@ -162,6 +162,8 @@ class UpdateConfig:
 
 @dataclass
 class DistillConfig:
+    ADDED_KEYS = {"topic_teacher": None, "cross_task": True}
+    UNHASHED_KEYS = ("cache",)   # where teacher logits are kept changes no model
     teacher: str | None = opt(None, "run dir(s) whose class probabilities the run learns from: one run dir, a comma "
                               "list of run dirs or a seed group (train --seeds) = an ensemble teacher (the mean of "
                               "its members' probabilities); any method or base model with the run's labels; unset = "
@@ -173,6 +175,15 @@ class DistillConfig:
                                 "trained with the soft loss only (benchmarks/unlabeled_text.py writes one); ${data} = "
                                 "data root")
     max_unlabeled: int = opt(0, "use only the first N unlabeled texts (0 = all)", min=0)
+    topic_teacher: str | None = opt(None, "with a topic head (topic.train): the topic head's teacher, run dir(s) "
+                                    "trained for the topic labels (a comma list or seed group = an ensemble); "
+                                    "distill.teacher then teaches the main head")
+    cross_task: bool = opt(True, "with a topic head: each example also learns the other head's teacher's "
+                           "probabilities (the sentiment teacher on the tweets, the topic teacher on the sentences); "
+                           "false = only its own task's teacher")
+    cache: str = opt("auto", "where teacher logits are kept by content hash (teacher files + text), reused by every "
+                     "seed and student: auto = $TOOLCHAIN_CACHE/teacher-logits (~/.cache/toolchain), a directory, "
+                     "or off")
 
 
 @dataclass
@@ -203,7 +214,7 @@ class RunConfig:
                               f"head, e.g. a `toolchain pretrain` output)")
         if self.augment.method != "none" and self.model.task != "sequence-classification":
             raise ConfigError(f"augment.method: augmentation is for sequence classification, not {self.model.task!r}")
-        if self.distill.teacher or self.distill.unlabeled:
+        if self.distill.teacher or self.distill.unlabeled or self.distill.topic_teacher:
             self._check_distill()
         if self.update.parent and self.topic.train:
             raise ConfigError("update.parent: continuing a model with a topic head is not supported; update the "
@@ -217,18 +228,22 @@ class RunConfig:
                               f"valid: {', '.join(('auto',) + valid)}")
 
     def _check_distill(self) -> None:
-        if not self.distill.teacher:
+        d = self.distill
+        if d.topic_teacher and not self.topic.train:
+            raise ConfigError("distill.topic_teacher: teaches a topic head; set topic.train (a joint model), or use "
+                              "distill.teacher for a single-task topic model")
+        if not (d.teacher or d.topic_teacher):
             raise ConfigError("distill.unlabeled: needs distill.teacher (unlabeled texts are trained on the teacher's "
                               "probabilities only)")
         if self.model.task not in ("sequence-classification", "token-classification"):
             raise ConfigError(f"distill.teacher: distillation is for sequence or token classification, not "
                               f"{self.model.task!r}")
-        if self.distill.unlabeled and self.model.task != "sequence-classification":
+        if d.unlabeled and self.model.task != "sequence-classification":
             raise ConfigError("distill.unlabeled: unlabeled texts are for sequence classification; a token-"
                               "classification student is distilled on its labelled sentences")
-        if self.topic.train:
-            raise ConfigError("distill.teacher: distilling a model with a topic head is not supported; distill the "
-                              "single-task model")
+        if self.topic.train and not d.topic_teacher:
+            raise ConfigError("distill.teacher: a model with a topic head needs distill.topic_teacher too (the topic "
+                              "head's teacher, e.g. a `topic-mpnet` run); distill.teacher teaches the main head")
 
 
 def train_metric(cfg: RunConfig) -> str:

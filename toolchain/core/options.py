@@ -180,10 +180,27 @@ def deep_merge(base: dict, top: dict) -> dict:
 
 def config_hash(cfg: Any) -> str:
     """Stable short hash of a config (sorted JSON), used to detect out-of-date stages. A key renamed since
-    (the class's ``RENAMED_KEYS``) is hashed under its former name, so the rename changes no hash."""
+    (the class's ``RENAMED_KEYS``) is hashed under its former name, so the rename changes no hash. A key added
+    since (a section's ``ADDED_KEYS``: key -> default) is hashed only when set to another value than its default,
+    and a key that cannot change the model (``UNHASHED_KEYS``) never is, so adding either changes no hash."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    if dataclasses.is_dataclass(cfg):
+        _drop_unhashed(cfg, data)
     for old, new in getattr(cfg, "RENAMED_KEYS", {}).items():
         if "." not in old and "." not in new and new in data:
             data[old] = data.pop(new)
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _drop_unhashed(cfg: Any, data: dict) -> None:
+    for f in dataclasses.fields(cfg):
+        value, section = getattr(cfg, f.name), data.get(f.name)
+        if not (dataclasses.is_dataclass(value) and isinstance(section, dict)):
+            continue
+        for key, default in getattr(value, "ADDED_KEYS", {}).items():
+            if key in section and section[key] == default:
+                section.pop(key)
+        for key in getattr(value, "UNHASHED_KEYS", ()):
+            section.pop(key, None)
+        _drop_unhashed(value, section)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from toolchain.core.artifacts import RunInfo
 from toolchain.core.config import ConfigError, RunConfig, expand_data_path
 from toolchain.data.readers import DataError, Example
+from toolchain.tasks.joint import HEADLINE, TOPIC_PREFIX, has_topic_head, head_rows, heads_of
 
 IGNORE = -100
 TEACHER_KEY = "teacher_probs"
@@ -36,15 +37,27 @@ TEACHER_KEY = "teacher_probs"
 class DistillLoss:
     """``alpha * T^2 * KL(teacher_T || student_T)`` (batch mean) ``+ (1 - alpha) * CE`` on the labelled items."""
 
-    def __init__(self, alpha: float, temperature: float):
+    def __init__(self, alpha: float, temperature: float, heads: list[slice] | None = None):
         self.alpha, self.temperature = alpha, temperature
+        self.heads = heads    # a model with a topic head: each head's columns, a softmax of their own
+
+    def kl(self, logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        log_student = F.log_softmax(logits.float() / self.temperature, dim=-1)
+        return (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1) * self.temperature ** 2
 
     def soft(self, logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
         """Per example (per scored token for token logits): KL(teacher || softmax(logits / T)) * T^2 (teacher_probs
-        are already tempered; a token's all-zero teacher row, padding or a token without a label, is left out)."""
+        are already tempered; a token's all-zero teacher row, padding or a token without a label, is left out).
+        With heads: one KL per (example, head) whose teacher columns are set, each head a softmax of its own."""
         teacher = teacher_probs.float()
-        log_student = F.log_softmax(logits.float() / self.temperature, dim=-1)
-        kl = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(-1) * self.temperature ** 2
+        if self.heads:
+            parts = []
+            for cols in self.heads:
+                rows = teacher[:, cols].sum(-1) > 0
+                if bool(rows.any()):
+                    parts.append(self.kl(logits[rows][:, cols], teacher[rows][:, cols]))
+            return torch.cat(parts) if parts else logits.float().new_zeros(0)
+        kl = self.kl(logits, teacher)
         return kl[teacher.sum(-1) > 0] if kl.dim() > 1 else kl
 
     @staticmethod
@@ -113,23 +126,34 @@ def teacher_dirs(spec: str) -> list[str]:
     return dirs
 
 
-def load_teachers(cfg: RunConfig, labels: list[str]) -> list[RunInfo]:
-    """The teacher runs (a seed group expanded), checked against the task and the student's labels."""
+def load_teachers(spec: str, task: str, labels: list[str], key: str = "distill.teacher") -> list[RunInfo]:
+    """The teacher runs of ``spec`` (a seed group expanded), checked against the task and the labels they teach."""
     from toolchain.inference.members import check_members, expand_members
 
     try:
-        runs = expand_members(teacher_dirs(cfg.distill.teacher))
-        check_members(runs, task=cfg.model.task)
+        runs = expand_members(teacher_dirs(spec))
+        check_members(runs, task=task)
     except ValueError as exc:
-        raise ConfigError(f"distill.teacher: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
     if set(runs[0].labels) != set(labels):
-        raise ConfigError(f"distill.teacher: {runs[0].path} has labels {runs[0].labels}; this run has labels "
+        raise ConfigError(f"{key}: {runs[0].path} has labels {runs[0].labels}; it must teach the labels "
                           f"{labels}: the teacher must be trained for the same labels")
     return runs
 
 
-def read_unlabeled(path: str, limit: int = 0) -> list[Example]:
-    """Texts of a jsonl file (its ``text`` key) or of a text file (one a line), without labels."""
+def read_unlabeled(spec: str, limit: int = 0) -> list[Example]:
+    """Texts of one or more files (a comma list): jsonl (its ``text`` key) or text (one a line), without labels;
+    a text in several files is kept once."""
+    examples, seen = [], set()
+    for path in (part.strip() for part in spec.split(",") if part.strip()):
+        for ex in read_unlabeled_file(path):
+            if normalized(ex.text) not in seen:
+                seen.add(normalized(ex.text))
+                examples.append(ex)
+    return examples[:limit] if limit else examples
+
+
+def read_unlabeled_file(path: str) -> list[Example]:
     from toolchain.data.readers import read_examples
 
     resolved = Path(expand_data_path(path))
@@ -137,16 +161,15 @@ def read_unlabeled(path: str, limit: int = 0) -> list[Example]:
         raise DataError(f"distill.unlabeled: {resolved}: file not found (write one with `python "
                         f"benchmarks/unlabeled_text.py --output {resolved}`)")
     if resolved.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        examples = read_examples(resolved, "jsonl", "text", labelled=False)
-    else:
-        try:
-            lines = resolved.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"distill.unlabeled: {resolved}: not valid utf-8 text (byte {exc.start})") from None
-        examples = [Example(line.strip(), None, f"{resolved}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
-        if not examples:
-            raise DataError(f"distill.unlabeled: {resolved}: holds no text")
-    return examples[:limit] if limit else examples
+        return read_examples(resolved, "jsonl", "text", labelled=False)
+    try:
+        lines = resolved.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"distill.unlabeled: {resolved}: not valid utf-8 text (byte {exc.start})") from None
+    examples = [Example(line.strip(), None, f"{resolved}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    if not examples:
+        raise DataError(f"distill.unlabeled: {resolved}: holds no text")
+    return examples
 
 
 def normalized(text: str) -> str:
@@ -164,11 +187,25 @@ def check_no_overlap(unlabeled: list[Example], held_out: dict[str, list[Example]
                             f"--exclude FILE)")
 
 
-def teacher_logits(runs: list[RunInfo], examples: list[Example], labels: list[str]) -> list[np.ndarray]:
-    """Every teacher's logits on ``examples`` (each teacher loaded once), columns in the order of ``labels``."""
-    from toolchain.inference.members import member_logits
+def teacher_logits(runs: list[RunInfo], examples: list[Example], labels: list[str], cache=None,
+                   passes: list | None = None) -> list[np.ndarray]:
+    """Every teacher's logits on ``examples`` (each teacher loaded once, and only for texts the cache lacks),
+    columns in the order of ``labels``; each pass's figures appended to ``passes``."""
+    from toolchain.inference.members import in_label_order, member_logits
+    from toolchain.train.teacher_cache import cached_logits
 
-    return [member_logits(run, examples, labels) for run in runs]
+    out = []
+    for run in runs:
+        def compute(indices: list[int], run=run) -> np.ndarray:
+            return member_logits(run, [examples[i] for i in indices], run.labels)
+
+        logits, stats = cached_logits(run, [ex.text for ex in examples], compute, cache)
+        print(f"distill: teacher {run.path}: {stats.texts} texts, {stats.hits} from the cache, {stats.computed} "
+              f"computed in {stats.seconds:.1f} s", flush=True)
+        if passes is not None:
+            passes.append(stats.as_dict())
+        out.append(in_label_order(run, logits, labels))
+    return out
 
 
 def tempered_mean(logits: list[np.ndarray], temperature: float) -> np.ndarray:
@@ -200,24 +237,41 @@ def note_other_test_sets(runs: list[RunInfo], test_sha256: str | None) -> None:
 
 class Distillation:
     """The run's distillation: checked before the run dir is written (``check``), the teacher's probabilities
-    attached to the training examples once they are encoded (``attach``), the figures after training (``report``)."""
+    attached to the training examples once they are encoded (``attach``), the figures after training (``report``).
 
-    def __init__(self, cfg: RunConfig, labels: list[str], teachers: list[RunInfo], unlabeled: list[Example]):
+    A run with a topic head has a teacher per head (``distill.teacher`` for the main head, ``distill.topic_teacher``
+    for the topic head): each training example carries its own task's teacher's probabilities in its head's
+    columns; with ``distill.cross_task`` it also carries the other head's teacher's (the sentiment teacher's view
+    of a tweet, the topic teacher's of a sentence), and the unlabeled texts carry both. The soft loss is one KL
+    per (example, head) with a teacher row, each head a softmax over its own columns."""
+
+    def __init__(self, cfg: RunConfig, labels: list[str], teachers: list[RunInfo], unlabeled: list[Example],
+                 topic_teachers: list[RunInfo] | None = None):
         self.cfg, self.labels, self.teachers, self.unlabeled = cfg, labels, teachers, unlabeled
-        self.loss = DistillLoss(cfg.distill.alpha, cfg.distill.temperature)
+        self.topic_teachers = topic_teachers or []
+        self.heads = heads_of(labels) if has_topic_head(labels) else None
+        self.loss = DistillLoss(cfg.distill.alpha, cfg.distill.temperature,
+                                [slice(h.start, h.stop) for h in self.heads] if self.heads else None)
         self.record: dict = {}           # written to toolchain.yaml and metrics.json as ``distill``
         self.test_probs = None           # the teacher on the test split (T = 1)
+        self.passes: list[dict] = []     # each teacher pass: texts, cache hits, computed, seconds
+        self.cache = teacher_cache(cfg)
 
     @classmethod
     def check(cls, cfg: RunConfig, labels: list[str], splits) -> "Distillation":
         """The teachers (task, labels) and the unlabeled texts (readable, none a dev/test text)."""
-        teachers = load_teachers(cfg, labels)
+        d, task = cfg.distill, cfg.model.task
+        if has_topic_head(labels):
+            main, topic = heads_of(labels)
+            teachers = load_teachers(d.teacher, task, list(main.labels)) if d.teacher else []
+            topic_teachers = load_teachers(d.topic_teacher, task, list(topic.labels), "distill.topic_teacher")
+        else:
+            teachers, topic_teachers = load_teachers(d.teacher, task, labels), []
         note_other_test_sets(teachers, splits.files.get("test", {}).get("sha256"))
-        d = cfg.distill
         unlabeled = read_unlabeled(d.unlabeled, d.max_unlabeled) if d.unlabeled else []
         if unlabeled:
             check_no_overlap(unlabeled, {"dev": splits.dev, "test": splits.test})
-        return cls(cfg, labels, teachers, unlabeled)
+        return cls(cfg, labels, teachers, unlabeled, topic_teachers)
 
     def attach(self, task, splits, datasets: dict, tokenizer) -> None:
         """Teacher probabilities on the training split (and the unlabeled texts), carried with each example."""
@@ -229,17 +283,43 @@ class Distillation:
         if len(train.features) != len(splits.train):
             raise ConfigError(f"distill.teacher: {len(train.features)} training features for {len(splits.train)} "
                               f"examples; distillation needs one feature per example")
+        n_teachers = len(self.teachers) + len(self.topic_teachers)
         print(f"distill: teacher probabilities (T={d.temperature:g}) of {len(splits.train)} training and "
-              f"{len(unlabeled)} unlabeled texts from {len(self.teachers)} teacher run(s)", flush=True)
-        logits = teacher_logits(self.teachers, splits.train + unlabeled + splits.test, self.labels)
-        n_train, n_seen = len(splits.train), len(splits.train) + len(unlabeled)
-        tempered = tempered_mean([z[:n_seen] for z in logits], d.temperature)
+              f"{len(unlabeled)} unlabeled texts from {n_teachers} teacher run(s)", flush=True)
+        n_train = len(splits.train)
+        if self.heads:
+            tempered, self.test_probs = self.joint_probs(splits.train + unlabeled, n_train, splits.test)
+        else:
+            logits = teacher_logits(self.teachers, splits.train + unlabeled + splits.test, self.labels, self.cache,
+                                    self.passes)
+            n_seen = n_train + len(unlabeled)
+            tempered = tempered_mean([z[:n_seen] for z in logits], d.temperature)
+            self.test_probs = tempered_mean([z[n_seen:] for z in logits], 1.0)
         features = [{**feature, TEACHER_KEY: p.tolist()} for feature, p in zip(train.features, tempered[:n_train])]
         if unlabeled:
             features += unlabeled_features(self.cfg, task, tokenizer, unlabeled, tempered[n_train:])
         datasets["train"] = FeatureDataset(features)
-        self.test_probs = tempered_mean([z[n_seen:] for z in logits], 1.0)
         self.record = self.base_record(n_train, len(unlabeled))
+
+    def joint_probs(self, seen: list[Example], n_train: int, test: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+        """(tempered rows of the training + unlabeled texts, T=1 rows of the test texts), each ``len(labels)``
+        wide: a head's columns hold its teacher's probabilities where the example gets them (its own task's
+        head; the other head too with ``distill.cross_task``; both for unlabeled texts), zeros elsewhere."""
+        d = self.cfg.distill
+        rows, test_rows = np.zeros((len(seen), len(self.labels))), np.zeros((len(test), len(self.labels)))
+        for head, teachers in zip(self.heads, (self.teachers, self.topic_teachers)):
+            if not teachers:
+                continue
+            own = [i for i, ex in enumerate(seen) if i >= n_train or self.head_of(ex) == head.name or d.cross_task]
+            own_test = [i for i, ex in enumerate(test) if self.head_of(ex) == head.name]
+            logits = teacher_logits(teachers, [seen[i] for i in own] + [test[i] for i in own_test],
+                                    list(head.labels), self.cache, self.passes)
+            rows[own, head.start:head.stop] = tempered_mean([z[:len(own)] for z in logits], d.temperature)
+            test_rows[own_test, head.start:head.stop] = tempered_mean([z[len(own):] for z in logits], 1.0)
+        return rows, test_rows
+
+    def head_of(self, example: Example) -> str:
+        return "topic" if str(example.label).startswith(TOPIC_PREFIX) else "main"
 
     def attach_tokens(self, task, datasets: dict, tokenizer) -> None:
         """Token classification: each teacher reads the student's own windows (same vocabulary, checked); a
@@ -262,28 +342,65 @@ class Distillation:
 
     def base_record(self, n_train: int, n_unlabeled: int) -> dict:
         d = self.cfg.distill
-        return {"teachers": [teacher_entry(run) for run in self.teachers], "alpha": d.alpha,
-                "temperature": d.temperature, "train_examples": n_train, "unlabeled": unlabeled_record(d, n_unlabeled)}
+        record = {"teachers": [teacher_entry(run) for run in self.teachers], "alpha": d.alpha,
+                  "temperature": d.temperature, "train_examples": n_train,
+                  "unlabeled": unlabeled_record(d, n_unlabeled), "teacher_passes": self.passes,
+                  "cache": str(self.cache.root) if self.cache else None}
+        if self.heads:
+            record.update({"topic_teachers": [teacher_entry(run) for run in self.topic_teachers],
+                           "cross_task": d.cross_task})
+        return record
 
     def trainer_class(self, trainer_cls: type) -> type:
         return with_distillation(trainer_cls)
 
     def report(self, student_logits: np.ndarray, gold: np.ndarray, labels: list[str], task) -> dict:
         """The record plus the teacher's test metrics on this run's test split and the student's closeness
-        (token classification: over the tokens that carry a gold label)."""
+        (token classification: over the tokens that carry a gold label; a topic head: each test example in its
+        own head, with a teacher for that head)."""
         from toolchain.core.probability import softmax
 
+        if self.heads:
+            return {**self.record, **self.joint_report(np.asarray(student_logits), np.asarray(gold))}
         student, teacher = softmax(student_logits), self.test_probs
         scored = np.ones(len(student), dtype=bool)
         if student.ndim == 3:   # align the teacher's padded width with the student's, then keep gold tokens
             width = student.shape[1]
             teacher = np.pad(teacher[:, :width], ((0, 0), (0, max(0, width - teacher.shape[1])), (0, 0)))
             scored = np.asarray(gold) != IGNORE
-        kl = (np.where(teacher > 0, teacher * np.log(np.clip(teacher, 1e-12, None)), 0.0)
-              - teacher * np.log(np.clip(student, 1e-12, None))).sum(-1)
+        kl = kl_rows(teacher, student)
         return {**self.record, "teacher_test": task.summary(task.metrics(teacher, gold, labels)),
                 "student_test_agreement": float(np.mean((student.argmax(-1) == teacher.argmax(-1))[scored])),
                 "student_test_kl": float(kl[scored].mean())}
+
+    def joint_report(self, student_logits: np.ndarray, gold: np.ndarray) -> dict:
+        from toolchain.core.probability import softmax
+        from toolchain.tasks.classification import classification_metrics
+
+        out: dict = {"teacher_test": {}, "student_test_agreement": {}, "student_test_kl": {}}
+        for head in self.heads:
+            rows = head_rows(gold, head) & (self.test_probs[:, head.start:head.stop].sum(-1) > 0)
+            if not rows.any():
+                continue
+            teacher = self.test_probs[rows, head.start:head.stop]
+            student = softmax(student_logits[rows, head.start:head.stop])
+            metrics = classification_metrics(gold[rows] - head.start, teacher.argmax(-1), list(head.labels))
+            out["teacher_test"].update({f"{head.name}_{k}": metrics[k] for k in HEADLINE})
+            out["student_test_agreement"][head.name] = float(np.mean(student.argmax(-1) == teacher.argmax(-1)))
+            out["student_test_kl"][head.name] = float(kl_rows(teacher, student).mean())
+        return out
+
+
+def kl_rows(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    return (np.where(teacher > 0, teacher * np.log(np.clip(teacher, 1e-12, None)), 0.0)
+            - teacher * np.log(np.clip(student, 1e-12, None))).sum(-1)
+
+
+def teacher_cache(cfg: RunConfig):
+    from toolchain.train.teacher_cache import TeacherCache, cache_dir
+
+    root = cache_dir(cfg.distill.cache)
+    return TeacherCache(root) if root else None
 
 
 def check_same_vocabulary(teachers: list[RunInfo], tokenizer) -> None:

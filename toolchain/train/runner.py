@@ -168,7 +168,7 @@ def choose_base_and_labels(run: Run) -> None:
 
 def check_teachers(run: Run) -> None:
     """Distillation: teachers and unlabeled texts checked before the run dir is written."""
-    if run.cfg.distill.teacher:
+    if run.cfg.distill.teacher or run.cfg.distill.topic_teacher:
         from toolchain.train.distill import Distillation
 
         run.distill = Distillation.check(run.cfg, run.labels, run.splits)
