@@ -18,8 +18,8 @@ Parts (``--parts``, default all):
   to write its first new shard, its wall time, and the rows it had to redo (the shards in flight at the kill).
 - ``kill``: 10 SIGKILLs at random moments (seeded), then a final run; every input row is, exactly once, in a
   shard or in bad-rows.jsonl.
-- ``trend``: the backfill view on dated text: the topic tweets' test split with synthetic dates, see
-  :func:`dated_news` (the shared data sets carry no dates).
+- ``trend``: the backfill view on real dated text: every sentence of the 230 FOMC minutes (1996-2024), dated by
+  its meeting (:func:`meeting_date`: the year and meeting exact, the day on the usual schedule).
 
 Run on an idle machine (the numbers are meaningless while a training job shares the cores):
 
@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -75,20 +76,32 @@ def write_input(folder: Path, rows: int, files: int = 4) -> list[Path]:
     return paths
 
 
-def dated_news(folder: Path, days: int = 60, seed: int = 0) -> Path:
-    """The topic tweets' test split (4,117 real tweets) spread over ``days`` synthetic days in file order, with
-    SEntFiN's negative headlines added on days 40-42 (a constructed bad-news burst), each row dated 09:00-17:00."""
-    rng, root = random.Random(seed), data_root()
-    tweets = [json.loads(x)["text"] for x in (root / CORPORA["topic-tweets"][2]).read_text().splitlines() if x]
-    negative = [json.loads(x)["text"] for x in (root / "sentfin/test.jsonl").read_text().splitlines()
-                if x and json.loads(x)["label"] == "negative"]
-    rows = [(i * days // len(tweets), text, "topic-tweets") for i, text in enumerate(tweets)]
-    rows += [(40 + i % 3, text, "sentfin-negative") for i, text in enumerate(negative[:300])]
-    path, first = folder / "dated-news.jsonl", date(2024, 3, 1)
+FOMC = "fomc_minutes/fomc_minutes_1996_2024.one_doc_per_line.txt"
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def meeting_date(index: int) -> date:
+    """The FOMC minutes' documents are sorted by meeting date, 8 meetings a year 1996-2023 and 6 in 2024 (the data
+    set's SOURCE.md; its texts carry no date line): the year and the meeting's number in it are exact, the day is
+    placed on the usual schedule (the k-th meeting ~30 + 46k days into the year: Jan 31, Mar 17, May 2, Jun 17,
+    Aug 2, Sep 17, Nov 2, Dec 18), so a date is right to the year and meeting, within about two weeks."""
+    year, k = (1996 + index // 8, index % 8) if index < 224 else (2024, index - 224)
+    return date(year, 1, 1) + timedelta(days=30 + 46 * k)
+
+
+def dated_minutes(folder: Path, min_words: int = 6) -> Path:
+    """Every sentence of the 230 FOMC minutes (1996-2024; real text) with its meeting's date."""
+    documents = (data_root() / FOMC).read_text(encoding="utf-8").splitlines()
+    path, n = folder / "fomc-sentences.jsonl", 0
+    folder.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        for n, (day, text, corpus) in enumerate(sorted(rows, key=lambda r: r[0])):
-            stamp = f"{first + timedelta(day)}T{rng.randint(9, 16):02d}:{rng.randint(0, 59):02d}:00Z"
-            handle.write(json.dumps({"id": f"d{n}", "text": text, "date": stamp, "corpus": corpus}) + "\n")
+        for index, document in enumerate(documents):
+            day = meeting_date(index).isoformat()
+            for sentence in SENTENCE_END.split(document.strip()):
+                if len(sentence.split()) >= min_words:
+                    handle.write(json.dumps({"id": f"m{index}-{n}", "text": sentence.strip(), "date": day,
+                                             "meeting": index}) + "\n")
+                    n += 1
     return path
 
 
@@ -222,11 +235,12 @@ def kills(args, inputs: list[Path], work: Path) -> dict:
 
 
 def trend(args, work: Path) -> dict:
-    path = dated_news(work)
+    path = dated_minutes(work / "fomc")
     output = work / "trend"
-    watched = run_watched(predict_command(args, [path], output, extra=["--trend", "date"]), output)
-    return {"input": str(path), "summary": summary_of(output).get("trend"), "plot": str(output / "trend.png"),
-            "log": watched["log"]}
+    command = predict_command(args, [path], output, extra=["--trend", "date", "--keep", "meeting"])
+    watched = run_watched(command, output)
+    return {"input": f"{path}: every sentence of the 230 FOMC minutes, dated by meeting (see meeting_date)",
+            "summary": summary_of(output).get("trend"), "plot": str(output / "trend.png"), "log": watched["log"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,20 +136,16 @@ def load_teachers(spec: str, task: str, labels: list[str], key: str = "distill.t
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     if set(runs[0].labels) != set(labels):
-        raise ConfigError(f"{key}: {runs[0].path} has labels {runs[0].labels}; it must teach the labels "
-                          f"{labels}: the teacher must be trained for the same labels")
+        head = " in its topic head" if key == "distill.topic_teacher" else ""
+        raise ConfigError(f"{key}: {runs[0].path} has labels {runs[0].labels}; this run has labels {labels}{head}: "
+                          f"the teacher must be trained for the same labels")
     return runs
 
 
 def read_unlabeled(spec: str, limit: int = 0) -> list[Example]:
-    """Texts of one or more files (a comma list): jsonl (its ``text`` key) or text (one a line), without labels;
-    a text in several files is kept once."""
-    examples, seen = [], set()
-    for path in (part.strip() for part in spec.split(",") if part.strip()):
-        for ex in read_unlabeled_file(path):
-            if normalized(ex.text) not in seen:
-                seen.add(normalized(ex.text))
-                examples.append(ex)
+    """Texts of one or more files (a comma list, read in order): jsonl (its ``text`` key) or text (one a line),
+    without labels."""
+    examples = [ex for path in spec.split(",") if path.strip() for ex in read_unlabeled_file(path.strip())]
     return examples[:limit] if limit else examples
 
 
