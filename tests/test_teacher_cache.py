@@ -102,3 +102,16 @@ def test_cache_setting(tmp_path, monkeypatch):
     assert cache_dir("auto") == tmp_path / "teacher-logits"
     assert cache_dir("off") is None
     assert cache_dir(str(tmp_path / "x")) == tmp_path / "x"
+
+
+def test_an_fp32_pass_never_reads_bf16_logits_but_a_bf16_pass_reads_fp32_ones(tmp_path):
+    run, cache = fake_run(tmp_path / "teacher"), TeacherCache(tmp_path / "cache")
+    assert teacher_fingerprint(run, "bf16")[0] != teacher_fingerprint(run)[0]
+    cached_logits(run, TEXTS[:2], Counting(TEXTS[:2]), cache, "bf16")
+    counting = Counting(TEXTS)
+    _, stats = cached_logits(run, TEXTS, counting, cache)            # fp32: the bf16 entries are not read
+    assert stats.hits == 0 and stats.computed == 3
+    more = TEXTS + ["rates held"]
+    counting = Counting(more)
+    _, stats = cached_logits(run, more, counting, cache, "bf16")     # bf16: fp32 entries serve it
+    assert counting.computed == ["rates held"] and stats.hits == 4

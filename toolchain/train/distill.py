@@ -183,21 +183,35 @@ def check_no_overlap(unlabeled: list[Example], held_out: dict[str, list[Example]
                             f"--exclude FILE)")
 
 
+def teacher_precision(precision: str) -> str:
+    """The teacher pass's precision: bf16 autocast where the run trains in bf16 on a CPU with native bf16
+    (AMX-BF16, AVX512-BF16: the 110M teacher's forward passes are the pass's whole cost), fp32 elsewhere."""
+    from toolchain.core.hardware import cpu_bf16_precision
+
+    if torch.cuda.is_available() or precision not in ("auto", "bf16"):
+        return "fp32"
+    return cpu_bf16_precision()
+
+
 def teacher_logits(runs: list[RunInfo], examples: list[Example], labels: list[str], cache=None,
-                   passes: list | None = None) -> list[np.ndarray]:
+                   passes: list | None = None, precision: str = "fp32") -> list[np.ndarray]:
     """Every teacher's logits on ``examples`` (each teacher loaded once, and only for texts the cache lacks),
-    columns in the order of ``labels``; each pass's figures appended to ``passes``."""
+    columns in the order of ``labels``; each pass's figures appended to ``passes``. ``precision="bf16"`` runs the
+    teacher under bf16 autocast (its cache entries are kept apart from fp32 ones)."""
+    from contextlib import nullcontext
+
     from toolchain.inference.members import in_label_order, member_logits
     from toolchain.train.teacher_cache import cached_logits
 
     out = []
     for run in runs:
         def compute(indices: list[int], run=run) -> np.ndarray:
-            return member_logits(run, [examples[i] for i in indices], run.labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+                return member_logits(run, [examples[i] for i in indices], run.labels)
 
-        logits, stats = cached_logits(run, [ex.text for ex in examples], compute, cache)
+        logits, stats = cached_logits(run, [ex.text for ex in examples], compute, cache, precision)
         print(f"distill: teacher {run.path}: {stats.texts} texts, {stats.hits} from the cache, {stats.computed} "
-              f"computed in {stats.seconds:.1f} s", flush=True)
+              f"computed in {stats.seconds:.1f} s ({precision})", flush=True)
         if passes is not None:
             passes.append(stats.as_dict())
         out.append(in_label_order(run, logits, labels))
@@ -252,6 +266,7 @@ class Distillation:
         self.test_probs = None           # the teacher on the test split (T = 1)
         self.passes: list[dict] = []     # each teacher pass: texts, cache hits, computed, seconds
         self.cache = teacher_cache(cfg)
+        self.precision = teacher_precision(cfg.train.precision)
 
     @classmethod
     def check(cls, cfg: RunConfig, labels: list[str], splits) -> "Distillation":
@@ -287,7 +302,7 @@ class Distillation:
             tempered, self.test_probs = self.joint_probs(splits.train + unlabeled, n_train, splits.test)
         else:
             logits = teacher_logits(self.teachers, splits.train + unlabeled + splits.test, self.labels, self.cache,
-                                    self.passes)
+                                    self.passes, self.precision)
             n_seen = n_train + len(unlabeled)
             tempered = tempered_mean([z[:n_seen] for z in logits], d.temperature)
             self.test_probs = tempered_mean([z[n_seen:] for z in logits], 1.0)
@@ -309,7 +324,7 @@ class Distillation:
             own = [i for i, ex in enumerate(seen) if i >= n_train or self.head_of(ex) == head.name or d.cross_task]
             own_test = [i for i, ex in enumerate(test) if self.head_of(ex) == head.name]
             logits = teacher_logits(teachers, [seen[i] for i in own] + [test[i] for i in own_test],
-                                    list(head.labels), self.cache, self.passes)
+                                    list(head.labels), self.cache, self.passes, self.precision)
             rows[own, head.start:head.stop] = tempered_mean([z[:len(own)] for z in logits], d.temperature)
             test_rows[own_test, head.start:head.stop] = tempered_mean([z[len(own):] for z in logits], 1.0)
         return rows, test_rows
@@ -341,7 +356,7 @@ class Distillation:
         record = {"teachers": [teacher_entry(run) for run in self.teachers], "alpha": d.alpha,
                   "temperature": d.temperature, "train_examples": n_train,
                   "unlabeled": unlabeled_record(d, n_unlabeled), "teacher_passes": self.passes,
-                  "cache": str(self.cache.root) if self.cache else None}
+                  "cache": str(self.cache.root) if self.cache else None, "teacher_precision": self.precision}
         if self.heads:
             record.update({"topic_teachers": [teacher_entry(run) for run in self.topic_teachers],
                            "cross_task": d.cross_task})

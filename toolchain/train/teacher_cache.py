@@ -5,7 +5,8 @@ over tens of thousands of texts takes minutes on a CPU, and every seed and every
 repeat it. The cache keeps each text's logits under two content hashes:
 
 - the **teacher's fingerprint**: the sha256 of its model files (weights, adapter, tokenizer, config), its label
-  order, its max length and its task. A teacher trained again (new weights) or read with another max length
+  order, its max length, its task and the pass's precision (bf16 autocast where the CPU has native bf16; a bf16
+  pass reads fp32 entries too, the more exact, but an fp32 pass never reads bf16 ones). A teacher trained again (new weights) or read with another max length
   is another teacher, and none of the old entries is read for it;
 - the **text's sha256**: a changed text is a new entry; the unchanged texts are read from disk.
 
@@ -45,12 +46,15 @@ def cache_dir(setting: str | None) -> Path | None:
     return default_cache_dir() if setting == "auto" else Path(os.path.expanduser(setting))
 
 
-def teacher_fingerprint(run: RunInfo) -> tuple[str, dict]:
-    """(fingerprint, what it was made of): every file of the run's model dir by content, labels, max length."""
+def teacher_fingerprint(run: RunInfo, precision: str = "fp32") -> tuple[str, dict]:
+    """(fingerprint, what it was made of): every file of the run's model dir by content, labels, max length, and
+    the precision of the pass where it is not fp32 (bf16 logits are kept apart from fp32 ones)."""
     files = {str(p.relative_to(run.model_dir)): sha256_file(p)   # hashed each pass: about 1 s for 440 MB
              for p in sorted(run.model_dir.rglob("*")) if p.is_file()}
     made_of = {"run": str(run.path.resolve()), "task": run.task, "labels": list(run.labels),
                "max_length": run.max_length, "base_model": run.base_model if run.is_peft else None, "files": files}
+    if precision != "fp32":
+        made_of["precision"] = precision
     digest = hashlib.sha256(json.dumps({k: v for k, v in made_of.items() if k != "run"}, sort_keys=True).encode())
     return digest.hexdigest()[:32], made_of
 
@@ -116,14 +120,16 @@ def atomic_write(path: Path, write: Callable) -> None:
 
 
 def cached_logits(run: RunInfo, texts: list[str], compute: Callable[[list[int]], np.ndarray],
-                  cache: TeacherCache | None) -> tuple[np.ndarray, CacheStats]:
+                  cache: TeacherCache | None, precision: str = "fp32") -> tuple[np.ndarray, CacheStats]:
     """The teacher's logits on ``texts`` (in the run's own label order): read from the cache where present,
     ``compute(indices)`` for each distinct missing text otherwise (then stored)."""
     stats = CacheStats(teacher=str(run.path), texts=len(texts))
     keys = [text_key(t) for t in texts]
-    fingerprint, made_of = teacher_fingerprint(run) if cache else ("", {})
+    fingerprint, made_of = teacher_fingerprint(run, precision) if cache else ("", {})
     stats.fingerprint = fingerprint
     known = cache.load(fingerprint) if cache else {}
+    if cache and precision != "fp32":   # an fp32 entry serves a bf16 pass too: it is the more exact
+        known.update(cache.load(teacher_fingerprint(run)[0]))
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key not in known:
