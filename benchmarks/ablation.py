@@ -174,6 +174,20 @@ def served_row(lever: str) -> dict:
     return row
 
 
+HEADS = {"sentiment": [("acc", "accuracy"), ("f1", "macro_f1")], "50agree": [("acc", "accuracy"), ("f1", "macro_f1")],
+         "topic": [("acc", "accuracy"), ("f1", "macro_f1"), ("wf1", "weighted_f1")],
+         "joint": [("acc", "main_accuracy"), ("f1", "main_macro_f1"), ("topic_acc", "topic_accuracy"),
+                   ("topic_f1", "topic_macro_f1"), ("topic_wf1", "topic_weighted_f1")]}
+
+
+def test_figures(metrics: dict, kind: str) -> dict:
+    test = metrics["test"]
+    flat = dict(test)
+    for head, m in test.get("heads", {}).items():   # a joint run: each head's figures
+        flat.update({f"{head}_{k}": v for k, v in m.items() if isinstance(v, float)})
+    return {short: flat[key] for short, key in HEADS[kind] if key in flat}
+
+
 def collect() -> dict:
     earlier = json.loads((RESULTS / "ablation.json").read_text()) if (RESULTS / "ablation.json").is_file() else {}
     rows = {}
@@ -298,6 +312,67 @@ def table(result: dict) -> str:
     return "\n\n".join(out)
 
 
+def mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def figure(result: dict, lever: str, key: str, served_first: bool = True) -> tuple[float | None, str]:
+    """(mean over seeds, where from): the served int8 figure where the lever was exported, else PyTorch's."""
+    r = result["levers"].get(lever)
+    if not r:
+        return None, "not run"
+    served = mean(r.get("served", {}).get(key, []))
+    if served_first and served is not None:
+        return served, f"served, {len(r['served'][key])} seed(s)"
+    value = mean(r.get(key, []))
+    return value, (f"PyTorch, {len(r.get(key, []))} seed(s)" if value is not None else "not measured")
+
+
+def verdict(name: str, value: float | None, target: float, source: str, above: bool = True) -> str:
+    if value is None:
+        return f"| {name} | {target:g} | - | not measured ({source}) |"
+    met = value >= target if above else value <= target
+    gap = value - target
+    return f"| {name} | {target:g} | {value:.4f} ({source}) | {'met' if met else 'not met'} by {abs(gap):.4f} |"
+
+
+def targets(result: dict) -> str:
+    """Each target of the teacher round, met or not and by how much (fractions, not percent)."""
+    rows = []
+    for name, lever, key, target in (
+            ("MPNet teacher allagree accuracy", "mpnet-teacher", "acc", 0.98),
+            ("MPNet teacher topic accuracy", "topic-mpnet-teacher", "acc", 0.92),
+            ("MPNet teacher topic weighted-F1", "topic-mpnet-teacher", "wf1", 0.92),
+            ("sentiment student allagree accuracy", "distill-mpnet", "acc", 0.975),
+            ("sentiment student allagree macro-F1", "distill-mpnet", "f1", 0.965),
+            ("sentiment student 50agree accuracy", "50agree-distill-mpnet", "acc", 0.875),
+            ("topic student accuracy", "topic-distill-mpnet", "acc", 0.91),
+            ("topic student weighted-F1", "topic-distill-mpnet", "wf1", 0.91)):
+        value, source = figure(result, lever, key)
+        rows.append(verdict(name, value, target, source))
+    for name, lever, target in (("MPNet teacher SEntFiN macro-F1 (no SEntFiN labels)", "mpnet-teacher", 0.80),
+                                ("sentiment student SEntFiN macro-F1 (no SEntFiN labels)", "distill-mpnet", 0.78),
+                                ("... with SEntFiN train texts as unlabeled text", "distill-mpnet-sentfin", 0.78)):
+        value, source = figure(result, lever, "sf_f1", served_first=False)
+        rows.append(verdict(name, value, target, source))
+    ece, source = figure(result, "distill-mpnet", "ece_after")
+    ece = None if source.startswith("PyTorch") else ece
+    rows.append(verdict("sentiment student served ECE (calibrated)", ece, 0.02, source, above=False))
+    for head, key in (("sentiment", "acc"), ("topic", "topic_acc")):
+        joint, source = figure(result, "joint-distill-mpnet", key)
+        single, _ = figure(result, "distill-mpnet" if head == "sentiment" else "topic-distill-mpnet", "acc")
+        gap = None if joint is None or single is None else joint - single
+        rows.append(verdict(f"joint student {head} head minus its single-task student", gap, -0.005, source))
+    cost_file = RESULTS / "topic_sentiment_students.json"   # topic_sentiment.py --out results/topic_sentiment_students
+    cost = json.loads(cost_file.read_text())["cost"] if cost_file.is_file() else {}
+    for bs in ("1", "32"):
+        ratio = cost.get(f"ratio_b{bs}", {}).get("joint_vs_sentiment")
+        rows.append(verdict(f"joint student served cost per text over sentiment alone, {bs} text(s) a call", ratio,
+                            1.15, "topic_sentiment_students.json, interleaved" if ratio else "not measured",
+                            above=False))
+    return "| target | bound | measured | verdict |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
 def page(result: dict, text: str) -> str:
     """benchmarks/results/ablation.md (RESULTS.md takes it as its "Accuracy levers" section)."""
     levers = "\n".join(f"- `{name}`: `{LEVERS[name][0]}` {' '.join(f'`{o}`' for o in r['overrides'])}".rstrip()
@@ -362,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     result = collect()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = table(result)
+    text = table(result) + "\n\n### targets of the teacher round\n\n" + targets(result)
     (RESULTS / "ablation.md").write_text(page(result, text))
     print(text)
     return 0
