@@ -382,6 +382,23 @@ def test_surge_days_follow_the_alert_rule_on_daily_counts():
     assert not rows[("Macro", "2024-05-06")]["surge"] and rows[("Macro", "2024-05-06")]["negative_share"] == 1.0
 
 
+def test_a_sparse_archives_baseline_is_its_latest_days_with_items():
+    """Meetings six weeks apart: a meeting is compared with the meetings before it, not with the empty days."""
+    from datetime import date, timedelta
+
+    from toolchain.predict.trend import OVERALL, SurgeRule, trend_rows
+
+    meetings = [date(2008, 1, 1) + timedelta(days=45 * k) for k in range(8)]
+    counts = {(OVERALL, d): [100, 10] for d in meetings}
+    counts[(OVERALL, meetings[6])] = [100, 40]        # 40% against about 14% over the 6 meetings before
+    rules = {"overall": SurgeRule(2.0, 0.3, 30, 12), "topic": SurgeRule(2.0, 0.3, 20, 6)}
+    rows = {r["day"]: r for r in trend_rows(counts, rules)}
+    assert [day for day, r in rows.items() if r["surge"]] == [meetings[6].isoformat()]
+    assert rows[meetings[6].isoformat()]["baseline_share"] == pytest.approx((6 * 10 + 40) / 700)
+    empty = rows[(meetings[6] + timedelta(days=1)).isoformat()]
+    assert empty["items"] == 0 and empty["baseline_share"] == pytest.approx((6 * 10 + 40) / 700)
+
+
 def test_trend_writes_the_daily_negative_share_per_topic(export_dir, tmp_path, capsys):
     rows = news(240, seed=2)
     rows[5]["date"] = "not a date"

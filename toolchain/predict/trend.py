@@ -7,7 +7,9 @@ or one predicted topic) surges on a day when
 
     share(day) > max(baseline * surge_factor, surge_floor)   and   items(day) >= minimum
 
-where ``baseline`` is the negative share over the ``k`` days ending that day, ``k`` = the rule's baseline
+where ``baseline`` is the negative share over the ``k`` days with items ending that day (a day without items neither
+counts nor dilutes it: for a sparse archive, e.g. one meeting every six weeks, the ``k`` latest meetings; for
+daily news, the ``k`` latest days), ``k`` = the rule's baseline
 window over its short window (1h / 5m = 12 days overall, 1h / 10m = 6 days per topic: the rule's baseline
 also includes its short window), and ``minimum`` is ``surge_min_items`` overall, ``topic_min_items`` per
 topic. Simplified from the live rule: one calendar day (UTC) stands for the short window, so the minimum
@@ -116,9 +118,12 @@ def trend_rows(counts: dict, rules: dict[str, SurgeRule]) -> list[dict]:
     for scope in sorted({scope for scope, _ in counts}, key=lambda s: (s != OVERALL, s)):
         rule = rules["overall" if scope == OVERALL else "topic"]
         series = [counts.get((scope, day), [0, 0]) for day in days]
+        active: list[int] = []   # the days of this scope that have items, up to the current one
         for index, day in enumerate(days):
-            window = series[max(0, index - rule.baseline_days + 1):index + 1]
             items, negative = series[index]
+            if items:
+                active.append(index)
+            window = [series[i] for i in active[-rule.baseline_days:]]
             seen = sum(w[0] for w in window)
             baseline = sum(w[1] for w in window) / seen if seen else None
             threshold = max(baseline * rule.factor, rule.floor) if baseline is not None else None
