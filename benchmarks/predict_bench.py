@@ -161,7 +161,9 @@ def model_ceiling(args, inputs: list[Path], sample: int) -> dict:
     from toolchain.core.hardware import available_cpus
     from toolchain.predict.model import load_classifier, resolve
 
-    texts = [json.loads(line)["text"] for line in inputs[0].read_text().splitlines()[:sample]]
+    lines = [line for path in inputs for line in path.read_text().splitlines() if line.strip()]
+    step = max(1, len(lines) // sample)   # spread over every input: the corpora differ in length
+    texts = [json.loads(line)["text"] for line in lines[::step][:sample]]
     classifier = load_classifier(resolve(args.export_dir, None, args.topic_export_dir))
     classifier.infer(texts[:64])   # warm-up
     seconds = sum(classifier.infer(texts[i:i + 512]).seconds for i in range(0, len(texts), 512))
