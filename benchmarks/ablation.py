@@ -389,6 +389,15 @@ Training minutes are wall time per run, one thread each, two runs at a time on 2
 here: up to three, with exports and tests beside them at times, so they are upper bounds). Reproduce with
 `python benchmarks/ablation.py` (steps in its `--help`).
 
+The teacher round: `mpnet-teacher` and `topic-mpnet-teacher` are the 110M MPNet teachers (one seed, both cores,
+bf16 autocast); the `distill-mpnet`, `topic-distill-mpnet` and `joint-distill-mpnet` students are the 22M MiniLM
+distilled from them (their teacher logits read from the cache after the first seed). Rows marked "earlier round"
+were measured in an earlier round on another machine (AMD EPYC, 2 cores) and their run dirs are not here; their
+figures are kept as recorded, and no paired comparison is made with them. "vs baseline" is the paired bootstrap
+(10,000 resamples of the test items, seed-averaged accuracy, PyTorch test predictions) against the baseline
+lever's seeds trained in the same round. Served batch-1 latency is the export's one-thread figure, measured
+while other trainings ran (an upper bound).
+
 {levers}
 
 {text}
