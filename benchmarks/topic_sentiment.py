@@ -83,10 +83,11 @@ def costs(models: dict, texts: list[str], rounds: int) -> dict:
            for name, per in rates.items()}
     for bs in (1, 32):
         per_text = {name: 1.0 / rates[name][bs]["texts_per_s"] for name in rates}
-        out[f"ratio_b{bs}"] = {
-            "joint_vs_sentiment": per_text["joint"] / per_text["sentiment"],
-            "two_models_vs_sentiment": (per_text["sentiment"] + per_text["topic"]) / per_text["sentiment"],
-            "joint_vs_two_models": per_text["joint"] / (per_text["sentiment"] + per_text["topic"])}
+        out[f"ratio_b{bs}"] = {"joint_vs_sentiment": per_text["joint"] / per_text["sentiment"]}
+        if "topic" in per_text:   # without a topic export: no two-model figures
+            out[f"ratio_b{bs}"].update({
+                "two_models_vs_sentiment": (per_text["sentiment"] + per_text["topic"]) / per_text["sentiment"],
+                "joint_vs_two_models": per_text["joint"] / (per_text["sentiment"] + per_text["topic"])})
     return out
 
 
@@ -117,9 +118,10 @@ def markdown(result: dict) -> str:
               "two models / sentiment |", "|---|---|---|---|---|---|"]
     for bs in ("1", "32"):
         r = cost[f"ratio_b{bs}"]
+        topic = cost["topic"][bs]["texts_per_s"] if "topic" in cost else "-"
+        two = f"{r['two_models_vs_sentiment']:.3f}x" if "two_models_vs_sentiment" in r else "-"
         lines.append(f"| {bs} | {cost['sentiment'][bs]['texts_per_s']} | {cost['joint'][bs]['texts_per_s']} | "
-                     f"{cost['topic'][bs]['texts_per_s']} | {r['joint_vs_sentiment']:.3f}x | "
-                     f"{r['two_models_vs_sentiment']:.3f}x |")
+                     f"{topic} | {r['joint_vs_sentiment']:.3f}x | {two} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "topic_sentiment")
     args = parser.parse_args(argv)
-    needed = ("sentiment", "topic") if args.mode == "two-models" else ("sentiment", "topic", "joint")
+    needed = ("sentiment", "topic") if args.mode == "two-models" else ("sentiment", "joint")   # full: --topic optional
     missing = [f"--{name}" for name in needed if getattr(args, name) is None]
     if missing:
         parser.error(f"--mode {args.mode} needs {', '.join(missing)} (export dirs)")
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     texts += [r["text"] for r in read_jsonl(root / "twitter_financial_news_topic" / "test.jsonl")][:half]
     if args.mode == "two-models":
         return two_models(args, texts)
-    exports = {"sentiment": args.sentiment, "topic": args.topic, "joint": args.joint}
+    exports = {name: path for name, path in (("sentiment", args.sentiment), ("topic", args.topic),
+                                             ("joint", args.joint)) if path is not None}
     models = {name: served(path) for name, path in exports.items()}
     sentfin = read_jsonl(root / "sentfin" / "test.jsonl")
     topic_rows = read_jsonl(root / "twitter_financial_news_topic" / "test.jsonl")
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": detect_cpu().summary().get("isa") or "cpu", "command": "python " + " ".join(sys.argv),
               "accuracy": {name: report_rows(path) for name, path in exports.items()},
               "sentfin": {name: sentiment_scores(models[name], sentfin) for name in ("sentiment", "joint")},
-              "topic_test": {name: sentiment_scores(models[name], topic_rows, "topic") for name in ("topic", "joint")},
+              "topic_test": {name: sentiment_scores(models[name], topic_rows, "topic") for name in ("topic", "joint")
+                             if name in models},
               "cost": {"texts": len(texts), "rounds": args.rounds, **costs(models, texts, args.rounds)}}
     result["seconds"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
