@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         offline = report["variants"][variant]["test"]
         calibration = report.get("calibration", {}).get(variant, {}).get("main", {})
-        result["offline"] = {"accuracy": offline["accuracy"], "macro_f1": offline["macro_f1"],
+        head = "main_" if "main_accuracy" in offline else ""   # a joint model: its main head on the main test split
+        result["offline"] = {"accuracy": offline[f"{head}accuracy"], "macro_f1": offline[f"{head}macro_f1"],
                              "ece": calibration.get("test_ece_after")}
     print(json.dumps(result, indent=2))
     if args.json:
