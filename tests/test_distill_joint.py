@@ -58,7 +58,7 @@ def test_each_example_carries_its_own_tasks_teacher(monkeypatch, cross_task):
     sentiment_teacher, topic_teacher = FakeTeacher("sentiment", MAIN), FakeTeacher("topic", TOPICS)
     seen_by = {}
 
-    def fake_logits(runs, examples, labels, cache=None, passes=None):
+    def fake_logits(runs, examples, labels, cache=None, passes=None, precision="fp32"):
         run = runs[0]
         seen_by[run.name] = [ex.text for ex in examples]
         marker = {"sentiment": [4.0, 0.0, 0.0], "topic": [0.0, 4.0]}[run.name]   # argmax names the teacher
