@@ -34,8 +34,12 @@ def die_with_parent() -> None:
             pass
 
 
-def start_worker(context: ScoringContext, queue) -> None:
+def start_worker(context: ScoringContext, queue, parent: int | None = None) -> None:
+    import os
+
     die_with_parent()
+    if parent is not None and os.getppid() != parent:   # the parent died before the line above: no signal comes
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C goes to the parent, which stops the pool
     _WORKER["scorer"], _WORKER["queue"] = ShardScorer(context), queue
 
@@ -65,7 +69,10 @@ def run_pool(shards: list[Shard], context: ScoringContext, workers: int,
     queue = spawn.SimpleQueue()
     reader = threading.Thread(target=forward_progress, args=(queue, progress), daemon=True)
     reader.start()
-    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker, initargs=(context, queue))
+    import os
+
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker,
+                               initargs=(context, queue, os.getpid()))
     try:
         pending = {pool.submit(score_in_worker, shard) for shard in shards}
         while pending:
