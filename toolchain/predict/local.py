@@ -13,6 +13,7 @@ runs in the parent's own process.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 import threading
@@ -35,8 +36,6 @@ def die_with_parent() -> None:
 
 
 def start_worker(context: ScoringContext, queue, parent: int | None = None) -> None:
-    import os
-
     die_with_parent()
     if parent is not None and os.getppid() != parent:   # the parent died before the line above: no signal comes
         os._exit(1)
@@ -69,8 +68,6 @@ def run_pool(shards: list[Shard], context: ScoringContext, workers: int,
     queue = spawn.SimpleQueue()
     reader = threading.Thread(target=forward_progress, args=(queue, progress), daemon=True)
     reader.start()
-    import os
-
     pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker,
                                initargs=(context, queue, os.getpid()))
     try:

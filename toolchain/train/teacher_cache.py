@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -55,8 +55,12 @@ def teacher_fingerprint(run: RunInfo, precision: str = "fp32") -> tuple[str, dic
                "max_length": run.max_length, "base_model": run.base_model if run.is_peft else None, "files": files}
     if precision != "fp32":
         made_of["precision"] = precision
+    return fingerprint_of(made_of), made_of
+
+
+def fingerprint_of(made_of: dict) -> str:
     digest = hashlib.sha256(json.dumps({k: v for k, v in made_of.items() if k != "run"}, sort_keys=True).encode())
-    return digest.hexdigest()[:32], made_of
+    return digest.hexdigest()[:32]
 
 
 def text_key(text: str) -> str:
@@ -72,7 +76,6 @@ class CacheStats:
     computed: int = 0
     seconds: float = 0.0
     fingerprint: str = ""
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"teacher": self.teacher, "fingerprint": self.fingerprint, "texts": self.texts, "hits": self.hits,
@@ -129,7 +132,7 @@ def cached_logits(run: RunInfo, texts: list[str], compute: Callable[[list[int]],
     stats.fingerprint = fingerprint
     known = cache.load(fingerprint) if cache else {}
     if cache and precision != "fp32":   # an fp32 entry serves a bf16 pass too: it is the more exact
-        known.update(cache.load(teacher_fingerprint(run)[0]))
+        known.update(cache.load(fingerprint_of({k: v for k, v in made_of.items() if k != "precision"})))
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key not in known:
