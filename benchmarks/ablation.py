@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,14 @@ def test_figures(metrics: dict, kind: str) -> dict:
     return {short: flat[key] for short, key in HEADS[kind] if key in flat}
 
 
+def machine_name() -> str:
+    """The CPU a row was measured on, e.g. "AMD EPYC (2 cores; avx512f,avx512_vnni,avx512_bf16,avx2)"."""
+    from toolchain.bench.machine import detect_machine
+
+    m = detect_machine()
+    return f"{m.model} ({m.cores:g} cores; {m.isa_summary()})"
+
+
 def collect() -> dict:
     earlier = json.loads((RESULTS / "ablation.json").read_text()) if (RESULTS / "ablation.json").is_file() else {}
     rows = {}
@@ -198,7 +207,7 @@ def collect() -> dict:
                 rows[lever] = {**earlier["levers"][lever], "earlier_round": True}
             continue
         kind = KIND[lever]
-        row = {"kind": kind, "seeds": [], "sf_acc": [], "sf_f1": [], "train_minutes": [],
+        row = {"kind": kind, "machine": machine_name(), "seeds": [], "sf_acc": [], "sf_f1": [], "train_minutes": [],
                **{short: [] for short, _ in HEADS[kind]}}
         for metrics_file in runs:
             metrics = json.loads(metrics_file.read_text())
@@ -267,7 +276,20 @@ def minutes(r: dict) -> str:
 
 
 def name_cell(lever: str, r: dict) -> str:
-    return f"{lever} (earlier round)" if r.get("earlier_round") else lever
+    if not r.get("earlier_round"):
+        return lever
+    return f"{lever} (earlier round, {short_machine(r['machine'])})" if r.get("machine") else f"{lever} (earlier round)"
+
+
+def short_machine(machine: str) -> str:
+    """ "Intel(R) Xeon(R) Processor (2 cores; ...,amx_bf16,...)" -> "Intel Xeon, AMX" """
+    name = "AMD EPYC" if "AMD" in machine else "Intel Xeon" if "Xeon" in machine else machine.split(" (")[0]
+    if "; " not in machine:   # recorded without its instruction sets
+        return name
+    isa = machine.split("; ")[-1]
+    best = next(label for flag, label in (("amx", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("", "AVX2"))
+                if flag in isa)
+    return f"{name}, {best}"
 
 
 COLUMNS = {
@@ -377,6 +399,7 @@ def page(result: dict, text: str) -> str:
     """benchmarks/results/ablation.md (RESULTS.md takes it as its "Accuracy levers" section)."""
     levers = "\n".join(f"- `{name}`: `{LEVERS[name][0]}` {' '.join(f'`{o}`' for o in r['overrides'])}".rstrip()
                        for name, r in result["levers"].items()).replace(f"{ROOT}/", "")
+    machine = short_machine(machine_name())
     return f"""# Accuracy levers
 
 PhraseBank allagree (frozen splits: 1,800 train, 225 dev, 240 test; one test sentence = 0.42 points; the
@@ -389,14 +412,14 @@ Training minutes are wall time per run, one thread each, two runs at a time on 2
 here: up to three, with exports and tests beside them at times, so they are upper bounds). Reproduce with
 `python benchmarks/ablation.py` (steps in its `--help`).
 
-The teacher round: `mpnet-teacher` and `topic-mpnet-teacher` are the 110M MPNet teachers (one seed, both cores,
-bf16 autocast); the `distill-mpnet`, `topic-distill-mpnet` and `joint-distill-mpnet` students are the 22M MiniLM
-distilled from them (their teacher logits read from the cache after the first seed). Rows marked "earlier round"
-were measured in an earlier round on another machine (AMD EPYC, 2 cores) and their run dirs are not here; their
-figures are kept as recorded, and no paired comparison is made with them. "vs baseline" is the paired bootstrap
-(10,000 resamples of the test items, seed-averaged accuracy, PyTorch test predictions) against the baseline
-lever's seeds trained in the same round. Served batch-1 latency is the export's one-thread figure, measured
-while other trainings ran (an upper bound).
+The teacher round: `mpnet-teacher`, `50agree-mpnet-teacher` and `topic-mpnet-teacher` are the 110M MPNet teachers
+(one seed, bf16 autocast where the CPU has native bf16); the `*distill-mpnet*` students are the 22M MiniLM
+distilled from them (their teacher logits read from the cache after the first seed). A row whose run dirs are
+here was trained on this table's machine ({machine}); a row marked "earlier round" was measured in an earlier
+round on the machine it names, its run dirs are not here, and its figures (its paired figure too, made against
+the baseline of its own round) are kept as recorded. "vs baseline" is the paired bootstrap (10,000 resamples of the test items,
+seed-averaged accuracy, PyTorch test predictions) against the baseline lever's seeds trained in the same round.
+Served batch-1 latency is the export's one-thread figure, measured while other trainings ran (an upper bound).
 
 {levers}
 
@@ -445,9 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         ensemble(args.name, args.members)
     result = collect()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     text = table(result) + "\n\n### targets of the teacher round\n\n" + targets(result)
-    (RESULTS / "ablation.md").write_text(page(result, text))
+    # written whole and then renamed: two steps running at once (one training, one exporting) never read half a file
+    for name, content in (("ablation.json", json.dumps(result, indent=2) + "\n"), ("ablation.md", page(result, text))):
+        part = RESULTS / f".{name}.{os.getpid()}"
+        part.write_text(content)
+        os.replace(part, RESULTS / name)
     print(text)
     return 0
 
