@@ -30,6 +30,7 @@ Each training is one process with one thread (``--jobs 2`` runs two at once on t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -199,17 +200,19 @@ def machine_name() -> str:
 
 def collect() -> dict:
     earlier = json.loads((RESULTS / "ablation.json").read_text()) if (RESULTS / "ablation.json").is_file() else {}
-    rows = {}
+    before = earlier.get("levers", {})
+    rows = {key: r for key, r in before.items() if key not in LEVERS}   # rows kept from rounds before those
     for lever in LEVERS:
         runs = sorted((RUNS / lever).glob("seed-*/metrics.json"))
         if not runs:
-            if lever in earlier.get("levers", {}):   # measured in an earlier round; its run dirs are not here
-                rows[lever] = {**earlier["levers"][lever], "earlier_round": True}
+            if lever in before:   # measured in an earlier round; its run dirs are not here
+                rows[lever] = {**before[lever], "earlier_round": True}
             continue
         kind = KIND[lever]
-        row = {"kind": kind, "machine": machine_name(), "seeds": [], "sf_acc": [], "sf_f1": [], "train_minutes": [],
-               **{short: [] for short, _ in HEADS[kind]}}
+        row = {"kind": kind, "lever": lever, "machine": machine_name(), "run_ids": [], "seeds": [], "sf_acc": [],
+               "sf_f1": [], "train_minutes": [], **{short: [] for short, _ in HEADS[kind]}}
         for metrics_file in runs:
+            row["run_ids"].append(hashlib.sha256(metrics_file.read_bytes()).hexdigest()[:16])
             metrics = json.loads(metrics_file.read_text())
             row["seeds"].append(int(metrics_file.parent.name.split("-")[1]))
             for short, value in test_figures(metrics, kind).items():
@@ -227,6 +230,10 @@ def collect() -> dict:
         row["served"] = served_row(lever)
         row["versus"] = versus_baseline(lever)
         rows[lever] = row
+        old = before.get(lever)
+        if old and not set(old.get("run_ids", [])) & set(row["run_ids"]):   # another round's runs: kept beside
+            rows[f"{lever}@{short_machine(old.get('machine', 'unrecorded machine'))}"] = {
+                **old, "lever": lever, "earlier_round": True}
     ensembles = {p.stem.removeprefix("ensemble-"): json.loads(p.read_text())
                  for p in sorted(RUNS.glob("ensemble-*.json")) if p.stem.count("-") == 1}
     for name, e in earlier.get("ensembles", {}).items():
@@ -275,10 +282,28 @@ def minutes(r: dict) -> str:
     return f"{statistics.median(r['train_minutes']):.1f}" if r.get("train_minutes") else "-"
 
 
-def name_cell(lever: str, r: dict) -> str:
+def name_cell(key: str, r: dict) -> str:
+    lever = r.get("lever", key)
     if not r.get("earlier_round"):
         return lever
     return f"{lever} (earlier round, {short_machine(r['machine'])})" if r.get("machine") else f"{lever} (earlier round)"
+
+
+def row_order(key: str, r: dict) -> tuple[int, int]:
+    """LEVERS order; a lever's rows from earlier rounds just before its row from this one."""
+    lever = r.get("lever", key)
+    return list(LEVERS).index(lever) if lever in LEVERS else len(LEVERS), 0 if r.get("earlier_round") else 1
+
+
+def rows_of(result: dict, lever: str) -> list[str]:
+    """The keys of a lever's rows: this round's first, then earlier rounds' (``lever@machine``)."""
+    return sorted((k for k, r in result["levers"].items() if r.get("lever", k) == lever),
+                  key=lambda k: result["levers"][k].get("earlier_round", False))
+
+
+def round_label(result: dict, key: str) -> str:
+    r = result["levers"].get(key, {})
+    return f" [earlier round, {short_machine(r['machine'])}]" if r.get("earlier_round") and r.get("machine") else ""
 
 
 def short_machine(machine: str) -> str:
@@ -308,7 +333,8 @@ COLUMNS = {
 def table(result: dict) -> str:
     out = []
     for kind, (header, trained, served, sentfin) in COLUMNS.items():
-        levers = {k: r for k, r in result["levers"].items() if KIND.get(k) == kind}
+        levers = dict(sorted(((k, r) for k, r in result["levers"].items() if KIND.get(r.get("lever", k)) == kind),
+                             key=lambda kr: row_order(*kr)))
         if not levers:
             continue
         width = header.count("|") + 1 + 5
@@ -370,21 +396,30 @@ def targets(result: dict) -> str:
             ("sentiment student 50agree accuracy", "50agree-distill-mpnet", "acc", 0.875),
             ("topic student accuracy", "topic-distill-mpnet", "acc", 0.91),
             ("topic student weighted-F1", "topic-distill-mpnet", "wf1", 0.91)):
-        value, source = figure(result, lever, key)
-        rows.append(verdict(name, value, target, source))
+        for k in rows_of(result, lever) or [lever]:
+            value, source = figure(result, k, key)
+            rows.append(verdict(name + round_label(result, k), value, target, source))
     for name, lever, target in (("MPNet teacher SEntFiN macro-F1 (no SEntFiN labels)", "mpnet-teacher", 0.80),
                                 ("sentiment student SEntFiN macro-F1 (no SEntFiN labels)", "distill-mpnet", 0.78),
                                 ("... with SEntFiN train texts as unlabeled text", "distill-mpnet-sentfin", 0.78)):
-        value, source = figure(result, lever, "sf_f1", served_first=False)
-        rows.append(verdict(name, value, target, source))
-    ece, source = figure(result, "distill-mpnet", "ece_after")
-    ece = None if source.startswith("PyTorch") else ece
-    rows.append(verdict("sentiment student served ECE (calibrated)", ece, 0.02, source, above=False))
-    for head, key in (("sentiment", "acc"), ("topic", "topic_acc")):
-        joint, source = figure(result, "joint-distill-mpnet", key)
-        single, _ = figure(result, "distill-mpnet" if head == "sentiment" else "topic-distill-mpnet", "acc")
-        gap = None if joint is None or single is None else joint - single
-        rows.append(verdict(f"joint student {head} head minus its single-task student", gap, -0.005, source))
+        for k in rows_of(result, lever) or [lever]:
+            value, source = figure(result, k, "sf_f1", served_first=False)
+            rows.append(verdict(name + round_label(result, k), value, target, source))
+    for k in rows_of(result, "distill-mpnet") or ["distill-mpnet"]:
+        ece, source = figure(result, k, "ece_after")
+        ece = None if source.startswith("PyTorch") else ece
+        rows.append(verdict("sentiment student served ECE (calibrated)" + round_label(result, k), ece, 0.02, source,
+                            above=False))
+    for jk in rows_of(result, "joint-distill-mpnet") or ["joint-distill-mpnet"]:
+        machine = result["levers"].get(jk, {}).get("machine")
+        for head, key in (("sentiment", "acc"), ("topic", "topic_acc")):
+            joint, source = figure(result, jk, key)
+            single_lever = "distill-mpnet" if head == "sentiment" else "topic-distill-mpnet"
+            same = [k for k in rows_of(result, single_lever) if result["levers"][k].get("machine") == machine]
+            single, _ = figure(result, same[0] if same else single_lever, "acc")
+            gap = None if joint is None or single is None else joint - single
+            rows.append(verdict(f"joint student {head} head minus its single-task student (same round)"
+                                + round_label(result, jk), gap, -0.005, source))
     cost_file = RESULTS / "topic_sentiment_students.json"   # topic_sentiment.py --out results/topic_sentiment_students
     cost = json.loads(cost_file.read_text())["cost"] if cost_file.is_file() else {}
     for bs in ("1", "32"):
@@ -398,7 +433,7 @@ def targets(result: dict) -> str:
 def page(result: dict, text: str) -> str:
     """benchmarks/results/ablation.md (RESULTS.md takes it as its "Accuracy levers" section)."""
     levers = "\n".join(f"- `{name}`: `{LEVERS[name][0]}` {' '.join(f'`{o}`' for o in r['overrides'])}".rstrip()
-                       for name, r in result["levers"].items()).replace(f"{ROOT}/", "")
+                       for name, r in result["levers"].items() if name in LEVERS).replace(f"{ROOT}/", "")
     machine = short_machine(machine_name())
     return f"""# Accuracy levers
 
