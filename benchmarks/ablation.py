@@ -158,7 +158,7 @@ def served_row(lever: str) -> dict:
     exported seed (a joint model: each head's figures)."""
     row = {"variant": [], "acc": [], "f1": [], "wf1": [], "topic_acc": [], "topic_f1": [], "topic_wf1": [],
            "ece_before": [], "ece_after": [], "temperature": [], "b1_ms": []}
-    for report_file in sorted(EXPORTS.glob(f"{lever}-s*/report.json")):
+    for report_file in sorted(EXPORTS.glob(f"{lever}-s[0-9]*/report.json")):   # not distill-mpnet-sentfin's
         report = json.loads(report_file.read_text())
         variant = report["serve_variant"]
         test = report["variants"][variant]["test"]
@@ -347,7 +347,9 @@ def table(result: dict) -> str:
             if sentfin:
                 cells += [cell(r.get("sf_acc", [])), cell(r.get("sf_f1", []))]
             b1 = f"{statistics.median(s_['b1_ms']):.2f}" if s_.get("b1_ms") else "-"
-            lines.append(f"| {name_cell(lever, r)} | {len(r['seeds'])} | {' | '.join(cells)} | {versus_cell(r)} | "
+            variants = sorted(set(s_.get("variant", [])))
+            serves = f" (serves {'/'.join(variants)})" if any("int8" not in v for v in variants) else ""
+            lines.append(f"| {name_cell(lever, r)}{serves} | {len(r['seeds'])} | {' | '.join(cells)} | {versus_cell(r)} | "
                          f"{minutes(r)} | {b1} |")
         out.append(f"### {kind}\n\n" + "\n".join(lines))
     ens = [f"| ensemble {name}{' (earlier round)' if e.get('earlier_round') else ''} ({len(e['runs'])} runs: "
@@ -371,7 +373,7 @@ def figure(result: dict, lever: str, key: str, served_first: bool = True) -> tup
         return None, "not run"
     served = mean(r.get("served", {}).get(key, []))
     if served_first and served is not None:
-        return served, f"served, {len(r['served'][key])} seed(s)"
+        return served, f"served {'/'.join(sorted(set(r['served']['variant'])))}, {len(r['served'][key])} seed(s)"
     value = mean(r.get(key, []))
     return value, (f"PyTorch, {len(r.get(key, []))} seed(s)" if value is not None else "not measured")
 
@@ -442,7 +444,8 @@ PhraseBank allagree (frozen splits: 1,800 train, 225 dev, 240 test; one test sen
 domain, never trained on). Each lever is the `sentiment-full` recipe plus its overrides, trained
 with seeds 42, 43 and 44 (mean ± sample std over the seeds, in %). "served int8" is the export's served
 variant (`toolchain export`, default preset: int8 through the accuracy gate, temperature fitted on dev) on
-the same test set; ECE is its expected calibration error (15 bins) before and after the temperature.
+the same test set (a row whose export serves another variant, because the gate refused int8, names it);
+ECE is its expected calibration error (15 bins) before and after the temperature.
 Training minutes are wall time per run, one thread each, two runs at a time on 2 cores (when measured
 here: up to three, with exports and tests beside them at times, so they are upper bounds). Reproduce with
 `python benchmarks/ablation.py` (steps in its `--help`).
