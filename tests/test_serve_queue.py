@@ -174,6 +174,31 @@ def test_an_idle_queue_takes_a_request_of_any_size():
     assert asyncio.run(main()) == 64
 
 
+def test_an_answered_round_no_longer_counts_when_its_answer_is_posted(monkeypatch):
+    """The estimate of a round that ran faster than estimated must be gone before its client hears back: a client
+    that sends again at once would otherwise be refused by the work of its own answered request."""
+    from toolchain.serve import model_queue
+
+    queued_at_post = []
+    real_post = model_queue.post
+
+    def recording_post(job, result, error):
+        queued_at_post.append(queue.queued_s())
+        real_post(job, result, error)
+
+    monkeypatch.setattr(model_queue, "post", recording_post)
+    queue = ModelQueue(lambda requests: [len(r) for r in requests], TextCost(1.0, None, "test"), bound_s=0.5,
+                       merge=False)
+
+    async def main():
+        answer = await queue.submit(["t"] * 64).future   # 64 s estimated, answered in microseconds
+        return answer, queue.refusal()
+
+    answer, refusal = asyncio.run(main())
+    assert answer == 64 and refusal is None
+    assert queued_at_post == [0.0]
+
+
 def test_admission_control_refuses_on_the_headers_when_the_queue_is_full():
     """The 503 comes before the body is read or parsed, with the queue's Retry-After, and is counted."""
     from toolchain.serve.admission import AdmissionControl, Route

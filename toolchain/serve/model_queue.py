@@ -249,19 +249,26 @@ class ModelQueue:
             except BaseException:   # never lose the thread: every job is answered in answer()
                 log.exception("the model queue failed")
             finally:
-                with self.lock:
-                    self.running_s = 0.0
+                self.finished()
+
+    def finished(self) -> None:
+        """The round is off the model: its estimate no longer counts as queued work. Called before its answers are
+        posted, so that a client that got its answer and asks again at once never meets its own finished round."""
+        with self.lock:
+            self.running_s = 0.0
 
     def answer(self, jobs: list[Job]) -> None:
         try:
             results = self.run([job.texts for job in jobs])
         except Exception as exc:
+            self.finished()
             if len(jobs) == 1:
                 post(jobs[0], None, ModelError(exc))
                 return
             for job in jobs:   # a failure in a merged round: each job alone, so only the bad one fails
                 self.answer([job])
             return
+        self.finished()
         for job, result in zip(jobs, results):
             post(job, result, None)
 
