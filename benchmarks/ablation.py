@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from toolchain.core.artifacts import atomic_write_text
 from update_scenario import data_root, mean_std, run_logged
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +201,7 @@ def machine_name() -> str:
 def collect() -> dict:
     earlier = json.loads((RESULTS / "ablation.json").read_text()) if (RESULTS / "ablation.json").is_file() else {}
     before = earlier.get("levers", {})
+    machine = machine_name()
     rows = {key: r for key, r in before.items() if key not in LEVERS}   # rows kept from rounds before those
     for lever in LEVERS:
         runs = sorted((RUNS / lever).glob("seed-*/metrics.json"))
@@ -209,11 +210,12 @@ def collect() -> dict:
                 rows[lever] = {**before[lever], "earlier_round": True}
             continue
         kind = KIND[lever]
-        row = {"kind": kind, "lever": lever, "machine": machine_name(), "run_ids": [], "seeds": [], "sf_acc": [],
+        row = {"kind": kind, "lever": lever, "machine": machine, "run_ids": [], "seeds": [], "sf_acc": [],
                "sf_f1": [], "train_minutes": [], **{short: [] for short, _ in HEADS[kind]}}
         for metrics_file in runs:
-            row["run_ids"].append(hashlib.sha256(metrics_file.read_bytes()).hexdigest()[:16])
-            metrics = json.loads(metrics_file.read_text())
+            raw = metrics_file.read_bytes()
+            row["run_ids"].append(hashlib.sha256(raw).hexdigest()[:16])
+            metrics = json.loads(raw)
             row["seeds"].append(int(metrics_file.parent.name.split("-")[1]))
             for short, value in test_figures(metrics, kind).items():
                 row[short].append(value)
@@ -238,7 +240,7 @@ def collect() -> dict:
                  for p in sorted(RUNS.glob("ensemble-*.json")) if p.stem.count("-") == 1}
     for name, e in earlier.get("ensembles", {}).items():
         ensembles.setdefault(name, {**e, "earlier_round": True})
-    return {"levers": rows, "ensembles": ensembles}
+    return {"machine": machine, "levers": rows, "ensembles": ensembles}
 
 
 def versus_baseline(lever: str) -> dict | None:
@@ -282,11 +284,16 @@ def minutes(r: dict) -> str:
     return f"{statistics.median(r['train_minutes']):.1f}" if r.get("train_minutes") else "-"
 
 
-def name_cell(key: str, r: dict) -> str:
-    lever = r.get("lever", key)
+def earlier_label(r: dict) -> str | None:
+    """ "earlier round, MACHINE" for a row of an earlier round, None for this round's."""
     if not r.get("earlier_round"):
-        return lever
-    return f"{lever} (earlier round, {short_machine(r['machine'])})" if r.get("machine") else f"{lever} (earlier round)"
+        return None
+    return f"earlier round, {short_machine(r['machine'])}" if r.get("machine") else "earlier round"
+
+
+def name_cell(key: str, r: dict) -> str:
+    label = earlier_label(r)
+    return r.get("lever", key) + (f" ({label})" if label else "")
 
 
 def row_order(key: str, r: dict) -> tuple[int, int]:
@@ -296,14 +303,16 @@ def row_order(key: str, r: dict) -> tuple[int, int]:
 
 
 def rows_of(result: dict, lever: str) -> list[str]:
-    """The keys of a lever's rows: this round's first, then earlier rounds' (``lever@machine``)."""
-    return sorted((k for k, r in result["levers"].items() if r.get("lever", k) == lever),
+    """The keys of a lever's rows: this round's first, then earlier rounds' (``lever@machine``); ``[lever]`` when
+    it has none (its targets then read "not run")."""
+    keys = sorted((k for k, r in result["levers"].items() if r.get("lever", k) == lever),
                   key=lambda k: result["levers"][k].get("earlier_round", False))
+    return keys or [lever]
 
 
 def round_label(result: dict, key: str) -> str:
-    r = result["levers"].get(key, {})
-    return f" [earlier round, {short_machine(r['machine'])}]" if r.get("earlier_round") and r.get("machine") else ""
+    label = earlier_label(result["levers"].get(key, {}))
+    return f" [{label}]" if label else ""
 
 
 def short_machine(machine: str) -> str:
@@ -312,8 +321,8 @@ def short_machine(machine: str) -> str:
     if "; " not in machine:   # recorded without its instruction sets
         return name
     isa = machine.split("; ")[-1]
-    best = next(label for flag, label in (("amx", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("", "AVX2"))
-                if flag in isa)
+    best = next(label for flag, label in (("amx", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
+                                          ("", "AVX2")) if flag in isa)
     return f"{name}, {best}"
 
 
@@ -349,8 +358,8 @@ def table(result: dict) -> str:
             b1 = f"{statistics.median(s_['b1_ms']):.2f}" if s_.get("b1_ms") else "-"
             variants = sorted(set(s_.get("variant", [])))
             serves = f" (serves {'/'.join(variants)})" if any("int8" not in v for v in variants) else ""
-            lines.append(f"| {name_cell(lever, r)}{serves} | {len(r['seeds'])} | {' | '.join(cells)} | {versus_cell(r)} | "
-                         f"{minutes(r)} | {b1} |")
+            lines.append(f"| {name_cell(lever, r)}{serves} | {len(r['seeds'])} | {' | '.join(cells)} | "
+                         f"{versus_cell(r)} | {minutes(r)} | {b1} |")
         out.append(f"### {kind}\n\n" + "\n".join(lines))
     ens = [f"| ensemble {name}{' (earlier round)' if e.get('earlier_round') else ''} ({len(e['runs'])} runs: "
            f"{'+'.join(e['members'])}) | {100 * e['test']['accuracy']:.2f} | {100 * e['test']['macro_f1']:.2f} | "
@@ -398,26 +407,26 @@ def targets(result: dict) -> str:
             ("sentiment student 50agree accuracy", "50agree-distill-mpnet", "acc", 0.875),
             ("topic student accuracy", "topic-distill-mpnet", "acc", 0.91),
             ("topic student weighted-F1", "topic-distill-mpnet", "wf1", 0.91)):
-        for k in rows_of(result, lever) or [lever]:
+        for k in rows_of(result, lever):
             value, source = figure(result, k, key)
             rows.append(verdict(name + round_label(result, k), value, target, source))
     for name, lever, target in (("MPNet teacher SEntFiN macro-F1 (no SEntFiN labels)", "mpnet-teacher", 0.80),
                                 ("sentiment student SEntFiN macro-F1 (no SEntFiN labels)", "distill-mpnet", 0.78),
                                 ("... with SEntFiN train texts as unlabeled text", "distill-mpnet-sentfin", 0.78)):
-        for k in rows_of(result, lever) or [lever]:
+        for k in rows_of(result, lever):
             value, source = figure(result, k, "sf_f1", served_first=False)
             rows.append(verdict(name + round_label(result, k), value, target, source))
-    for k in rows_of(result, "distill-mpnet") or ["distill-mpnet"]:
+    for k in rows_of(result, "distill-mpnet"):
         ece, source = figure(result, k, "ece_after")
         ece = None if source.startswith("PyTorch") else ece
         rows.append(verdict("sentiment student served ECE (calibrated)" + round_label(result, k), ece, 0.02, source,
                             above=False))
-    for jk in rows_of(result, "joint-distill-mpnet") or ["joint-distill-mpnet"]:
+    for jk in rows_of(result, "joint-distill-mpnet"):
         machine = result["levers"].get(jk, {}).get("machine")
         for head, key in (("sentiment", "acc"), ("topic", "topic_acc")):
             joint, source = figure(result, jk, key)
             single_lever = "distill-mpnet" if head == "sentiment" else "topic-distill-mpnet"
-            same = [k for k in rows_of(result, single_lever) if result["levers"][k].get("machine") == machine]
+            same = [k for k in rows_of(result, single_lever) if result["levers"].get(k, {}).get("machine") == machine]
             single, _ = figure(result, same[0] if same else single_lever, "acc")
             gap = None if joint is None or single is None else joint - single
             rows.append(verdict(f"joint student {head} head minus its single-task student (same round)"
@@ -436,7 +445,7 @@ def page(result: dict, text: str) -> str:
     """benchmarks/results/ablation.md (RESULTS.md takes it as its "Accuracy levers" section)."""
     levers = "\n".join(f"- `{name}`: `{LEVERS[name][0]}` {' '.join(f'`{o}`' for o in r['overrides'])}".rstrip()
                        for name, r in result["levers"].items() if name in LEVERS).replace(f"{ROOT}/", "")
-    machine = short_machine(machine_name())
+    machine = short_machine(result["machine"])
     return f"""# Accuracy levers
 
 PhraseBank allagree (frozen splits: 1,800 train, 225 dev, 240 test; one test sentence = 0.42 points; the
@@ -455,8 +464,9 @@ The teacher round: `mpnet-teacher`, `50agree-mpnet-teacher` and `topic-mpnet-tea
 distilled from them (their teacher logits read from the cache after the first seed). A row whose run dirs are
 here was trained on this table's machine ({machine}); a row marked "earlier round" was measured in an earlier
 round on the machine it names, its run dirs are not here, and its figures (its paired figure too, made against
-the baseline of its own round) are kept as recorded. "vs baseline" is the paired bootstrap (10,000 resamples of the test items,
-seed-averaged accuracy, PyTorch test predictions) against the baseline lever's seeds trained in the same round.
+the baseline of its own round) are kept as recorded. "vs baseline" is the paired bootstrap (10,000 resamples of
+the test items, seed-averaged accuracy, PyTorch test predictions) against the baseline lever's seeds trained in
+the same round.
 Served batch-1 latency is the export's one-thread figure, measured while other trainings ran (an upper bound).
 
 {levers}
@@ -508,10 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = table(result) + "\n\n### targets of the teacher round\n\n" + targets(result)
     # written whole and then renamed: two steps running at once (one training, one exporting) never read half a file
-    for name, content in (("ablation.json", json.dumps(result, indent=2) + "\n"), ("ablation.md", page(result, text))):
-        part = RESULTS / f".{name}.{os.getpid()}"
-        part.write_text(content)
-        os.replace(part, RESULTS / name)
+    atomic_write_text(RESULTS / "ablation.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(RESULTS / "ablation.md", page(result, text))
     print(text)
     return 0
 
